@@ -1,0 +1,256 @@
+//! The agent's configuration: a TOML file deserialized into raw structs
+//! (`raw`), then validated into the typed [`Config`] the rest of the agent
+//! uses. Every key has a named default here except a service's `listen` and
+//! its `image` (docker) or `command` (process). Errors name the file, the
+//! line and the key.
+
+mod raw;
+
+use crate::api::Spec;
+use crate::runtime::PullPolicy;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default config file path.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/bg-agent/agent.toml";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bg-agent";
+/// Default control socket path (created with mode 0660).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/bg-agent/agent.sock";
+/// Default app port inside a container (5000).
+pub const DEFAULT_PORT: u16 = 5000;
+/// Default replicas per color (1).
+pub const DEFAULT_REPLICAS: u32 = 1;
+/// Default stop signal.
+pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
+/// Default time between the stop signal and SIGKILL (30 seconds, Docker's
+/// and systemd's usual order of magnitude for a graceful exit).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
+/// Default health check path.
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+/// Default time between health checks (1 second).
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time one health check may take (1 second).
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default passes in a row that make a replica healthy (2).
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default failures in a row that make a replica unhealthy (3).
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Default time a new color has to become healthy (60 seconds).
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+/// Default drain timeout (30 seconds).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default maximum 5xx ratio during the monitor window (1%).
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
+/// Default time a request waits for a backend when none is healthy (10 s).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// `[services.NAME]`, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Where state is persisted.
+    pub state_dir: PathBuf,
+    /// The control API's unix socket.
+    pub control_socket: PathBuf,
+    /// Group that owns the control socket (mode 0660); `None` keeps the
+    /// agent's own group.
+    pub control_socket_group: Option<String>,
+    /// Optional TCP control listener (requires `token_file`).
+    pub control_listen: Option<SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    pub token_file: Option<PathBuf>,
+    /// Optional Prometheus listener.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Which runtime.
+    pub kind: RuntimeKind,
+    /// Docker engine address (`unix:///var/run/docker.sock` by default, or
+    /// `$DOCKER_HOST`).
+    pub docker_host: Option<String>,
+}
+
+/// `[runtime] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Containers through the Docker Engine API.
+    Docker,
+    /// Local child processes.
+    Process,
+}
+
+/// `[services.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Proxy listeners.
+    pub listen: Vec<SocketAddr>,
+    /// The configured spec: image or command, and env.
+    pub spec: Spec,
+    /// Pull policy (docker).
+    pub pull: PullPolicy,
+    /// The app's port inside its container (docker).
+    pub port: u16,
+    /// Replicas per color.
+    pub replicas: u32,
+    /// Stop signal name, e.g. `SIGTERM`.
+    pub stop_signal: String,
+    /// Time between stop signal and SIGKILL.
+    pub stop_grace: Duration,
+    /// Time a request waits for a backend when none is available.
+    pub queue_timeout: Duration,
+    /// `[services.NAME.health]`.
+    pub health: HealthConfig,
+    /// `[services.NAME.deploy]`.
+    pub deploy: DeployConfig,
+    /// `[services.NAME.rolling]`.
+    pub rolling: RollingConfig,
+}
+
+/// How replicas are health-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// `GET path` must answer 2xx.
+    Http {
+        /// The path, e.g. `/healthz`.
+        path: String,
+    },
+    /// A TCP connect must succeed.
+    Tcp,
+}
+
+/// `[services.NAME.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// HTTP or TCP. Where a container image has its own HEALTHCHECK, it
+    /// must pass too.
+    pub check: HealthCheckKind,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Passes in a row to become healthy.
+    pub healthy_threshold: u32,
+    /// Failures in a row to become unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Time a new replica has to become healthy.
+    pub deadline: Duration,
+}
+
+/// What to do when the monitor window (or a rolling batch) fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Go back to the previous color or spec.
+    Rollback,
+    /// Stop where it is and wait for a human.
+    Pause,
+    /// Ignore and go on.
+    Continue,
+}
+
+/// The order of a rolling replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollingOrder {
+    /// Drain and stop the old replica, then start the new one.
+    StopFirst,
+    /// Start the new replica, wait until healthy, then drain and stop the old.
+    StartFirst,
+}
+
+/// `[services.NAME.deploy]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployConfig {
+    /// Promote as soon as the new color is healthy.
+    pub auto_promote: bool,
+    /// Longest wait for the old color's in-flight requests.
+    pub drain_timeout: Duration,
+    /// Keep the old color running, out of rotation, this long after a
+    /// promote (instant rollback); zero stops it at once.
+    pub keep_old: Duration,
+    /// Watch the new color this long after a promote; zero disables.
+    pub monitor: Duration,
+    /// What to do when the monitor window fails.
+    pub failure_action: FailureAction,
+    /// Highest tolerated 5xx ratio of the new color during the monitor window.
+    pub max_error_rate: f64,
+}
+
+/// `[services.NAME.rolling]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollingConfig {
+    /// Replicas replaced at once.
+    pub parallelism: u32,
+    /// Pause between batches.
+    pub delay: Duration,
+    /// Stop-first or start-first.
+    pub order: RollingOrder,
+    /// What a failed batch does.
+    pub failure_action: FailureAction,
+    /// Watch each batch this long.
+    pub monitor: Duration,
+    /// Failed batches tolerated, as a fraction of all batches.
+    pub max_failure_ratio: f64,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key is wrong: unknown, malformed, or contradicting another.
+    /// `line` is 1-based; 0 when the problem has no single place.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// The key, dotted (`services.web.health.interval`).
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validate config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        raw::parse(text, path)
+    }
+}

@@ -1,0 +1,15 @@
+//! `bg-agent`: the per-host daemon of bluegreen. It starts colors of a
+//! service through a [`runtime`], health-checks them, switches the embedded
+//! `bg-proxy` atomically, drains and stops the old color, persists what it
+//! did, and serves the control API that `bgctl` talks to.
+//!
+//! Only [`api`] is built without the `daemon` feature: it holds the wire
+//! types `bgctl` shares with the agent.
+#![forbid(unsafe_code)]
+
+pub mod api;
+
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! Docker runtime (to be written).

@@ -1,0 +1,223 @@
+//! Runtimes start, stop, list and inspect the replicas of a service. The
+//! controller talks to one through the [`Runtime`] trait and cannot tell the
+//! Docker engine ([`docker`]) from local child processes ([`process`]).
+
+pub mod docker;
+pub mod process;
+
+use crate::api::{Color, Spec};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed future, so that [`Runtime`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Label keys (docker) and record fields (process) that mark what the agent
+/// manages.
+pub mod labels {
+    /// `true` on everything the agent manages.
+    pub const MANAGED: &str = "bg.managed";
+    /// The service name.
+    pub const SERVICE: &str = "bg.service";
+    /// `blue` or `green`.
+    pub const COLOR: &str = "bg.color";
+    /// The revision whose spec the replica runs.
+    pub const REVISION: &str = "bg.revision";
+    /// The replica number within its color, from 1.
+    pub const REPLICA: &str = "bg.replica";
+}
+
+/// When to pull an image before creating a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally.
+    #[default]
+    Missing,
+    /// Always pull.
+    Always,
+    /// Never pull; a missing image is a deploy error.
+    Never,
+}
+
+/// Everything a runtime needs to start one replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaSpec {
+    /// Service name.
+    pub service: String,
+    /// Color.
+    pub color: Color,
+    /// Revision of `spec`.
+    pub revision: u64,
+    /// Replica number within the color, from 1.
+    pub replica: u32,
+    /// Image or command, and environment.
+    pub spec: Spec,
+    /// The port the app listens on inside its container (docker). The
+    /// process runtime ignores it and picks a free loopback port.
+    pub app_port: u16,
+    /// Docker pull policy.
+    pub pull: PullPolicy,
+    /// Signal sent first on stop, e.g. `SIGTERM`.
+    pub stop_signal: String,
+    /// Time between the stop signal and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl ReplicaSpec {
+    /// The container (or process record) name: `bg-<service>-<color>-<replica>`.
+    pub fn name(&self) -> String {
+        replica_name(&self.service, self.color, self.replica)
+    }
+}
+
+/// `bg-<service>-<color>-<replica>`.
+pub fn replica_name(service: &str, color: Color, replica: u32) -> String {
+    format!("bg-{service}-{color}-{replica}")
+}
+
+/// A replica the runtime manages, as started or as found by [`Runtime::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaHandle {
+    /// The runtime's own id: a container id, or `pid:<pid>`.
+    pub runtime_id: String,
+    /// `bg-<service>-<color>-<replica>`.
+    pub name: String,
+    /// Service name.
+    pub service: String,
+    /// Color.
+    pub color: Color,
+    /// Revision of the spec it runs.
+    pub revision: u64,
+    /// Replica number within the color.
+    pub replica: u32,
+    /// Where the proxy reaches it (loopback).
+    pub addr: SocketAddr,
+}
+
+/// What a runtime knows about a replica now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Running. `native_health` is the container's own HEALTHCHECK verdict
+    /// where the image has one (`Some(true)` healthy, `Some(false)`
+    /// unhealthy, `None` no healthcheck or still starting).
+    Running {
+        /// The image's own health verdict, if it has one and it is settled.
+        native_health: Option<bool>,
+    },
+    /// Exited with this code (or killed by a signal: `128 + signo`).
+    Exited {
+        /// Exit code.
+        code: i64,
+    },
+    /// The runtime no longer knows it.
+    Gone,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// Whether it had to be killed after the grace period.
+    pub killed: bool,
+    /// Time from the stop signal to exit.
+    pub elapsed: Duration,
+    /// Its exit code, where known.
+    pub exit_code: Option<i64>,
+}
+
+/// Errors of a runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The Docker engine could not be reached or answered with an error.
+    #[error("docker engine: {message}")]
+    Docker {
+        /// What went wrong, and what to check.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The image is not present and the pull policy forbids pulling, or the
+    /// pull failed.
+    #[error("image {image}: {message}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The spec cannot be run by this runtime (no image for docker, no
+    /// command for process, bad signal name...).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// Starting a process failed.
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other I/O (process records, ports).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The replica is not known to the runtime.
+    #[error("replica {0} not found")]
+    NotFound(String),
+}
+
+/// Starts, stops, lists and inspects replicas. Implementations are cheap to
+/// share (`Arc<dyn Runtime>`).
+pub trait Runtime: Send + Sync + 'static {
+    /// `docker` or `process`.
+    fn kind(&self) -> &'static str;
+
+    /// Create and start one replica; returns once it runs (not once it is
+    /// healthy). Labels/records carry service, color, revision and replica.
+    /// A leftover replica with the same name is removed first.
+    fn start<'a>(
+        &'a self,
+        spec: &'a ReplicaSpec,
+    ) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>>;
+
+    /// Send `signal`, wait up to `grace` for exit, then SIGKILL and wait.
+    fn stop<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        signal: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<StopReport, RuntimeError>>;
+
+    /// Forget a stopped replica (remove the container or process record).
+    /// Removing one that is already gone is not an error.
+    fn remove<'a>(&'a self, replica: &'a ReplicaHandle) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Every replica this runtime manages for `service` (all services when
+    /// `None`), running or not: the agent adopts them after a restart.
+    fn list<'a>(
+        &'a self,
+        service: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, RuntimeError>>;
+
+    /// Whether it runs, and its own health verdict where it has one.
+    fn state<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+    ) -> BoxFuture<'a, Result<RunState, RuntimeError>>;
+
+    /// The last `lines` lines of its output, for error messages.
+    fn logs<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        lines: usize,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>>;
+}

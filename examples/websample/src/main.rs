@@ -1,0 +1,269 @@
+//! websample: the app bluegreen deploys in its examples and tests.
+//!
+//! Environment: `VERSION` (default `v1`), `PORT` (default 5000),
+//! `UNHEALTHY=1` (health check answers 503), `IGNORE_SIGTERM=1` (log SIGTERM
+//! and keep running), `ERROR_RATE=0.05` (that fraction of `GET /` answers
+//! 500, for canary tests), `BIND` (default `0.0.0.0`).
+//!
+//! Routes: `GET /` → `VERSION\n` with `x-version`; `GET /sleep/N` → the same
+//! after N seconds (fractions allowed); `GET /healthz` → 200 or 503;
+//! `GET /ws` → WebSocket echo. Every answer carries `x-version`.
+//!
+//! It logs one line per lifecycle event on stdout, `websample <epoch-ms>
+//! <event>`, so tests can order what happened: `listening`, `sigterm`,
+//! `sleep-start N`, `sleep-done N`, `exit`.
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// What the app was configured with.
+struct App {
+    version: String,
+    unhealthy: bool,
+    error_rate: f64,
+    counter: AtomicU64,
+}
+
+fn log(event: &str) {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    println!("websample {ms} {event}");
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => match p.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!("websample: PORT={p:?} is not a port number");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => 5000,
+    };
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "0.0.0.0".into());
+    let app = Arc::new(App {
+        version: std::env::var("VERSION").unwrap_or_else(|_| "v1".into()),
+        unhealthy: env_flag("UNHEALTHY"),
+        error_rate: std::env::var("ERROR_RATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        counter: AtomicU64::new(0),
+    });
+    let ignore_sigterm = env_flag("IGNORE_SIGTERM");
+
+    let listener = match TcpListener::bind((bind.as_str(), port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("websample: cannot listen on {bind}:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    log(&format!(
+        "listening {} version={}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        app.version
+    ));
+
+    let mut sigterm = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let conn = http.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    hyper::service::service_fn(move |req| handle(app.clone(), req)),
+                );
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move { let _ = conn.await; });
+            }
+            _ = sigterm.recv() => {
+                log("sigterm");
+                if ignore_sigterm {
+                    log("ignoring sigterm");
+                    continue;
+                }
+                break;
+            }
+            _ = sigint.recv() => {
+                log("sigint");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    // Finish what is in flight. Upgraded (WebSocket) connections are no
+    // longer tracked by hyper; they end with the process.
+    graceful.shutdown().await;
+    log("exit");
+}
+
+fn text(app: &App, status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&app.version) {
+        resp.headers_mut().insert("x-version", v);
+    }
+    resp
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/" => {
+            let n = app.counter.fetch_add(1, Ordering::Relaxed);
+            if app.error_rate > 0.0 && fails(n, app.error_rate) {
+                text(
+                    &app,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{} error\n", app.version),
+                )
+            } else {
+                text(&app, StatusCode::OK, format!("{}\n", app.version))
+            }
+        }
+        "/healthz" => {
+            if app.unhealthy {
+                text(&app, StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n".into())
+            } else {
+                text(&app, StatusCode::OK, "ok\n".into())
+            }
+        }
+        "/ws" => websocket(&app, req),
+        p if p.starts_with("/sleep/") => {
+            let arg = &p["/sleep/".len()..];
+            match arg.parse::<f64>() {
+                Ok(secs) if (0.0..=3600.0).contains(&secs) => {
+                    log(&format!("sleep-start {arg}"));
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    log(&format!("sleep-done {arg}"));
+                    text(&app, StatusCode::OK, format!("{}\n", app.version))
+                }
+                _ => text(
+                    &app,
+                    StatusCode::BAD_REQUEST,
+                    format!("bad sleep duration {arg:?}\n"),
+                ),
+            }
+        }
+        _ => text(&app, StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    Ok(resp)
+}
+
+/// Spreads failures evenly: request `n` fails when the running count of
+/// failures owed grows past the next whole number. Deterministic, so a
+/// canary test sees exactly the configured rate.
+fn fails(n: u64, rate: f64) -> bool {
+    ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
+}
+
+fn websocket(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let is_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(
+            app,
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket handshake\n".into(),
+        );
+    };
+    if !is_upgrade {
+        return text(
+            app,
+            StatusCode::BAD_REQUEST,
+            "expected Upgrade: websocket\n".into(),
+        );
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let version = app.version.clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // Say who we are first, then echo.
+        if ws
+            .send(tokio_tungstenite::tungstenite::Message::text(format!(
+                "hello {version}"
+            )))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = text(app, StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fails;
+
+    #[test]
+    fn error_rate_is_exact_over_a_hundred_requests() {
+        let failed = (0..100).filter(|&n| fails(n, 0.05)).count();
+        assert_eq!(failed, 5);
+        assert_eq!((0..100).filter(|&n| fails(n, 0.0)).count(), 0);
+    }
+}
