@@ -1,0 +1,1 @@
+//! websample processes and images for tests (to be written).
