@@ -1,0 +1,325 @@
+//! The per-service controller: the model of a service (colors, replicas,
+//! weights, the running operation), the operations that change it, and the
+//! glue that keeps the proxy's route table and the state file in step with
+//! it.
+//!
+//! One operation runs at a time per service: an operation holds the
+//! service's operation lock for its whole life, and a second request that
+//! finds the lock taken is answered with a conflict. Status reads never wait
+//! for an operation: the model sits behind a short-lived mutex that is never
+//! held across an await.
+
+mod model;
+mod ops;
+mod recover;
+mod replicas;
+
+pub use model::ServiceModel;
+
+use crate::api::{
+    CanaryRequest, Color, DeployRequest, EventKind, History, OperationAccepted, OperationKind,
+    RollingRequest, ServiceStatus, SpecOverrides,
+};
+use crate::config::ServiceConfig;
+use crate::events::EventHub;
+use crate::runtime::Runtime;
+use crate::state::{PersistedState, ServiceRecord, StateError, StateStore};
+use bg_proxy::Proxy;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Why the controller refused or could not do what was asked. The control
+/// API maps each variant to a status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No such service (404).
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    /// No such replica (404).
+    #[error("service {service} has no replica {replica:?}")]
+    UnknownReplica {
+        /// The service.
+        service: String,
+        /// The replica asked for.
+        replica: String,
+    },
+    /// The request makes no sense now or is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Another operation runs (409).
+    #[error(
+        "service {service} is busy with {running}; wait for it or abort it (bgctl abort {service})"
+    )]
+    Conflict {
+        /// The service.
+        service: String,
+        /// The running operation, described.
+        running: String,
+    },
+    /// The request is valid but not supported by this build (501).
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+/// What every controller shares: the runtime, the event hub, the state file
+/// and the agent's shutdown token.
+pub struct Shared {
+    /// The runtime all services use.
+    pub runtime: Arc<dyn Runtime>,
+    /// Where events go.
+    pub events: EventHub,
+    /// The state file.
+    pub persister: Persister,
+    /// Operation ids, unique across services.
+    pub op_ids: AtomicU64,
+    /// Fires when the agent shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The next operation id.
+    fn next_op_id(&self) -> u64 {
+        self.op_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Writes one service's record into the shared state file.
+pub struct Persister {
+    store: StateStore,
+    state: Mutex<PersistedState>,
+}
+
+impl Persister {
+    /// A persister over `store`, starting from `state`.
+    pub fn new(store: StateStore, state: PersistedState) -> Persister {
+        Persister {
+            store,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Replace one service's record and write the whole file.
+    pub fn save(&self, service: &str, record: ServiceRecord) -> Result<(), StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.services.insert(service.to_string(), record);
+        self.store.save(&state)
+    }
+
+    /// The record of one service as last loaded or saved.
+    pub fn record(&self, service: &str) -> Option<ServiceRecord> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .services
+            .get(service)
+            .cloned()
+    }
+}
+
+/// One service's controller. Cheap to share (`Arc<Service>`).
+pub struct Service {
+    name: String,
+    config: ServiceConfig,
+    proxy: Proxy,
+    shared: Arc<Shared>,
+    model: Mutex<ServiceModel>,
+    op_lock: Arc<tokio::sync::Mutex<()>>,
+    op_cancel: Mutex<Option<CancellationToken>>,
+}
+
+/// What an operation request asks for.
+#[derive(Debug, Clone)]
+pub enum OpRequest {
+    /// Start the idle color (and maybe promote).
+    Deploy(DeployRequest),
+    /// Switch to the idle color.
+    Promote,
+    /// Go back.
+    Rollback,
+    /// Remove the candidate color.
+    Abort,
+    /// Weighted split or stepped analysis.
+    Canary(CanaryRequest),
+    /// Replace replicas in batches.
+    Rolling(RollingRequest),
+    /// Take one replica out of rotation and drain it.
+    ReplicaDrain(String),
+    /// Put one replica back in rotation.
+    ReplicaEnable(String),
+    /// Replace one replica's spec.
+    ReplicaUpdate(String, SpecOverrides),
+}
+
+impl OpRequest {
+    /// The operation kind this request starts.
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            OpRequest::Deploy(_) => OperationKind::Deploy,
+            OpRequest::Promote => OperationKind::Promote,
+            OpRequest::Rollback => OperationKind::Rollback,
+            OpRequest::Abort => OperationKind::Abort,
+            OpRequest::Canary(_) => OperationKind::Canary,
+            OpRequest::Rolling(_) => OperationKind::Rolling,
+            OpRequest::ReplicaDrain(_)
+            | OpRequest::ReplicaEnable(_)
+            | OpRequest::ReplicaUpdate(..) => OperationKind::Replica,
+        }
+    }
+}
+
+impl Service {
+    /// A controller for one configured service, with an empty model.
+    /// [`Service::recover`] fills it from the state file and the runtime.
+    pub fn new(config: ServiceConfig, proxy: Proxy, shared: Arc<Shared>) -> Arc<Service> {
+        Arc::new(Service {
+            name: config.name.clone(),
+            model: Mutex::new(ServiceModel::default()),
+            config,
+            proxy,
+            shared,
+            op_lock: Arc::new(tokio::sync::Mutex::new(())),
+            op_cancel: Mutex::new(None),
+        })
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The service's proxy.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// The service's configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The status answer for this service.
+    pub fn status(&self) -> ServiceStatus {
+        let model = self.lock();
+        model.status(&self.config, &self.proxy)
+    }
+
+    /// Past operations.
+    pub fn history(&self) -> History {
+        let model = self.lock();
+        History {
+            service: self.name.clone(),
+            entries: model.history.clone(),
+        }
+    }
+
+    /// The active color, if any.
+    pub fn active(&self) -> Option<Color> {
+        self.lock().active
+    }
+
+    /// Whether every replica that should take traffic is healthy (used for
+    /// the systemd READY notification).
+    pub fn routes_ready(&self) -> bool {
+        self.lock().serving_ready()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ServiceModel> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuild the proxy's route table from the model and swap it in.
+    fn apply_routes(&self) {
+        let table = self.lock().route_table();
+        self.proxy.set_routes(table);
+    }
+
+    /// Write the model to the state file; a failure is reported, not fatal
+    /// to the operation (the next write retries).
+    fn persist(&self) {
+        let record = self.lock().record();
+        if let Err(e) = self.shared.persister.save(&self.name, record) {
+            tracing::error!(service = %self.name, error = %e, "cannot persist state");
+            self.emit(
+                None,
+                EventKind::Message {
+                    level: "error".into(),
+                    message: format!("cannot persist state: {e}"),
+                },
+            );
+        }
+    }
+
+    fn emit(&self, op: Option<u64>, kind: EventKind) -> u64 {
+        self.shared.events.emit(&self.name, op, kind)
+    }
+
+    /// Accept an operation and run it in the background; the answer names
+    /// the operation to follow in the event stream.
+    pub async fn start(
+        self: &Arc<Self>,
+        request: OpRequest,
+    ) -> Result<OperationAccepted, ControlError> {
+        if matches!(request, OpRequest::Abort) {
+            self.cancel_running().await;
+        }
+        let guard = self
+            .op_lock
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| ControlError::Conflict {
+                service: self.name.clone(),
+                running: self
+                    .lock()
+                    .operation
+                    .as_ref()
+                    .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
+                    .unwrap_or_else(|| "another operation".into()),
+            })?;
+        let plan = self.plan(&request)?;
+        let kind = request.kind();
+        let id = self.shared.next_op_id();
+        let since = self.shared.events.next_seq();
+        let cancel = self.shared.shutdown.child_token();
+        *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        let revision = self
+            .lock()
+            .begin_operation(id, kind, plan.revision, plan.target);
+        self.emit(Some(id), EventKind::OperationStarted { kind, revision });
+        self.persist();
+        let service = self.clone();
+        tokio::spawn(async move {
+            let ctx = ops::OpCtx {
+                id,
+                kind,
+                revision,
+                cancel,
+            };
+            let result = service.run(&ctx, request, plan).await;
+            service.finish(&ctx, result);
+            drop(guard);
+        });
+        Ok(OperationAccepted {
+            operation: id,
+            service: self.name.clone(),
+            kind,
+            revision,
+            since,
+        })
+    }
+
+    /// Cancel the running operation (if any) and wait until it has cleaned
+    /// up and released the service.
+    async fn cancel_running(&self) {
+        let token = self
+            .op_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(token) = token {
+            token.cancel();
+            let _released = self.op_lock.lock().await;
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! The operations: deploy, promote (switch, drain, monitor, stop or keep
+//! warm), rollback, abort and canary. Each checks its preconditions in
+//! [`Service::plan`] before it is accepted, so a refused request changes
+//! nothing; a failure after acceptance leaves traffic where it was, or puts
+//! it back.
+
+use super::model::ServiceModel;
+use super::{ControlError, OpRequest, Service};
+use crate::api::{
+    CanaryRequest, Color, EventKind, Health, OperationKind, Outcome, OutcomeKind, ReplicaState,
+    Spec, Weights,
+};
+use crate::config::FailureAction;
+use crate::events::now_rfc3339;
+use crate::state::RevisionSpec;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How often the monitor window and canary steps look at the numbers.
+const MONITOR_TICK: Duration = Duration::from_millis(250);
+/// Fewest requests of the new color before its error rate is judged during
+/// a monitor window.
+const MONITOR_MIN_REQUESTS: u64 = 20;
+
+/// The running operation, as its steps see it.
+pub(super) struct OpCtx {
+    pub id: u64,
+    pub kind: OperationKind,
+    pub revision: u64,
+    pub cancel: CancellationToken,
+}
+
+/// Why an operation did not succeed.
+#[derive(Debug)]
+pub(super) struct OpFailure {
+    pub outcome: OutcomeKind,
+    pub message: String,
+}
+
+impl OpFailure {
+    pub fn new(outcome: OutcomeKind, message: impl Into<String>) -> OpFailure {
+        OpFailure {
+            outcome,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> OpFailure {
+        OpFailure::new(OutcomeKind::Failed, message)
+    }
+}
+
+/// What an accepted request will work on.
+pub(super) struct Plan {
+    pub revision: Option<u64>,
+    pub target: Option<Color>,
+    /// The spec a deploy (or a rollback by redeploy) starts.
+    pub spec: Option<Spec>,
+    /// Parsed canary settings.
+    pub canary: Option<CanaryPlan>,
+}
+
+/// A canary request, validated.
+pub(super) struct CanaryPlan {
+    pub weight: Option<u8>,
+    pub steps: Vec<u8>,
+    pub interval: Duration,
+    pub max_error_rate: f64,
+    pub max_p99: Option<Duration>,
+    pub min_requests: u64,
+    pub promote: bool,
+}
+
+fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError> {
+    humantime::parse_duration(value).map_err(|e| {
+        ControlError::BadRequest(format!(
+            "{field}: {value:?} is not a duration ({e}); use e.g. \"30s\" or \"2m\""
+        ))
+    })
+}
+
+fn validate_spec(spec: &Spec, runtime: &str) -> Result<(), ControlError> {
+    if let Some(image) = &spec.image {
+        let ok = !image.is_empty()
+            && image.len() <= 255
+            && !image.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !image.starts_with([':', '@', '/', '-']);
+        if !ok {
+            return Err(ControlError::BadRequest(format!(
+                "image {image:?} is not a valid image reference"
+            )));
+        }
+    }
+    if runtime == "docker" && spec.image.is_none() {
+        return Err(ControlError::BadRequest(
+            "the docker runtime needs an image".into(),
+        ));
+    }
+    if runtime == "process"
+        && spec
+            .command
+            .as_ref()
+            .is_none_or(|c| c.is_empty() || c[0].is_empty())
+    {
+        return Err(ControlError::BadRequest(
+            "the process runtime needs a non-empty command".into(),
+        ));
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(ControlError::BadRequest(format!(
+                "env key {key:?} is not a valid variable name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Check a request against the model; nothing changes on refusal.
+    pub(super) fn plan(&self, request: &OpRequest) -> Result<Plan, ControlError> {
+        let model = self.lock();
+        let idle = model.idle();
+        let empty = Plan {
+            revision: None,
+            target: None,
+            spec: None,
+            canary: None,
+        };
+        match request {
+            OpRequest::Deploy(req) => {
+                let spec = self.config.spec.with_overrides(&req.overrides());
+                validate_spec(&spec, self.shared.runtime.kind())?;
+                Ok(Plan {
+                    revision: Some(model.revision + 1),
+                    target: Some(idle),
+                    spec: Some(spec),
+                    canary: None,
+                })
+            }
+            OpRequest::Promote => {
+                promotable(&model, idle)?;
+                Ok(Plan {
+                    revision: model
+                        .colors
+                        .get(&idle)
+                        .and_then(|c| c.spec.as_ref())
+                        .map(|s| s.revision),
+                    target: Some(idle),
+                    ..empty
+                })
+            }
+            OpRequest::Rollback => {
+                let active = model.active.ok_or_else(|| {
+                    ControlError::BadRequest(
+                        "nothing to roll back: nothing was deployed yet".into(),
+                    )
+                })?;
+                if model.is_candidate(idle) {
+                    return Ok(Plan {
+                        target: Some(active),
+                        ..empty
+                    });
+                }
+                let warm = model
+                    .colors
+                    .get(&idle)
+                    .is_some_and(|c| c.spec.is_some() && !c.replicas.is_empty());
+                if warm {
+                    return Ok(Plan {
+                        target: Some(idle),
+                        ..empty
+                    });
+                }
+                match &model.previous {
+                    Some(prev) => Ok(Plan {
+                        revision: Some(model.revision + 1),
+                        target: Some(idle),
+                        spec: Some(prev.spec.clone()),
+                        canary: None,
+                    }),
+                    None => Err(ControlError::BadRequest(
+                        "nothing to roll back to: no previous revision is known".into(),
+                    )),
+                }
+            }
+            OpRequest::Abort => {
+                if model.is_candidate(idle) {
+                    Ok(Plan {
+                        target: Some(idle),
+                        ..empty
+                    })
+                } else {
+                    Err(ControlError::BadRequest(
+                        "nothing to abort: no deploy or canary is in progress".into(),
+                    ))
+                }
+            }
+            OpRequest::Canary(req) => {
+                promotable(&model, idle)?;
+                Ok(Plan {
+                    target: Some(idle),
+                    canary: Some(canary_plan(req)?),
+                    ..empty
+                })
+            }
+            OpRequest::Rolling(_)
+            | OpRequest::ReplicaDrain(_)
+            | OpRequest::ReplicaEnable(_)
+            | OpRequest::ReplicaUpdate(..) => Err(ControlError::NotSupported(
+                "rolling and replica operations are not available in this build of bg-agent yet"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Run an accepted operation to its end.
+    pub(super) async fn run(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        request: OpRequest,
+        plan: Plan,
+    ) -> Result<String, OpFailure> {
+        match request {
+            OpRequest::Deploy(req) => {
+                let spec = plan.spec.expect("deploy plan has a spec");
+                let promote = req.promote.unwrap_or(self.config.deploy.auto_promote);
+                self.deploy(ctx, spec, promote).await
+            }
+            OpRequest::Promote => self.promote(ctx).await,
+            OpRequest::Rollback => self.rollback(ctx, plan).await,
+            OpRequest::Abort => {
+                let target = plan.target.expect("abort plan has a target");
+                self.phase(
+                    ctx,
+                    "removing",
+                    format!("removing the candidate in {target}"),
+                );
+                self.restore_weights();
+                self.retire_color(target, Some(ctx.id)).await;
+                Ok(format!(
+                    "candidate in {target} removed; traffic stays where it was"
+                ))
+            }
+            OpRequest::Canary(_) => self.canary(ctx, plan.canary.expect("canary plan")).await,
+            _ => Err(OpFailure::failed("not supported")),
+        }
+    }
+
+    /// Record the end of an operation: event, history, state file.
+    pub(super) fn finish(&self, ctx: &OpCtx, result: Result<String, OpFailure>) {
+        let (outcome, message) = match result {
+            Ok(message) => (OutcomeKind::Succeeded, message),
+            Err(f) => (f.outcome, f.message),
+        };
+        let outcome = Outcome {
+            operation: ctx.id,
+            kind: ctx.kind,
+            outcome,
+            message,
+            revision: ctx.revision,
+            at: now_rfc3339(),
+        };
+        match outcome.outcome {
+            OutcomeKind::Succeeded => {
+                tracing::info!(service = %self.name, revision = ctx.revision, kind = ?ctx.kind, outcome = ?outcome.outcome, "{}", outcome.message)
+            }
+            _ => {
+                tracing::warn!(service = %self.name, revision = ctx.revision, kind = ?ctx.kind, outcome = ?outcome.outcome, "{}", outcome.message)
+            }
+        }
+        {
+            let mut model = self.lock();
+            let spec = model
+                .active
+                .and_then(|a| model.colors.get(&a))
+                .and_then(|c| c.spec.as_ref())
+                .filter(|s| s.revision == ctx.revision)
+                .map(|s| s.spec.clone());
+            model.end_operation(outcome.clone(), spec);
+        }
+        *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.persist();
+        self.emit(Some(ctx.id), EventKind::OperationFinished(outcome));
+    }
+
+    /// Move the operation to a new phase.
+    pub(super) fn phase(&self, ctx: &OpCtx, phase: &str, detail: String) {
+        {
+            let mut model = self.lock();
+            if let Some(op) = model.operation.as_mut() {
+                op.phase = phase.to_string();
+                op.detail = detail.clone();
+            }
+        }
+        tracing::info!(service = %self.name, op = ctx.id, phase, "{detail}");
+        self.emit(
+            Some(ctx.id),
+            EventKind::Phase {
+                phase: phase.to_string(),
+                detail,
+            },
+        );
+    }
+
+    fn emit_switched(&self, op: Option<u64>) {
+        let (active, weights) = {
+            let m = self.lock();
+            (m.active, m.weights())
+        };
+        self.emit(op, EventKind::Switched { active, weights });
+    }
+
+    /// Weights back to all on the active color (end of a canary).
+    fn restore_weights(&self) {
+        let changed = {
+            let mut m = self.lock();
+            let all = m.active.map(Weights::all_to);
+            let changed = all.is_some() && m.weights != all;
+            m.weights = all;
+            changed
+        };
+        if changed {
+            self.apply_routes();
+            self.emit_switched(None);
+        }
+    }
+
+    async fn deploy(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        spec: Spec,
+        promote: bool,
+    ) -> Result<String, OpFailure> {
+        let target = self.lock().idle();
+        self.cancel_warm_timer();
+        // The idle color may still hold the previous release, kept warm.
+        if self
+            .lock()
+            .colors
+            .get(&target)
+            .is_some_and(|c| !c.replicas.is_empty())
+        {
+            self.phase(
+                ctx,
+                "stopping",
+                format!("removing the previous release kept warm in {target}"),
+            );
+            self.retire_color(target, Some(ctx.id)).await;
+        }
+        let revision = ctx.revision;
+        let spec = RevisionSpec { revision, spec };
+        {
+            let mut m = self.lock();
+            m.revision = m.revision.max(revision);
+            m.color(target).spec = Some(spec.clone());
+        }
+        self.persist();
+        let n = self.config.replicas;
+        self.phase(
+            ctx,
+            "starting",
+            format!("starting {n} replica(s) of revision {revision} in {target}"),
+        );
+        self.start_color(target, &spec).await?;
+        self.persist();
+        self.phase(
+            ctx,
+            "health",
+            format!("waiting for {n} replica(s) of {target} to pass health checks"),
+        );
+        if let Err(failure) = self.wait_healthy(target, ctx).await {
+            self.phase(
+                ctx,
+                "removing",
+                format!("removing the failed revision {revision} from {target}"),
+            );
+            self.retire_color(target, Some(ctx.id)).await;
+            let message = match failure.outcome {
+                OutcomeKind::Aborted => failure.message,
+                _ => format!(
+                    "deploy of revision {revision} failed, traffic did not move: {}",
+                    failure.message
+                ),
+            };
+            return Err(OpFailure::new(failure.outcome, message));
+        }
+        // Healthy: the new color is reachable through the preview rule only
+        // (its weight is zero) until it is promoted.
+        self.set_color_state(target, ReplicaState::Serving);
+        let first = self.lock().active.is_none();
+        if first {
+            {
+                let mut m = self.lock();
+                m.active = Some(target);
+                m.weights = Some(Weights::all_to(target));
+            }
+            self.apply_routes();
+            self.persist();
+            self.emit_switched(Some(ctx.id));
+            return Ok(format!("revision {revision} is live on {target}"));
+        }
+        self.apply_routes();
+        self.persist();
+        if promote {
+            return self.promote(ctx).await;
+        }
+        Ok(format!("revision {revision} is healthy on {target}; promote it to switch traffic (bgctl promote {})", self.name))
+    }
+
+    /// Switch to the idle color, drain the old one, watch the new one, then
+    /// stop the old color or keep it warm.
+    async fn promote(self: &Arc<Self>, ctx: &OpCtx) -> Result<String, OpFailure> {
+        let (old, new, revision) = {
+            let m = self.lock();
+            let new = m.idle();
+            promotable(&m, new).map_err(|e| OpFailure::failed(e.to_string()))?;
+            (
+                m.active,
+                new,
+                m.colors
+                    .get(&new)
+                    .and_then(|c| c.spec.as_ref())
+                    .map(|s| s.revision)
+                    .unwrap_or(0),
+            )
+        };
+        self.phase(
+            ctx,
+            "switching",
+            format!("switching traffic to {new} (revision {revision})"),
+        );
+        {
+            let mut m = self.lock();
+            m.active = Some(new);
+            m.weights = Some(Weights::all_to(new));
+            if let Some(old) = old {
+                for r in &mut m.color(old).replicas {
+                    r.state = ReplicaState::Draining;
+                }
+            }
+        }
+        let before = self
+            .proxy
+            .stats()
+            .color(super::model::proxy_color(new))
+            .clone();
+        self.apply_routes();
+        self.persist();
+        self.emit_switched(Some(ctx.id));
+        let Some(old) = old else {
+            return Ok(format!("revision {revision} is live on {new}"));
+        };
+
+        self.phase(ctx, "draining", format!("draining {old}"));
+        let report = self
+            .drain_backends(old, self.backends_of(old), Some(ctx.id))
+            .await;
+        self.set_color_state(old, ReplicaState::Out);
+        let drained = if report.cut > 0 {
+            format!(
+                "; {} request(s) still open on {old} were cut at drain_timeout",
+                report.cut
+            )
+        } else {
+            String::new()
+        };
+
+        let monitor = self.config.deploy.monitor;
+        if !monitor.is_zero() {
+            self.phase(
+                ctx,
+                "monitor",
+                format!("watching {new} for {}", humantime::format_duration(monitor)),
+            );
+            if let Err(reason) = self.monitor(ctx, new, monitor, &before).await {
+                match self.config.deploy.failure_action {
+                    FailureAction::Rollback => {
+                        self.phase(
+                            ctx,
+                            "rolling-back",
+                            format!("monitor failed ({reason}); switching back to {old}"),
+                        );
+                        self.swap_back(ctx, new, old).await;
+                        return Err(OpFailure::new(
+                            OutcomeKind::RolledBack,
+                            format!("revision {revision} rolled back to {old}: {reason}"),
+                        ));
+                    }
+                    FailureAction::Pause => {
+                        return Err(OpFailure::new(
+                            OutcomeKind::Paused,
+                            format!("monitor failed ({reason}); traffic stays on {new}, {old} is kept warm: run bgctl rollback {} or bgctl promote", self.name),
+                        ));
+                    }
+                    FailureAction::Continue => {
+                        self.emit(Some(ctx.id), EventKind::Message { level: "warn".into(), message: format!("monitor failed ({reason}); continuing as failure_action = continue") });
+                    }
+                }
+            }
+        }
+
+        {
+            let mut m = self.lock();
+            m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
+        }
+        let keep = self.config.deploy.keep_old;
+        if keep.is_zero() {
+            self.phase(ctx, "stopping", format!("stopping {old}"));
+            self.retire_color(old, Some(ctx.id)).await;
+            Ok(format!(
+                "revision {revision} is live on {new}; {old} drained in {}ms and stopped{drained}",
+                report.elapsed.as_millis()
+            ))
+        } else {
+            self.keep_warm(old, keep);
+            self.persist();
+            Ok(format!(
+                "revision {revision} is live on {new}; {old} is kept warm for {} for an instant rollback{drained}",
+                humantime::format_duration(keep)
+            ))
+        }
+    }
+
+    /// Watch `color` for `window`: any unhealthy replica, or a 5xx rate over
+    /// `max_error_rate` once enough requests were seen, fails it.
+    async fn monitor(
+        &self,
+        ctx: &OpCtx,
+        color: Color,
+        window: Duration,
+        before: &bg_proxy::TrafficStats,
+    ) -> Result<(), String> {
+        let end = Instant::now() + window;
+        loop {
+            if let Some((n, reason)) = self.lock().unhealthy(color).into_iter().next() {
+                return Err(format!("replica {n} of {color} turned unhealthy: {reason}"));
+            }
+            let now = self
+                .proxy
+                .stats()
+                .color(super::model::proxy_color(color))
+                .since(before);
+            let max = self.config.deploy.max_error_rate;
+            if now.requests >= MONITOR_MIN_REQUESTS && now.error_rate() > max {
+                return Err(format!(
+                    "error rate {:.2}% over {} requests is above max_error_rate {:.2}%",
+                    now.error_rate() * 100.0,
+                    now.requests,
+                    max * 100.0
+                ));
+            }
+            if Instant::now() >= end {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err("aborted".into()),
+                _ = tokio::time::sleep(MONITOR_TICK) => {}
+            }
+        }
+    }
+
+    /// Instant rollback: `back` is still running; swap to it, drain and
+    /// remove `from`.
+    async fn swap_back(&self, ctx: &OpCtx, from: Color, back: Color) {
+        {
+            let mut m = self.lock();
+            m.active = Some(back);
+            m.weights = Some(Weights::all_to(back));
+            for r in &mut m.color(back).replicas {
+                r.state = ReplicaState::Serving;
+            }
+            m.color(back).warm_until = None;
+        }
+        self.apply_routes();
+        self.persist();
+        self.emit_switched(Some(ctx.id));
+        self.retire_color(from, Some(ctx.id)).await;
+    }
+
+    async fn rollback(self: &Arc<Self>, ctx: &OpCtx, plan: Plan) -> Result<String, OpFailure> {
+        let (active, idle, candidate) = {
+            let m = self.lock();
+            let active = m.active.expect("planned rollback has an active color");
+            (active, active.other(), m.is_candidate(active.other()))
+        };
+        if candidate {
+            self.phase(ctx, "removing", format!("removing the candidate in {idle}"));
+            self.restore_weights();
+            self.retire_color(idle, Some(ctx.id)).await;
+            return Ok(format!(
+                "candidate in {idle} removed; traffic stays on {active}"
+            ));
+        }
+        if let Some(spec) = plan.spec {
+            self.phase(
+                ctx,
+                "redeploying",
+                "the previous color is gone; redeploying the previous spec".into(),
+            );
+            let result = self.deploy(ctx, spec, true).await;
+            if result.is_ok() {
+                self.lock().previous = None;
+            }
+            return result.map(|m| format!("rolled back by redeploy: {m}"));
+        }
+        self.cancel_warm_timer();
+        self.phase(
+            ctx,
+            "switching",
+            format!("switching back to {idle}, kept warm"),
+        );
+        if !self.lock().all_healthy(idle) {
+            return Err(OpFailure::failed(format!(
+                "{idle} is kept warm but not healthy; traffic stays on {active}"
+            )));
+        }
+        self.swap_back(ctx, active, idle).await;
+        self.lock().previous = None;
+        self.persist();
+        Ok(format!(
+            "rolled back to {idle}; {active} drained and stopped"
+        ))
+    }
+
+    async fn canary(self: &Arc<Self>, ctx: &OpCtx, plan: CanaryPlan) -> Result<String, OpFailure> {
+        let new = self.lock().idle();
+        let pcolor = super::model::proxy_color(new);
+        let stable = pcolor.other();
+        if let Some(w) = plan.weight {
+            self.set_split(new, w);
+            self.emit_switched(Some(ctx.id));
+            return Ok(format!("{w}% of new clients go to {new}"));
+        }
+        for (i, &step) in plan.steps.iter().enumerate() {
+            self.phase(
+                ctx,
+                "canary",
+                format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()),
+            );
+            self.set_split(new, step);
+            self.emit_switched(Some(ctx.id));
+            let start = self.proxy.stats();
+            let mut waited = Duration::ZERO;
+            let verdict = loop {
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => {
+                        self.abandon_canary(ctx, new).await;
+                        return Err(OpFailure::new(OutcomeKind::Aborted, format!("canary aborted at {step}%")));
+                    }
+                    _ = tokio::time::sleep(plan.interval) => {}
+                }
+                waited += plan.interval;
+                let now = self.proxy.stats();
+                let canary = now.color(pcolor).since(start.color(pcolor));
+                let base = now.color(stable).since(start.color(stable));
+                if let Some((n, reason)) = self.lock().unhealthy(new).into_iter().next() {
+                    break Err(format!("replica {n} of {new} turned unhealthy: {reason}"));
+                }
+                if canary.requests < plan.min_requests {
+                    if waited < plan.interval * 2 {
+                        continue;
+                    }
+                    break Err(format!(
+                        "only {} request(s) reached {new} at {step}% (min_requests {})",
+                        canary.requests, plan.min_requests
+                    ));
+                }
+                let rate = canary.error_rate();
+                if rate > plan.max_error_rate {
+                    break Err(format!(
+                        "error rate of {new} {:.2}% over {} requests is above {:.2}% (stable color: {:.2}%)",
+                        rate * 100.0,
+                        canary.requests,
+                        plan.max_error_rate * 100.0,
+                        base.error_rate() * 100.0
+                    ));
+                }
+                if let (Some(max), Some(p99)) = (plan.max_p99, canary.latency.quantile(0.99)) {
+                    if p99 > max {
+                        break Err(format!(
+                            "p99 latency of {new} {}ms is above {}ms (stable color: {}ms)",
+                            p99.as_millis(),
+                            max.as_millis(),
+                            base.latency
+                                .quantile(0.99)
+                                .map(|d| d.as_millis())
+                                .unwrap_or(0)
+                        ));
+                    }
+                }
+                break Ok(());
+            };
+            if let Err(reason) = verdict {
+                self.abandon_canary(ctx, new).await;
+                return Err(OpFailure::failed(format!(
+                    "canary aborted at {step}%: {reason}; traffic is back on {}",
+                    new.other()
+                )));
+            }
+        }
+        if plan.promote {
+            return self.promote(ctx).await;
+        }
+        let last = plan.steps.last().copied().unwrap_or(0);
+        Ok(format!(
+            "canary passed every step; {last}% of new clients go to {new}"
+        ))
+    }
+
+    fn set_split(&self, new: Color, pct: u8) {
+        self.lock().weights = Some(Weights::split(new, pct));
+        self.apply_routes();
+        self.persist();
+    }
+
+    async fn abandon_canary(&self, ctx: &OpCtx, new: Color) {
+        self.restore_weights();
+        self.retire_color(new, Some(ctx.id)).await;
+    }
+
+    /// Keep `color` running out of rotation for `keep`, then stop it unless
+    /// something else took it over.
+    pub(super) fn keep_warm(self: &Arc<Self>, color: Color, keep: Duration) {
+        let until = SystemTime::now()
+            .checked_add(keep)
+            .unwrap_or(SystemTime::now());
+        let token = self.shared.shutdown.child_token();
+        {
+            let mut m = self.lock();
+            m.color(color).warm_until = until.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+            if let Some(old) = m.warm_cancel.replace(token.clone()) {
+                old.cancel();
+            }
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(keep) => {}
+            }
+            let _op = service.op_lock.lock().await;
+            if token.is_cancelled() {
+                return;
+            }
+            let still_warm = {
+                let m = service.lock();
+                m.active != Some(color)
+                    && m.colors.get(&color).is_some_and(|c| c.warm_until.is_some())
+            };
+            if still_warm {
+                tracing::info!(service = %service.name, %color, "keep_old elapsed; stopping the old color");
+                service.retire_color(color, None).await;
+            }
+        });
+    }
+
+    pub(super) fn cancel_warm_timer(&self) {
+        if let Some(t) = self.lock().warm_cancel.take() {
+            t.cancel();
+        }
+    }
+}
+
+/// Whether `color` can take traffic: a healthy candidate.
+fn promotable(model: &ServiceModel, color: Color) -> Result<(), ControlError> {
+    if !model.is_candidate(color) {
+        return Err(ControlError::BadRequest(format!(
+            "nothing to promote: {color} holds no new revision; deploy one first"
+        )));
+    }
+    if !model.all_healthy(color) {
+        let sick = model
+            .colors
+            .get(&color)
+            .map(|c| {
+                c.replicas
+                    .iter()
+                    .filter(|r| r.health != Health::Healthy)
+                    .count()
+            })
+            .unwrap_or(0);
+        return Err(ControlError::BadRequest(format!(
+            "{color} is not healthy yet ({sick} replica(s) not passing health checks)"
+        )));
+    }
+    Ok(())
+}
+
+fn canary_plan(req: &CanaryRequest) -> Result<CanaryPlan, ControlError> {
+    if req.weight.is_some() && !req.steps.is_empty() {
+        return Err(ControlError::BadRequest(
+            "give either weight or steps, not both".into(),
+        ));
+    }
+    if let Some(w) = req.weight {
+        if w > 100 {
+            return Err(ControlError::BadRequest(format!("weight {w} is above 100")));
+        }
+    } else if req.steps.is_empty() {
+        return Err(ControlError::BadRequest(
+            "a canary needs a weight or steps".into(),
+        ));
+    }
+    if req.steps.iter().any(|&s| s == 0 || s > 100) || req.steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ControlError::BadRequest(format!(
+            "steps {:?} must grow strictly between 1 and 100",
+            req.steps
+        )));
+    }
+    let interval = match &req.interval {
+        Some(i) => parse_duration("interval", i)?,
+        None if req.steps.is_empty() => Duration::ZERO,
+        None => {
+            return Err(ControlError::BadRequest(
+                "steps need an interval (e.g. \"30s\")".into(),
+            ))
+        }
+    };
+    if !req.steps.is_empty() && interval.is_zero() {
+        return Err(ControlError::BadRequest(
+            "interval must be above zero".into(),
+        ));
+    }
+    let max_error_rate = req
+        .max_error_rate
+        .unwrap_or(crate::config::DEFAULT_MAX_ERROR_RATE);
+    if !(0.0..=1.0).contains(&max_error_rate) {
+        return Err(ControlError::BadRequest(format!(
+            "max_error_rate {max_error_rate} is not a fraction between 0 and 1"
+        )));
+    }
+    let max_p99 = req
+        .max_p99
+        .as_deref()
+        .map(|v| parse_duration("max_p99", v))
+        .transpose()?;
+    Ok(CanaryPlan {
+        weight: req.weight,
+        steps: req.steps.clone(),
+        interval,
+        max_error_rate,
+        max_p99,
+        min_requests: req.min_requests.unwrap_or(1),
+        promote: req.promote,
+    })
+}

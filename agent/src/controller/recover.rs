@@ -1,0 +1,201 @@
+//! Start-up recovery: rebuild a service's model from the state file and
+//! the replicas the runtime still runs, adopt those (they are health-checked
+//! again before they get traffic), remove what nobody owns, and resolve an
+//! operation that a crash cut short: a half-done deploy or canary is
+//! aborted, a promote that had switched is completed.
+
+use super::model::ServiceModel;
+use super::Service;
+use crate::api::{Color, EventKind, Outcome, OutcomeKind, ReplicaState, Weights};
+use crate::events::now_rfc3339;
+use crate::runtime::ReplicaHandle;
+use crate::state::RevisionSpec;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+impl Service {
+    /// Rebuild the model; `found` are the runtime's replicas of this service.
+    pub async fn recover(self: &Arc<Self>, mut found: Vec<ReplicaHandle>) {
+        let record = self.shared.persister.record(&self.name);
+        let mut interrupted = None;
+        if let Some(rec) = record {
+            {
+                let mut m = self.lock();
+                *m = ServiceModel {
+                    revision: rec.revision,
+                    active: rec.active,
+                    weights: Some(rec.weights),
+                    previous: rec.previous.clone(),
+                    last_outcome: rec.history.last().map(|h| h.outcome.clone()),
+                    history: rec.history.clone(),
+                    ..ServiceModel::default()
+                };
+                for (color, c) in &rec.colors {
+                    let cm = m.color(*color);
+                    cm.spec = c.spec.clone();
+                    cm.warm_until = c.warm_until;
+                }
+            }
+            for (color, c) in &rec.colors {
+                for r in &c.replicas {
+                    let Some(pos) = found
+                        .iter()
+                        .position(|h| h.runtime_id == r.runtime_id || h.name == r.name)
+                    else {
+                        self.emit(
+                            None,
+                            EventKind::Message {
+                                level: "warn".into(),
+                                message: format!(
+                                    "replica {} of {color} ({}) is gone since the agent last ran",
+                                    r.number, r.name
+                                ),
+                            },
+                        );
+                        continue;
+                    };
+                    let handle = found.swap_remove(pos);
+                    let spec = RevisionSpec {
+                        revision: r.revision,
+                        spec: r
+                            .spec
+                            .clone()
+                            .or_else(|| c.spec.as_ref().map(|s| s.spec.clone()))
+                            .unwrap_or_default(),
+                    };
+                    let state = if r.state == ReplicaState::Serving {
+                        ReplicaState::Serving
+                    } else {
+                        ReplicaState::Out
+                    };
+                    self.track_replica(*color, handle, spec, state);
+                }
+            }
+            interrupted = rec.operation.clone();
+        } else if !found.is_empty() {
+            self.adopt_without_state(&mut found);
+        }
+
+        // Whatever is left belongs to nobody: a replica started by a deploy
+        // the agent did not live to record.
+        for orphan in std::mem::take(&mut found) {
+            tracing::warn!(service = %self.name, replica = %orphan.name, "removing a replica no state refers to");
+            let _ = self
+                .shared
+                .runtime
+                .stop(&orphan, &self.config.stop_signal, self.config.stop_grace)
+                .await;
+            let _ = self.shared.runtime.remove(&orphan).await;
+        }
+        self.apply_routes();
+
+        if let Some(op) = interrupted {
+            let target = op.target;
+            let active = self.lock().active;
+            let message = match (op.kind, target) {
+                (
+                    crate::api::OperationKind::Promote | crate::api::OperationKind::Rollback,
+                    Some(t),
+                ) if active == Some(t) => {
+                    self.retire_color(t.other(), None).await;
+                    format!("the agent restarted during this {:?}; the switch to {t} had happened, so it was completed", op.kind)
+                }
+                (_, Some(t))
+                    if active != Some(t) && self.lock().is_candidate(t)
+                        || active != Some(t) && op.kind == crate::api::OperationKind::Deploy =>
+                {
+                    {
+                        let mut m = self.lock();
+                        m.weights = m.active.map(Weights::all_to);
+                    }
+                    self.retire_color(t, None).await;
+                    format!("the agent restarted during this {:?}; the half-done {t} color was removed and traffic stays on the stable color", op.kind)
+                }
+                _ => format!(
+                    "the agent restarted during this {:?}; nothing was left to undo",
+                    op.kind
+                ),
+            };
+            let outcome = Outcome {
+                operation: op.id,
+                kind: op.kind,
+                outcome: OutcomeKind::Aborted,
+                message: message.clone(),
+                revision: op.revision,
+                at: now_rfc3339(),
+            };
+            {
+                let mut m = self.lock();
+                m.operation = Some(crate::api::OperationStatus {
+                    id: op.id,
+                    kind: op.kind,
+                    phase: "recovering".into(),
+                    revision: op.revision,
+                    started_at: op.started_at.clone(),
+                    detail: String::new(),
+                });
+                m.end_operation(outcome.clone(), None);
+            }
+            tracing::warn!(service = %self.name, revision = op.revision, "{message}");
+            self.emit(Some(op.id), EventKind::OperationFinished(outcome));
+        }
+
+        // An old color kept warm keeps its remaining time.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let warm: Vec<(Color, u64)> = {
+            let m = self.lock();
+            m.colors
+                .iter()
+                .filter(|(c, _)| Some(**c) != m.active)
+                .filter_map(|(c, cm)| {
+                    cm.warm_until
+                        .filter(|_| !cm.replicas.is_empty())
+                        .map(|u| (*c, u))
+                })
+                .collect()
+        };
+        for (color, until) in warm {
+            if until > now {
+                self.keep_warm(color, Duration::from_secs(until - now));
+            } else {
+                self.retire_color(color, None).await;
+            }
+        }
+        self.apply_routes();
+        self.persist();
+    }
+
+    /// No state file entry but running replicas: the newest revision
+    /// becomes the active color again, the rest is removed.
+    fn adopt_without_state(self: &Arc<Self>, found: &mut Vec<ReplicaHandle>) {
+        let Some(newest) = found.iter().max_by_key(|h| h.revision).cloned() else {
+            return;
+        };
+        let color = newest.color;
+        let (mine, rest): (Vec<_>, Vec<_>) = found
+            .drain(..)
+            .partition(|h| h.color == color && h.revision == newest.revision);
+        *found = rest;
+        let spec = RevisionSpec {
+            revision: newest.revision,
+            spec: self.config.spec.clone(),
+        };
+        {
+            let mut m = self.lock();
+            m.revision = newest.revision;
+            m.active = Some(color);
+            m.weights = Some(Weights::all_to(color));
+            m.color(color).spec = Some(spec.clone());
+        }
+        for handle in mine {
+            self.track_replica(color, handle, spec.clone(), ReplicaState::Serving);
+        }
+        self.emit(None, EventKind::Message {
+            level: "warn".into(),
+            message: format!("no state for this service: adopted revision {} on {color} from the runtime's labels", newest.revision),
+        });
+    }
+}

@@ -1,0 +1,422 @@
+//! Replica lifecycle inside a controller: start and adopt replicas with
+//! their health monitors, wait for a color to become healthy, take a color
+//! out of rotation, drain it and stop it.
+
+use super::model::{ReplicaModel, ServiceModel};
+use super::ops::{OpCtx, OpFailure};
+use super::Service;
+use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
+use crate::health::HealthMonitor;
+use crate::runtime::{ReplicaHandle, ReplicaSpec};
+use crate::state::RevisionSpec;
+use bg_proxy::{BackendId, DrainReport};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often waits re-read the model (health verdicts arrive by watcher).
+const POLL: Duration = Duration::from_millis(50);
+/// Log lines of a failed replica quoted in a deploy error.
+const FAILURE_LOG_LINES: usize = 20;
+
+impl Service {
+    /// Start replicas `1..=n` of `color` with `spec`, out of rotation.
+    /// Returns the first start error, after removing what did start.
+    pub(super) async fn start_color(
+        self: &Arc<Self>,
+        color: Color,
+        spec: &RevisionSpec,
+    ) -> Result<(), OpFailure> {
+        let n = self.config.replicas;
+        let starts = (1..=n).map(|number| self.start_replica(color, number, spec));
+        let results = futures_util::future::join_all(starts).await;
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            self.retire_color(color, None).await;
+            return Err(OpFailure::new(OutcomeKind::Failed, err));
+        }
+        Ok(())
+    }
+
+    /// Start one replica and track it.
+    pub(super) async fn start_replica(
+        self: &Arc<Self>,
+        color: Color,
+        number: u32,
+        spec: &RevisionSpec,
+    ) -> Result<(), String> {
+        let replica_spec = ReplicaSpec {
+            service: self.name.clone(),
+            color,
+            revision: spec.revision,
+            replica: number,
+            spec: spec.spec.clone(),
+            app_port: self.config.port,
+            pull: self.config.pull,
+            stop_signal: self.config.stop_signal.clone(),
+            stop_grace: self.config.stop_grace,
+        };
+        let handle = self
+            .shared
+            .runtime
+            .start(&replica_spec)
+            .await
+            .map_err(|e| format!("cannot start replica {number} of {color}: {e}"))?;
+        self.track_replica(color, handle, spec.clone(), ReplicaState::Out);
+        Ok(())
+    }
+
+    /// Track a running replica (started or adopted): start its health
+    /// monitor and a watcher that feeds verdicts into the model and the
+    /// route table.
+    pub(super) fn track_replica(
+        self: &Arc<Self>,
+        color: Color,
+        handle: ReplicaHandle,
+        spec: RevisionSpec,
+        state: ReplicaState,
+    ) {
+        let monitor = self.shared.shutdown.child_token();
+        let watch = HealthMonitor::spawn(
+            handle.addr,
+            self.config.health.clone(),
+            self.shared.runtime.clone(),
+            handle.clone(),
+            monitor.clone(),
+        );
+        let short: String = handle.runtime_id.chars().take(12).collect();
+        let backend = BackendId::from(format!("{}#{short}", handle.name));
+        let replica = ReplicaModel {
+            number: handle.replica,
+            backend: backend.clone(),
+            handle,
+            health: Health::Starting,
+            reason: None,
+            state,
+            spec,
+            monitor: monitor.clone(),
+        };
+        {
+            let mut model = self.lock();
+            let c = model.color(color);
+            c.replicas.retain(|r| r.number != replica.number);
+            c.replicas.push(replica);
+            c.replicas.sort_by_key(|r| r.number);
+        }
+        let service = self.clone();
+        let mut rx = watch.receiver();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = monitor.cancelled() => break,
+                    changed = rx.changed() => if changed.is_err() { break },
+                }
+                let report = rx.borrow_and_update().clone();
+                service.on_health(color, &backend, report.health, report.reason);
+            }
+        });
+    }
+
+    /// A health verdict changed: update the model, and the route table when
+    /// rotation changes. A serving replica that turns unhealthy leaves the
+    /// rotation here, at once.
+    fn on_health(&self, color: Color, backend: &BackendId, health: Health, reason: Option<String>) {
+        let (event, rotation_changed) = {
+            let mut model = self.lock();
+            let Some(r) = model
+                .color(color)
+                .replicas
+                .iter_mut()
+                .find(|r| &r.backend == backend)
+            else {
+                return;
+            };
+            if r.health == health {
+                return;
+            }
+            let before = r.in_rotation();
+            r.health = health;
+            r.reason = reason.clone();
+            let event = EventKind::Replica {
+                color,
+                replica: r.number.to_string(),
+                health,
+                state: r.state,
+                reason,
+            };
+            (event, before != r.in_rotation())
+        };
+        if let EventKind::Replica {
+            health: Health::Unhealthy,
+            ref replica,
+            ref reason,
+            ..
+        } = event
+        {
+            tracing::warn!(service = %self.name, %color, replica, reason = reason.as_deref().unwrap_or(""), "replica unhealthy");
+        }
+        let op = self.lock().operation.as_ref().map(|o| o.id);
+        self.emit(op, event);
+        if rotation_changed {
+            self.apply_routes();
+        }
+    }
+
+    /// Wait until every replica of `color` is healthy, or fail at the
+    /// health deadline (or as soon as one exits) with the reason and the
+    /// replica's last log lines.
+    pub(super) async fn wait_healthy(&self, color: Color, ctx: &OpCtx) -> Result<(), OpFailure> {
+        let deadline = Instant::now() + self.config.health.deadline;
+        let wanted = self.config.replicas;
+        let mut last_healthy = u32::MAX;
+        loop {
+            let (healthy, exited) = {
+                let model = self.lock();
+                let replicas = model
+                    .colors
+                    .get(&color)
+                    .map(|c| c.replicas.as_slice())
+                    .unwrap_or(&[]);
+                let healthy = replicas
+                    .iter()
+                    .filter(|r| r.health == Health::Healthy)
+                    .count() as u32;
+                let exited = replicas
+                    .iter()
+                    .find(|r| {
+                        r.health == Health::Unhealthy
+                            && r.reason.as_deref().is_some_and(|m| m.contains("exited"))
+                    })
+                    .map(|r| {
+                        (
+                            r.number,
+                            r.handle.clone(),
+                            r.reason.clone().unwrap_or_default(),
+                        )
+                    });
+                (healthy, exited)
+            };
+            if healthy != last_healthy {
+                last_healthy = healthy;
+                self.emit(
+                    Some(ctx.id),
+                    EventKind::Progress {
+                        healthy,
+                        wanted,
+                        inflight: 0,
+                    },
+                );
+            }
+            if healthy >= wanted {
+                return Ok(());
+            }
+            if let Some((number, handle, reason)) = exited {
+                return Err(self.health_failure(color, number, &handle, &reason).await);
+            }
+            if Instant::now() >= deadline {
+                let worst = {
+                    let model = self.lock();
+                    model.colors.get(&color).and_then(|c| {
+                        c.replicas
+                            .iter()
+                            .find(|r| r.health != Health::Healthy)
+                            .map(|r| {
+                                (
+                                    r.number,
+                                    r.handle.clone(),
+                                    r.reason
+                                        .clone()
+                                        .unwrap_or_else(|| "no passing check yet".into()),
+                                )
+                            })
+                    })
+                };
+                let (number, handle, reason) =
+                    worst.ok_or_else(|| OpFailure::failed("replicas vanished while starting"))?;
+                let reason = format!(
+                    "not healthy within {} ({reason})",
+                    humantime::format_duration(self.config.health.deadline)
+                );
+                return Err(self.health_failure(color, number, &handle, &reason).await);
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(OpFailure::new(OutcomeKind::Aborted, "aborted while waiting for health checks")),
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    async fn health_failure(
+        &self,
+        color: Color,
+        number: u32,
+        handle: &ReplicaHandle,
+        reason: &str,
+    ) -> OpFailure {
+        let logs = self
+            .shared
+            .runtime
+            .logs(handle, FAILURE_LOG_LINES)
+            .await
+            .unwrap_or_default();
+        let mut message = format!("replica {number} of {color} ({}): {reason}", handle.name);
+        let logs = logs.trim_end();
+        if !logs.is_empty() {
+            message.push_str("\nlast log lines:\n");
+            message.push_str(logs);
+        }
+        OpFailure::failed(message)
+    }
+
+    /// Set the state of every replica of `color` that is not stopped.
+    pub(super) fn set_color_state(&self, color: Color, state: ReplicaState) {
+        let mut model = self.lock();
+        for r in &mut model.color(color).replicas {
+            r.state = state;
+        }
+    }
+
+    /// Drain the given backends, reporting in-flight counts as progress.
+    pub(super) async fn drain_backends(
+        &self,
+        color: Color,
+        backends: Vec<BackendId>,
+        op: Option<u64>,
+    ) -> DrainReport {
+        if backends.is_empty() {
+            return DrainReport::default();
+        }
+        let proxy = self.proxy.clone();
+        let ids = backends.clone();
+        let events = self.shared.events.clone();
+        let name = self.name.clone();
+        let wanted = self.config.replicas;
+        let ticker = tokio::spawn(async move {
+            let mut last = u64::MAX;
+            loop {
+                let inflight: u64 = ids.iter().map(|id| proxy.inflight(id)).sum();
+                if inflight != last {
+                    last = inflight;
+                    events.emit(
+                        &name,
+                        op,
+                        EventKind::Progress {
+                            healthy: wanted,
+                            wanted,
+                            inflight,
+                        },
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let report = self
+            .proxy
+            .drain(&backends, self.config.deploy.drain_timeout)
+            .await;
+        ticker.abort();
+        self.emit(
+            op,
+            EventKind::Drained {
+                color,
+                finished: report.finished,
+                cut: report.cut,
+                elapsed_ms: report.elapsed.as_millis() as u64,
+            },
+        );
+        report
+    }
+
+    /// Take `color` out of rotation, drain it, stop and remove its replicas,
+    /// and forget its spec.
+    pub(super) async fn retire_color(&self, color: Color, op: Option<u64>) {
+        let backends: Vec<BackendId> = {
+            let mut model = self.lock();
+            let c = model.color(color);
+            for r in &mut c.replicas {
+                if r.state != ReplicaState::Stopped {
+                    r.state = ReplicaState::Draining;
+                }
+            }
+            c.replicas.iter().map(|r| r.backend.clone()).collect()
+        };
+        self.apply_routes();
+        self.drain_backends(color, backends, op).await;
+        let replicas = {
+            let mut model = self.lock();
+            let c = model.color(color);
+            c.warm_until = None;
+            c.replicas.clone()
+        };
+        self.stop_replicas(color, &replicas, op).await;
+        {
+            let mut model = self.lock();
+            let c = model.color(color);
+            c.replicas.clear();
+            c.spec = None;
+        }
+        self.apply_routes();
+        self.persist();
+    }
+
+    /// Stop and remove replicas (already out of rotation and drained).
+    pub(super) async fn stop_replicas(
+        &self,
+        color: Color,
+        replicas: &[ReplicaModel],
+        op: Option<u64>,
+    ) {
+        let signal = self.config.stop_signal.as_str();
+        let grace = self.config.stop_grace;
+        let stops = replicas.iter().map(|r| async move {
+            r.monitor.cancel();
+            let outcome = self.shared.runtime.stop(&r.handle, signal, grace).await;
+            let reason = match &outcome {
+                Ok(rep) if rep.killed => format!(
+                    "did not exit within stop_grace {} after {signal}: killed",
+                    humantime::format_duration(grace)
+                ),
+                Ok(rep) => format!("exited {}ms after {signal}", rep.elapsed.as_millis()),
+                Err(e) => format!("stop failed: {e}"),
+            };
+            if let Err(e) = self.shared.runtime.remove(&r.handle).await {
+                tracing::warn!(service = %self.name, replica = %r.handle.name, error = %e, "cannot remove replica");
+            }
+            self.emit(
+                op,
+                EventKind::Replica {
+                    color,
+                    replica: r.number.to_string(),
+                    health: r.health,
+                    state: ReplicaState::Stopped,
+                    reason: Some(reason),
+                },
+            );
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// The backends of one color.
+    pub(super) fn backends_of(&self, color: Color) -> Vec<BackendId> {
+        let model = self.lock();
+        model
+            .colors
+            .get(&color)
+            .map(|c| c.replicas.iter().map(|r| r.backend.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl ServiceModel {
+    /// Replicas of `color` that are unhealthy now, with their reasons.
+    pub(crate) fn unhealthy(&self, color: Color) -> Vec<(u32, String)> {
+        self.colors
+            .get(&color)
+            .map(|c| {
+                c.replicas
+                    .iter()
+                    .filter(|r| r.health == Health::Unhealthy)
+                    .map(|r| (r.number, r.reason.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

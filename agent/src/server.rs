@@ -1,0 +1,395 @@
+//! The control API: HTTP/1.1 + JSON under `/v1` on a unix socket (access
+//! by file permissions) and optionally on TCP (a bearer token, compared in
+//! constant time). The endpoints are listed in [`crate::api`].
+
+use crate::api::{
+    CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, RollingRequest, ServiceList,
+    SpecOverrides,
+};
+use crate::controller::{ControlError, OpRequest, Service};
+use crate::events::EventHub;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest request body accepted (64 KiB): specs are small.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time a client has to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Everything the control API serves.
+pub struct ControlApi {
+    services: BTreeMap<String, Arc<Service>>,
+    events: EventHub,
+    shutdown: CancellationToken,
+}
+
+/// Which listener a connection came from.
+#[derive(Clone)]
+pub enum Access {
+    /// The unix socket: file permissions already decided.
+    Socket,
+    /// TCP: every request needs this bearer token.
+    Token(Arc<str>),
+}
+
+impl ControlApi {
+    /// An API over the given controllers.
+    pub fn new(
+        services: BTreeMap<String, Arc<Service>>,
+        events: EventHub,
+        shutdown: CancellationToken,
+    ) -> Arc<ControlApi> {
+        Arc::new(ControlApi {
+            services,
+            events,
+            shutdown,
+        })
+    }
+
+    /// Serve one accepted connection until it closes or the agent stops.
+    pub fn serve_connection<IO>(self: &Arc<Self>, io: IO, access: Access, tracker: &TaskTracker)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let api = self.clone();
+        let shutdown = self.shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                let access = access.clone();
+                async move { Ok::<_, Infallible>(api.handle(req, &access).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+
+    async fn handle(&self, req: Request<Incoming>, access: &Access) -> Response<Body> {
+        if let Access::Token(token) = access {
+            if !authorized(&req, token) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token".into(),
+                );
+            }
+        }
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => e,
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        let method = req.method().clone();
+        match (method, parts.as_slice()) {
+            (Method::GET, ["v1", "health"]) => {
+                Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))
+            }
+            (Method::GET, ["v1", "services"]) => {
+                let services = self.services.values().map(|s| s.status()).collect();
+                Ok(json(StatusCode::OK, &ServiceList { services }))
+            }
+            (Method::GET, ["v1", "services", name]) => {
+                Ok(json(StatusCode::OK, &self.service(name)?.status()))
+            }
+            (Method::GET, ["v1", "services", name, "history"]) => {
+                Ok(json(StatusCode::OK, &self.service(name)?.history()))
+            }
+            (Method::GET, ["v1", "events"]) => self.events(&query),
+            (Method::POST, ["v1", "services", name, op]) => {
+                let service = self.service(name)?.clone();
+                let request = match *op {
+                    "deploy" => OpRequest::Deploy(body::<DeployRequest>(req).await?),
+                    "promote" => empty_body(req, OpRequest::Promote).await?,
+                    "rollback" => empty_body(req, OpRequest::Rollback).await?,
+                    "abort" => empty_body(req, OpRequest::Abort).await?,
+                    "canary" => OpRequest::Canary(body::<CanaryRequest>(req).await?),
+                    "rolling" => OpRequest::Rolling(body::<RollingRequest>(req).await?),
+                    other => {
+                        return Err(not_found(format!(
+                            "no operation {other:?}; see GET /v1 docs in bg_agent::api"
+                        )))
+                    }
+                };
+                self.start(&service, request).await
+            }
+            (Method::POST, ["v1", "services", name, "replicas", id, action]) => {
+                let service = self.service(name)?.clone();
+                let id = id.to_string();
+                let request = match *action {
+                    "drain" => empty_body(req, OpRequest::ReplicaDrain(id)).await?,
+                    "enable" => empty_body(req, OpRequest::ReplicaEnable(id)).await?,
+                    "update" => OpRequest::ReplicaUpdate(id, body::<SpecOverrides>(req).await?),
+                    other => {
+                        return Err(not_found(format!(
+                            "no replica action {other:?}: use drain, enable or update"
+                        )))
+                    }
+                };
+                self.start(&service, request).await
+            }
+            (m, _) if m != Method::GET && m != Method::POST => Err(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{m} is not used by this API"),
+            )),
+            _ => Err(not_found(format!("no endpoint {path:?}"))),
+        }
+    }
+
+    fn service(&self, name: &str) -> Result<&Arc<Service>, Response<Body>> {
+        self.services.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+            not_found(format!(
+                "unknown service {name:?}; this agent runs: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    async fn start(
+        &self,
+        service: &Arc<Service>,
+        request: OpRequest,
+    ) -> Result<Response<Body>, Response<Body>> {
+        match service.start(request).await {
+            Ok(accepted) => Ok(json(StatusCode::ACCEPTED, &accepted)),
+            Err(e) => Err(control_error(e)),
+        }
+    }
+
+    fn events(&self, query: &str) -> Result<Response<Body>, Response<Body>> {
+        let q = parse_events_query(query)
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_request", m))?;
+        if let Some(name) = &q.service {
+            self.service(name)?;
+        }
+        let mut sub = self.events.subscribe(Some(q.since.unwrap_or(u64::MAX)));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        let shutdown = self.shutdown.clone();
+        let wanted =
+            move |e: &crate::api::Event| q.service.as_ref().is_none_or(|s| *s == e.service);
+        let follow = q.follow;
+        tokio::spawn(async move {
+            for e in sub.replay.iter().filter(|e| wanted(e)) {
+                if tx.send(Ok(ndjson(e))).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let e = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    e = sub.live.recv() => e,
+                };
+                match e {
+                    Ok(e) if wanted(&e) => {
+                        if tx.send(Ok(ndjson(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "an event subscriber fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let mut resp = Response::new(StreamBody::new(stream).boxed());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        Ok(resp)
+    }
+}
+
+fn ndjson(e: &crate::api::Event) -> Frame<Bytes> {
+    let mut line = serde_json::to_vec(e).expect("events serialize");
+    line.push(b'\n');
+    Frame::data(Bytes::from(line))
+}
+
+fn parse_events_query(query: &str) -> Result<EventsQuery, String> {
+    let mut q = EventsQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "service" => q.service = Some(v.to_string()),
+            "since" => {
+                q.since = Some(
+                    v.parse()
+                        .map_err(|_| format!("since={v:?} is not an event sequence number"))?,
+                )
+            }
+            "follow" => q.follow = matches!(v, "" | "1" | "true"),
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?}: use service, since, follow"
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    given.ct_eq(token.as_bytes()).into()
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let bytes = read_body(req).await?;
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+async fn empty_body(req: Request<Incoming>, op: OpRequest) -> Result<OpRequest, Response<Body>> {
+    let _: BTreeMap<String, serde_json::Value> =
+        body(req)
+            .await
+            .and_then(|m: BTreeMap<String, serde_json::Value>| {
+                if m.is_empty() {
+                    Ok(m)
+                } else {
+                    let keys: Vec<&String> = m.keys().collect();
+                    Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("this operation takes no parameters, got {keys:?}"),
+                    ))
+                }
+            })?;
+    Ok(op)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).expect("API types serialize");
+    bytes.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+            },
+        },
+    )
+}
+
+fn not_found(message: String) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+fn control_error(e: ControlError) -> Response<Body> {
+    let message = e.to_string();
+    match e {
+        ControlError::UnknownService(_) | ControlError::UnknownReplica { .. } => not_found(message),
+        ControlError::BadRequest(_) => error(StatusCode::BAD_REQUEST, "bad_request", message),
+        ControlError::Conflict { .. } => error(StatusCode::CONFLICT, "conflict", message),
+        ControlError::NotSupported(_) => {
+            error(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_events_query;
+
+    #[test]
+    fn events_query_parses_and_rejects_unknown_keys() {
+        let q = parse_events_query("service=web&since=5&follow=true").unwrap();
+        assert_eq!(q.service.as_deref(), Some("web"));
+        assert_eq!(q.since, Some(5));
+        assert!(q.follow);
+        assert!(parse_events_query("since=x").unwrap_err().contains("since"));
+        assert!(parse_events_query("foo=1").unwrap_err().contains("foo"));
+    }
+}
