@@ -184,14 +184,8 @@ impl Weights {
     /// All traffic to one color.
     pub fn all_to(color: Color) -> Weights {
         match color {
-            Color::Blue => Weights {
-                blue: 100,
-                green: 0,
-            },
-            Color::Green => Weights {
-                blue: 0,
-                green: 100,
-            },
+            Color::Blue => Weights { blue: 100, green: 0 },
+            Color::Green => Weights { blue: 0, green: 100 },
         }
     }
 
@@ -199,14 +193,8 @@ impl Weights {
     pub fn split(color: Color, pct: u8) -> Weights {
         let pct = pct.min(100);
         match color {
-            Color::Blue => Weights {
-                blue: pct,
-                green: 100 - pct,
-            },
-            Color::Green => Weights {
-                blue: 100 - pct,
-                green: pct,
-            },
+            Color::Blue => Weights { blue: pct, green: 100 - pct },
+            Color::Green => Weights { blue: 100 - pct, green: pct },
         }
     }
 
@@ -310,22 +298,14 @@ pub struct DeployRequest {
 impl DeployRequest {
     /// The spec changes this request carries.
     pub fn overrides(&self) -> SpecOverrides {
-        SpecOverrides {
-            image: self.image.clone(),
-            command: self.command.clone(),
-            env: self.env.clone(),
-        }
+        SpecOverrides { image: self.image.clone(), command: self.command.clone(), env: self.env.clone() }
     }
 }
 
 impl RollingRequest {
     /// The spec changes this request carries.
     pub fn overrides(&self) -> SpecOverrides {
-        SpecOverrides {
-            image: self.image.clone(),
-            command: self.command.clone(),
-            env: self.env.clone(),
-        }
+        SpecOverrides { image: self.image.clone(), command: self.command.clone(), env: self.env.clone() }
     }
 }
 
@@ -638,10 +618,7 @@ mod tests {
             at: "2026-01-01T00:00:00Z".into(),
             service: "web".into(),
             operation: Some(1),
-            kind: EventKind::Phase {
-                phase: "draining".into(),
-                detail: String::new(),
-            },
+            kind: EventKind::Phase { phase: "draining".into(), detail: String::new() },
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "phase");

@@ -59,14 +59,9 @@ pub enum AgentError {
 /// returns; the next start adopts them.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let store = StateStore::open(&config.agent.state_dir)?;
-    let state = store.load()?.unwrap_or(PersistedState {
-        version: STATE_VERSION,
-        services: BTreeMap::new(),
-    });
+    let state = store.load()?.unwrap_or(PersistedState { version: STATE_VERSION, services: BTreeMap::new() });
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
-        RuntimeKind::Docker => {
-            Arc::new(DockerRuntime::connect(config.runtime.docker_host.as_deref()).await?)
-        }
+        RuntimeKind::Docker => Arc::new(DockerRuntime::connect(config.runtime.docker_host.as_deref()).await?),
         RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.agent.state_dir)?),
     };
     let events = EventHub::new();
@@ -83,33 +78,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // are adopted and re-checked.
     let mut services = BTreeMap::new();
     for (name, svc) in &config.services {
-        let proxy = Proxy::new(ProxyConfig {
-            queue_timeout: svc.queue_timeout,
-            ..ProxyConfig::default()
-        });
+        let proxy = Proxy::new(ProxyConfig { queue_timeout: svc.queue_timeout, ..ProxyConfig::default() });
         for addr in &svc.listen {
             let listener = bind_tcp(*addr).await?;
             tracing::info!(service = %name, %addr, "proxy listening");
             tracker.spawn(proxy.clone().serve(listener, shutdown.clone()));
         }
-        services.insert(
-            name.clone(),
-            Service::new(svc.clone(), proxy, shared.clone()),
-        );
+        services.insert(name.clone(), Service::new(svc.clone(), proxy, shared.clone()));
     }
 
     let found = runtime.list(None).await?;
     let mut by_service: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for handle in found {
-        by_service
-            .entry(handle.service.clone())
-            .or_default()
-            .push(handle);
+        by_service.entry(handle.service.clone()).or_default().push(handle);
     }
     for (name, service) in &services {
-        service
-            .recover(by_service.remove(name).unwrap_or_default())
-            .await;
+        service.recover(by_service.remove(name).unwrap_or_default()).await;
     }
     for (name, left) in by_service {
         tracing::warn!(service = %name, replicas = left.len(), "replicas of a service that is not in the config are left alone");
@@ -135,13 +119,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         });
     }
     if let Some(addr) = config.agent.control_listen {
-        let token = read_token(
-            config
-                .agent
-                .token_file
-                .as_ref()
-                .expect("validated: control_listen has token_file"),
-        )?;
+        let token =
+            read_token(config.agent.token_file.as_ref().expect("validated: control_listen has token_file"))?;
         let listener = bind_tcp(addr).await?;
         tracing::info!(%addr, "control API on TCP (bearer token required)");
         let api = api.clone();
@@ -168,10 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down; app replicas keep running");
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait()).await.is_err() {
         tracing::warn!("some connections were still open after {SHUTDOWN_WAIT:?}; closing them");
     }
     let _ = std::fs::remove_file(&config.agent.control_socket);
@@ -191,19 +167,13 @@ async fn wait_ready(services: &BTreeMap<String, Arc<Service>>, shutdown: &Cancel
 async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, AgentError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| AgentError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+        .map_err(|source| AgentError::Bind { addr: addr.to_string(), source })
 }
 
 fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, AgentError> {
     use std::os::unix::fs::PermissionsExt;
     let path = &config.agent.control_socket;
-    let err = |source| AgentError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
+    let err = |source| AgentError::Bind { addr: path.display().to_string(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -218,9 +188,7 @@ fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, Agen
             .ok()
             .flatten()
             .ok_or_else(|| {
-                err(std::io::Error::other(format!(
-                    "control_socket_group {group:?} does not exist"
-                )))
+                err(std::io::Error::other(format!("control_socket_group {group:?} does not exist")))
             })?
             .gid;
         nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(std::io::Error::from(e)))?;
@@ -229,10 +197,8 @@ fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, Agen
 }
 
 fn read_token(path: &PathBuf) -> Result<Arc<str>, AgentError> {
-    let text = std::fs::read_to_string(path).map_err(|e| AgentError::Token {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AgentError::Token { path: path.clone(), message: e.to_string() })?;
     let token = text.trim();
     if token.len() < 16 {
         return Err(AgentError::Token {

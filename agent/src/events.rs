@@ -43,13 +43,7 @@ impl EventHub {
     /// An empty hub; sequence numbers start at 1.
     pub fn new() -> EventHub {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        EventHub {
-            inner: Arc::new(Mutex::new(Ring {
-                next_seq: 1,
-                events: VecDeque::new(),
-            })),
-            tx,
-        }
+        EventHub { inner: Arc::new(Mutex::new(Ring { next_seq: 1, events: VecDeque::new() })), tx }
     }
 
     /// Record and publish an event; returns its sequence number.
@@ -57,13 +51,7 @@ impl EventHub {
         let mut ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let event = Arc::new(Event {
-            seq,
-            at: now_rfc3339(),
-            service: service.to_string(),
-            operation,
-            kind,
-        });
+        let event = Arc::new(Event { seq, at: now_rfc3339(), service: service.to_string(), operation, kind });
         if ring.events.len() == EVENT_RING_CAPACITY {
             ring.events.pop_front();
         }
@@ -76,28 +64,17 @@ impl EventHub {
 
     /// The sequence number the next event will get.
     pub fn next_seq(&self) -> u64 {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_seq
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).next_seq
     }
 
     /// Subscribe, replaying retained events with `seq >= since` first.
     pub fn subscribe(&self, since: Option<u64>) -> Subscription {
         let ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let replay = match since {
-            Some(since) => ring
-                .events
-                .iter()
-                .filter(|e| e.seq >= since)
-                .cloned()
-                .collect(),
+            Some(since) => ring.events.iter().filter(|e| e.seq >= since).cloned().collect(),
             None => Vec::new(),
         };
-        Subscription {
-            replay,
-            live: self.tx.subscribe(),
-        }
+        Subscription { replay, live: self.tx.subscribe() }
     }
 }
 
@@ -111,10 +88,7 @@ mod tests {
     use super::*;
 
     fn msg(m: &str) -> EventKind {
-        EventKind::Message {
-            level: "info".into(),
-            message: m.into(),
-        }
+        EventKind::Message { level: "info".into(), message: m.into() }
     }
 
     #[tokio::test]

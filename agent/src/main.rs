@@ -32,18 +32,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!(
-            "{}: ok ({} service(s))",
-            args.config.display(),
-            config.services.len()
-        );
+        println!("{}: ok ({} service(s))", args.config.display(), config.services.len());
         return ExitCode::SUCCESS;
     }
     bg_agent::logging::init(&args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bg-agent: cannot start the async runtime: {e}");
@@ -52,9 +45,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(bg_agent::signal::cancel_on_shutdown_signal(
-            shutdown.clone(),
-        ));
+        tokio::spawn(bg_agent::signal::cancel_on_shutdown_signal(shutdown.clone()));
         match bg_agent::daemon::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

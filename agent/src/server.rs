@@ -53,11 +53,7 @@ impl ControlApi {
         events: EventHub,
         shutdown: CancellationToken,
     ) -> Arc<ControlApi> {
-        Arc::new(ControlApi {
-            services,
-            events,
-            shutdown,
-        })
+        Arc::new(ControlApi { services, events, shutdown })
     }
 
     /// Serve one accepted connection until it closes or the agent stops.
@@ -110,9 +106,7 @@ impl ControlApi {
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         let method = req.method().clone();
         match (method, parts.as_slice()) {
-            (Method::GET, ["v1", "health"]) => {
-                Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))
-            }
+            (Method::GET, ["v1", "health"]) => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true}))),
             (Method::GET, ["v1", "services"]) => {
                 let services = self.services.values().map(|s| s.status()).collect();
                 Ok(json(StatusCode::OK, &ServiceList { services }))
@@ -168,10 +162,7 @@ impl ControlApi {
     fn service(&self, name: &str) -> Result<&Arc<Service>, Response<Body>> {
         self.services.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
-            not_found(format!(
-                "unknown service {name:?}; this agent runs: {}",
-                known.join(", ")
-            ))
+            not_found(format!("unknown service {name:?}; this agent runs: {}", known.join(", ")))
         })
     }
 
@@ -187,16 +178,14 @@ impl ControlApi {
     }
 
     fn events(&self, query: &str) -> Result<Response<Body>, Response<Body>> {
-        let q = parse_events_query(query)
-            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_request", m))?;
+        let q = parse_events_query(query).map_err(|m| error(StatusCode::BAD_REQUEST, "bad_request", m))?;
         if let Some(name) = &q.service {
             self.service(name)?;
         }
         let mut sub = self.events.subscribe(Some(q.since.unwrap_or(u64::MAX)));
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
         let shutdown = self.shutdown.clone();
-        let wanted =
-            move |e: &crate::api::Event| q.service.as_ref().is_none_or(|s| *s == e.service);
+        let wanted = move |e: &crate::api::Event| q.service.as_ref().is_none_or(|s| *s == e.service);
         let follow = q.follow;
         tokio::spawn(async move {
             for e in sub.replay.iter().filter(|e| wanted(e)) {
@@ -228,15 +217,10 @@ impl ControlApi {
             }
         });
         let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
         let mut resp = Response::new(StreamBody::new(stream).boxed());
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-ndjson"),
-        );
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
         Ok(resp)
     }
 }
@@ -254,17 +238,10 @@ fn parse_events_query(query: &str) -> Result<EventsQuery, String> {
         match k {
             "service" => q.service = Some(v.to_string()),
             "since" => {
-                q.since = Some(
-                    v.parse()
-                        .map_err(|_| format!("since={v:?} is not an event sequence number"))?,
-                )
+                q.since = Some(v.parse().map_err(|_| format!("since={v:?} is not an event sequence number"))?)
             }
             "follow" => q.follow = matches!(v, "" | "1" | "true"),
-            other => {
-                return Err(format!(
-                    "unknown query parameter {other:?}: use service, since, follow"
-                ))
-            }
+            other => return Err(format!("unknown query parameter {other:?}: use service, since, follow")),
         }
     }
     Ok(q)
@@ -281,61 +258,40 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            ))
-        }
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("cannot read request body: {e}"),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
         )),
+        Err(e) => {
+            Err(error(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read request body: {e}")))
+        }
     }
 }
 
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     let bytes = read_body(req).await?;
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("invalid JSON body: {e}"),
-        )
-    })
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { bytes };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
 }
 
 async fn empty_body(req: Request<Incoming>, op: OpRequest) -> Result<OpRequest, Response<Body>> {
     let _: BTreeMap<String, serde_json::Value> =
-        body(req)
-            .await
-            .and_then(|m: BTreeMap<String, serde_json::Value>| {
-                if m.is_empty() {
-                    Ok(m)
-                } else {
-                    let keys: Vec<&String> = m.keys().collect();
-                    Err(error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("this operation takes no parameters, got {keys:?}"),
-                    ))
-                }
-            })?;
+        body(req).await.and_then(|m: BTreeMap<String, serde_json::Value>| {
+            if m.is_empty() {
+                Ok(m)
+            } else {
+                let keys: Vec<&String> = m.keys().collect();
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("this operation takes no parameters, got {keys:?}"),
+                ))
+            }
+        })?;
     Ok(op)
 }
 
@@ -344,23 +300,12 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     bytes.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
-    json(
-        status,
-        &ErrorBody {
-            error: ErrorDetail {
-                code: code.into(),
-                message,
-            },
-        },
-    )
+    json(status, &ErrorBody { error: ErrorDetail { code: code.into(), message } })
 }
 
 fn not_found(message: String) -> Response<Body> {
@@ -373,9 +318,7 @@ fn control_error(e: ControlError) -> Response<Body> {
         ControlError::UnknownService(_) | ControlError::UnknownReplica { .. } => not_found(message),
         ControlError::BadRequest(_) => error(StatusCode::BAD_REQUEST, "bad_request", message),
         ControlError::Conflict { .. } => error(StatusCode::CONFLICT, "conflict", message),
-        ControlError::NotSupported(_) => {
-            error(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
-        }
+        ControlError::NotSupported(_) => error(StatusCode::NOT_IMPLEMENTED, "not_implemented", message),
     }
 }
 

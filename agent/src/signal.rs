@@ -6,10 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Wait for SIGTERM or SIGINT, then cancel `shutdown`.
 pub async fn cancel_on_shutdown_signal(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
         return;
     };

@@ -144,9 +144,7 @@ impl StateStore {
             path: dir.to_path_buf(),
             source,
         })?;
-        Ok(StateStore {
-            dir: dir.to_path_buf(),
-        })
+        Ok(StateStore { dir: dir.to_path_buf() })
     }
 
     /// The state file.
@@ -165,13 +163,7 @@ impl StateStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    context: "cannot read state file",
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(StateError::Io { context: "cannot read state file", path, source }),
         };
         let corrupt = |message: String| {
             let prev = self.previous_path();
@@ -189,19 +181,11 @@ impl StateStore {
                     path.display()
                 )
             };
-            StateError::Corrupt {
-                path: path.clone(),
-                message,
-                hint,
-            }
+            StateError::Corrupt { path: path.clone(), message, hint }
         };
-        let state: PersistedState =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let state: PersistedState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if state.version != STATE_VERSION {
-            return Err(corrupt(format!(
-                "version {} is not {STATE_VERSION}",
-                state.version
-            )));
+            return Err(corrupt(format!("version {} is not {STATE_VERSION}", state.version)));
         }
         Ok(Some(state))
     }
@@ -213,11 +197,7 @@ impl StateStore {
         let tmp = self.dir.join("state.json.tmp");
         let io = |context: &'static str, path: &Path| {
             let path = path.to_path_buf();
-            move |source| StateError::Io {
-                context,
-                path,
-                source,
-            }
+            move |source| StateError::Io { context, path, source }
         };
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         {
@@ -245,10 +225,7 @@ mod tests {
     use super::*;
 
     fn sample() -> PersistedState {
-        let mut s = PersistedState {
-            version: STATE_VERSION,
-            services: BTreeMap::new(),
-        };
+        let mut s = PersistedState { version: STATE_VERSION, services: BTreeMap::new() };
         s.services.insert(
             "web".into(),
             ServiceRecord {

@@ -84,12 +84,7 @@ pub struct Backend {
 impl Backend {
     /// A backend in rotation.
     pub fn new(id: impl Into<BackendId>, addr: SocketAddr, color: Color) -> Backend {
-        Backend {
-            id: id.into(),
-            addr,
-            color,
-            in_rotation: true,
-        }
+        Backend { id: id.into(), addr, color, in_rotation: true }
     }
 }
 
@@ -112,14 +107,8 @@ impl Weights {
     pub fn split(color: Color, pct: u8) -> Weights {
         let pct = pct.min(100);
         match color {
-            Color::Blue => Weights {
-                blue: pct,
-                green: 100 - pct,
-            },
-            Color::Green => Weights {
-                blue: 100 - pct,
-                green: pct,
-            },
+            Color::Blue => Weights { blue: pct, green: 100 - pct },
+            Color::Green => Weights { blue: 100 - pct, green: pct },
         }
     }
 
@@ -144,10 +133,7 @@ pub struct PreviewRule {
 
 impl Default for PreviewRule {
     fn default() -> Self {
-        PreviewRule {
-            header: "x-bg-color".into(),
-            cookie: "bg-preview".into(),
-        }
+        PreviewRule { header: "x-bg-color".into(), cookie: "bg-preview".into() }
     }
 }
 
@@ -161,9 +147,7 @@ pub struct StickyRule {
 
 impl Default for StickyRule {
     fn default() -> Self {
-        StickyRule {
-            cookie: "bg-color".into(),
-        }
+        StickyRule { cookie: "bg-color".into() }
     }
 }
 

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in seconds (the last
 /// bucket, `+Inf`, is implicit).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A cumulative latency histogram (time to response headers).
 #[derive(Debug, Clone, Default, PartialEq)]

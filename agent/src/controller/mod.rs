@@ -13,6 +13,7 @@ mod model;
 mod ops;
 mod recover;
 mod replicas;
+mod rolling;
 
 pub use model::ServiceModel;
 
@@ -49,9 +50,7 @@ pub enum ControlError {
     #[error("{0}")]
     BadRequest(String),
     /// Another operation runs (409).
-    #[error(
-        "service {service} is busy with {running}; wait for it or abort it (bgctl abort {service})"
-    )]
+    #[error("service {service} is busy with {running}; wait for it or abort it (bgctl abort {service})")]
     Conflict {
         /// The service.
         service: String,
@@ -94,10 +93,7 @@ pub struct Persister {
 impl Persister {
     /// A persister over `store`, starting from `state`.
     pub fn new(store: StateStore, state: PersistedState) -> Persister {
-        Persister {
-            store,
-            state: Mutex::new(state),
-        }
+        Persister { store, state: Mutex::new(state) }
     }
 
     /// Replace one service's record and write the whole file.
@@ -109,12 +105,7 @@ impl Persister {
 
     /// The record of one service as last loaded or saved.
     pub fn record(&self, service: &str) -> Option<ServiceRecord> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .services
-            .get(service)
-            .cloned()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).services.get(service).cloned()
     }
 }
 
@@ -162,9 +153,9 @@ impl OpRequest {
             OpRequest::Abort => OperationKind::Abort,
             OpRequest::Canary(_) => OperationKind::Canary,
             OpRequest::Rolling(_) => OperationKind::Rolling,
-            OpRequest::ReplicaDrain(_)
-            | OpRequest::ReplicaEnable(_)
-            | OpRequest::ReplicaUpdate(..) => OperationKind::Replica,
+            OpRequest::ReplicaDrain(_) | OpRequest::ReplicaEnable(_) | OpRequest::ReplicaUpdate(..) => {
+                OperationKind::Replica
+            }
         }
     }
 }
@@ -208,10 +199,7 @@ impl Service {
     /// Past operations.
     pub fn history(&self) -> History {
         let model = self.lock();
-        History {
-            service: self.name.clone(),
-            entries: model.history.clone(),
-        }
+        History { service: self.name.clone(), entries: model.history.clone() }
     }
 
     /// The active color, if any.
@@ -243,10 +231,7 @@ impl Service {
             tracing::error!(service = %self.name, error = %e, "cannot persist state");
             self.emit(
                 None,
-                EventKind::Message {
-                    level: "error".into(),
-                    message: format!("cannot persist state: {e}"),
-                },
+                EventKind::Message { level: "error".into(), message: format!("cannot persist state: {e}") },
             );
         }
     }
@@ -257,66 +242,42 @@ impl Service {
 
     /// Accept an operation and run it in the background; the answer names
     /// the operation to follow in the event stream.
-    pub async fn start(
-        self: &Arc<Self>,
-        request: OpRequest,
-    ) -> Result<OperationAccepted, ControlError> {
+    pub async fn start(self: &Arc<Self>, request: OpRequest) -> Result<OperationAccepted, ControlError> {
         if matches!(request, OpRequest::Abort) {
             self.cancel_running().await;
         }
-        let guard = self
-            .op_lock
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| ControlError::Conflict {
-                service: self.name.clone(),
-                running: self
-                    .lock()
-                    .operation
-                    .as_ref()
-                    .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
-                    .unwrap_or_else(|| "another operation".into()),
-            })?;
+        let guard = self.op_lock.clone().try_lock_owned().map_err(|_| ControlError::Conflict {
+            service: self.name.clone(),
+            running: self
+                .lock()
+                .operation
+                .as_ref()
+                .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
+                .unwrap_or_else(|| "another operation".into()),
+        })?;
         let plan = self.plan(&request)?;
         let kind = request.kind();
         let id = self.shared.next_op_id();
         let since = self.shared.events.next_seq();
         let cancel = self.shared.shutdown.child_token();
         *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
-        let revision = self
-            .lock()
-            .begin_operation(id, kind, plan.revision, plan.target);
+        let revision = self.lock().begin_operation(id, kind, plan.revision, plan.target);
         self.emit(Some(id), EventKind::OperationStarted { kind, revision });
         self.persist();
         let service = self.clone();
         tokio::spawn(async move {
-            let ctx = ops::OpCtx {
-                id,
-                kind,
-                revision,
-                cancel,
-            };
+            let ctx = ops::OpCtx { id, kind, revision, cancel };
             let result = service.run(&ctx, request, plan).await;
             service.finish(&ctx, result);
             drop(guard);
         });
-        Ok(OperationAccepted {
-            operation: id,
-            service: self.name.clone(),
-            kind,
-            revision,
-            since,
-        })
+        Ok(OperationAccepted { operation: id, service: self.name.clone(), kind, revision, since })
     }
 
     /// Cancel the running operation (if any) and wait until it has cleaned
     /// up and released the service.
     async fn cancel_running(&self) {
-        let token = self
-            .op_cancel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let token = self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(token) = token {
             token.cancel();
             let _released = self.op_lock.lock().await;

@@ -2,15 +2,13 @@
 //! answer, to the proxy's route table, and to the persisted record.
 
 use crate::api::{
-    Color, ColorStatus, Health, HistoryEntry, OperationKind, OperationStatus, Outcome,
-    ReplicaState, ReplicaStatus, ServiceStatus, Spec, Weights,
+    Color, ColorStatus, Health, HistoryEntry, OperationKind, OperationStatus, Outcome, ReplicaState,
+    ReplicaStatus, ServiceStatus, Spec, Weights,
 };
 use crate::config::ServiceConfig;
 use crate::events::now_rfc3339;
 use crate::runtime::ReplicaHandle;
-use crate::state::{
-    ColorRecord, OperationRecord, ReplicaRecord, RevisionSpec, ServiceRecord, HISTORY_LIMIT,
-};
+use crate::state::{ColorRecord, OperationRecord, ReplicaRecord, RevisionSpec, ServiceRecord, HISTORY_LIMIT};
 use bg_proxy::{Backend, BackendId, Proxy, RouteTable};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +65,7 @@ pub struct ServiceModel {
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) last_outcome: Option<Outcome>,
     pub(crate) warm_cancel: Option<CancellationToken>,
+    pub(crate) paused_rolling: Option<super::rolling::RollingPlan>,
 }
 
 impl ServiceModel {
@@ -77,8 +76,7 @@ impl ServiceModel {
 
     /// The split now; all to the active color when none was set.
     pub(crate) fn weights(&self) -> Weights {
-        self.weights
-            .unwrap_or_else(|| Weights::all_to(self.active.unwrap_or(Color::Blue)))
+        self.weights.unwrap_or_else(|| Weights::all_to(self.active.unwrap_or(Color::Blue)))
     }
 
     /// The color a deploy goes to: the one that is not active.
@@ -95,11 +93,7 @@ impl ServiceModel {
         if c.replicas.is_empty() || Some(color) == self.active {
             return false;
         }
-        match self
-            .active
-            .and_then(|a| self.colors.get(&a))
-            .and_then(|a| a.spec.as_ref())
-        {
+        match self.active.and_then(|a| self.colors.get(&a)).and_then(|a| a.spec.as_ref()) {
             Some(active) => spec.revision > active.revision,
             None => true,
         }
@@ -107,9 +101,9 @@ impl ServiceModel {
 
     /// Whether every replica of `color` is healthy (and there is one).
     pub(crate) fn all_healthy(&self, color: Color) -> bool {
-        self.colors.get(&color).is_some_and(|c| {
-            !c.replicas.is_empty() && c.replicas.iter().all(|r| r.health == Health::Healthy)
-        })
+        self.colors
+            .get(&color)
+            .is_some_and(|c| !c.replicas.is_empty() && c.replicas.iter().all(|r| r.health == Health::Healthy))
     }
 
     /// Whether the replicas meant to serve are all in rotation.
@@ -144,17 +138,9 @@ impl ServiceModel {
 
     /// Record an operation's end in the history.
     pub(crate) fn end_operation(&mut self, outcome: Outcome, spec: Option<Spec>) {
-        let started_at = self
-            .operation
-            .take()
-            .map(|o| o.started_at)
-            .unwrap_or_else(now_rfc3339);
+        let started_at = self.operation.take().map(|o| o.started_at).unwrap_or_else(now_rfc3339);
         self.op_target = None;
-        self.history.push(HistoryEntry {
-            outcome: outcome.clone(),
-            started_at,
-            spec,
-        });
+        self.history.push(HistoryEntry { outcome: outcome.clone(), started_at, spec });
         if self.history.len() > HISTORY_LIMIT {
             let extra = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..extra);
@@ -178,13 +164,7 @@ impl ServiceModel {
             })
             .collect();
         let w = self.weights();
-        RouteTable::new(
-            backends,
-            bg_proxy::Weights {
-                blue: w.blue,
-                green: w.green,
-            },
-        )
+        RouteTable::new(backends, bg_proxy::Weights { blue: w.blue, green: w.green })
     }
 
     /// The status answer.
@@ -201,10 +181,7 @@ impl ServiceModel {
                             c.replicas
                                 .iter()
                                 .map(|r| {
-                                    let own = c
-                                        .spec
-                                        .as_ref()
-                                        .is_none_or(|s| s.revision != r.spec.revision);
+                                    let own = c.spec.as_ref().is_none_or(|s| s.revision != r.spec.revision);
                                     ReplicaStatus {
                                         id: r.number.to_string(),
                                         addr: r.handle.addr.to_string(),

@@ -7,8 +7,7 @@
 use super::model::ServiceModel;
 use super::{ControlError, OpRequest, Service};
 use crate::api::{
-    CanaryRequest, Color, EventKind, Health, OperationKind, Outcome, OutcomeKind, ReplicaState,
-    Spec, Weights,
+    CanaryRequest, Color, EventKind, Health, OperationKind, Outcome, OutcomeKind, ReplicaState, Spec, Weights,
 };
 use crate::config::FailureAction;
 use crate::events::now_rfc3339;
@@ -40,10 +39,7 @@ pub(super) struct OpFailure {
 
 impl OpFailure {
     pub fn new(outcome: OutcomeKind, message: impl Into<String>) -> OpFailure {
-        OpFailure {
-            outcome,
-            message: message.into(),
-        }
+        OpFailure { outcome, message: message.into() }
     }
 
     pub fn failed(message: impl Into<String>) -> OpFailure {
@@ -59,6 +55,10 @@ pub(super) struct Plan {
     pub spec: Option<Spec>,
     /// Parsed canary settings.
     pub canary: Option<CanaryPlan>,
+    /// Parsed rolling settings.
+    pub rolling: Option<super::rolling::RollingPlan>,
+    /// The replica a replica operation acts on.
+    pub replica: Option<(Color, u32)>,
 }
 
 /// A canary request, validated.
@@ -80,38 +80,25 @@ fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError> {
     })
 }
 
-fn validate_spec(spec: &Spec, runtime: &str) -> Result<(), ControlError> {
+pub(super) fn validate_spec(spec: &Spec, runtime: &str) -> Result<(), ControlError> {
     if let Some(image) = &spec.image {
         let ok = !image.is_empty()
             && image.len() <= 255
             && !image.chars().any(|c| c.is_whitespace() || c.is_control())
             && !image.starts_with([':', '@', '/', '-']);
         if !ok {
-            return Err(ControlError::BadRequest(format!(
-                "image {image:?} is not a valid image reference"
-            )));
+            return Err(ControlError::BadRequest(format!("image {image:?} is not a valid image reference")));
         }
     }
     if runtime == "docker" && spec.image.is_none() {
-        return Err(ControlError::BadRequest(
-            "the docker runtime needs an image".into(),
-        ));
+        return Err(ControlError::BadRequest("the docker runtime needs an image".into()));
     }
-    if runtime == "process"
-        && spec
-            .command
-            .as_ref()
-            .is_none_or(|c| c.is_empty() || c[0].is_empty())
-    {
-        return Err(ControlError::BadRequest(
-            "the process runtime needs a non-empty command".into(),
-        ));
+    if runtime == "process" && spec.command.as_ref().is_none_or(|c| c.is_empty() || c[0].is_empty()) {
+        return Err(ControlError::BadRequest("the process runtime needs a non-empty command".into()));
     }
     for key in spec.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ControlError::BadRequest(format!(
-                "env key {key:?} is not a valid variable name"
-            )));
+            return Err(ControlError::BadRequest(format!("env key {key:?} is not a valid variable name")));
         }
     }
     Ok(())
@@ -122,63 +109,40 @@ impl Service {
     pub(super) fn plan(&self, request: &OpRequest) -> Result<Plan, ControlError> {
         let model = self.lock();
         let idle = model.idle();
-        let empty = Plan {
-            revision: None,
-            target: None,
-            spec: None,
-            canary: None,
-        };
+        let empty =
+            Plan { revision: None, target: None, spec: None, canary: None, rolling: None, replica: None };
         match request {
             OpRequest::Deploy(req) => {
                 let spec = self.config.spec.with_overrides(&req.overrides());
                 validate_spec(&spec, self.shared.runtime.kind())?;
-                Ok(Plan {
-                    revision: Some(model.revision + 1),
-                    target: Some(idle),
-                    spec: Some(spec),
-                    canary: None,
-                })
+                Ok(Plan { revision: Some(model.revision + 1), target: Some(idle), spec: Some(spec), ..empty })
             }
             OpRequest::Promote => {
                 promotable(&model, idle)?;
                 Ok(Plan {
-                    revision: model
-                        .colors
-                        .get(&idle)
-                        .and_then(|c| c.spec.as_ref())
-                        .map(|s| s.revision),
+                    revision: model.colors.get(&idle).and_then(|c| c.spec.as_ref()).map(|s| s.revision),
                     target: Some(idle),
                     ..empty
                 })
             }
             OpRequest::Rollback => {
                 let active = model.active.ok_or_else(|| {
-                    ControlError::BadRequest(
-                        "nothing to roll back: nothing was deployed yet".into(),
-                    )
+                    ControlError::BadRequest("nothing to roll back: nothing was deployed yet".into())
                 })?;
                 if model.is_candidate(idle) {
-                    return Ok(Plan {
-                        target: Some(active),
-                        ..empty
-                    });
+                    return Ok(Plan { target: Some(active), ..empty });
                 }
-                let warm = model
-                    .colors
-                    .get(&idle)
-                    .is_some_and(|c| c.spec.is_some() && !c.replicas.is_empty());
+                let warm =
+                    model.colors.get(&idle).is_some_and(|c| c.spec.is_some() && !c.replicas.is_empty());
                 if warm {
-                    return Ok(Plan {
-                        target: Some(idle),
-                        ..empty
-                    });
+                    return Ok(Plan { target: Some(idle), ..empty });
                 }
                 match &model.previous {
                     Some(prev) => Ok(Plan {
                         revision: Some(model.revision + 1),
                         target: Some(idle),
                         spec: Some(prev.spec.clone()),
-                        canary: None,
+                        ..empty
                     }),
                     None => Err(ControlError::BadRequest(
                         "nothing to roll back to: no previous revision is known".into(),
@@ -187,10 +151,7 @@ impl Service {
             }
             OpRequest::Abort => {
                 if model.is_candidate(idle) {
-                    Ok(Plan {
-                        target: Some(idle),
-                        ..empty
-                    })
+                    Ok(Plan { target: Some(idle), ..empty })
                 } else {
                     Err(ControlError::BadRequest(
                         "nothing to abort: no deploy or canary is in progress".into(),
@@ -199,19 +160,33 @@ impl Service {
             }
             OpRequest::Canary(req) => {
                 promotable(&model, idle)?;
+                Ok(Plan { target: Some(idle), canary: Some(canary_plan(req)?), ..empty })
+            }
+            OpRequest::Rolling(req) => {
+                drop(model);
+                let plan = self.plan_rolling(req)?;
                 Ok(Plan {
-                    target: Some(idle),
-                    canary: Some(canary_plan(req)?),
+                    revision: Some(plan.target.revision),
+                    target: self.lock().active,
+                    rolling: Some(plan),
                     ..empty
                 })
             }
-            OpRequest::Rolling(_)
-            | OpRequest::ReplicaDrain(_)
-            | OpRequest::ReplicaEnable(_)
-            | OpRequest::ReplicaUpdate(..) => Err(ControlError::NotSupported(
-                "rolling and replica operations are not available in this build of bg-agent yet"
-                    .into(),
-            )),
+            OpRequest::ReplicaDrain(id) | OpRequest::ReplicaEnable(id) | OpRequest::ReplicaUpdate(id, _) => {
+                drop(model);
+                let (color, number) = self.find_replica(id)?;
+                if let OpRequest::ReplicaUpdate(_, overrides) = request {
+                    validate_spec(&self.config.spec.with_overrides(overrides), self.shared.runtime.kind())?;
+                }
+                if let OpRequest::ReplicaEnable(_) = request {
+                    let m = self.lock();
+                    let r = m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number));
+                    if r.is_some_and(|r| r.state == ReplicaState::Serving) {
+                        return Err(ControlError::BadRequest(format!("replica {id} is already in rotation")));
+                    }
+                }
+                Ok(Plan { target: Some(color), replica: Some((color, number)), ..empty })
+            }
         }
     }
 
@@ -232,19 +207,25 @@ impl Service {
             OpRequest::Rollback => self.rollback(ctx, plan).await,
             OpRequest::Abort => {
                 let target = plan.target.expect("abort plan has a target");
-                self.phase(
-                    ctx,
-                    "removing",
-                    format!("removing the candidate in {target}"),
-                );
+                self.phase(ctx, "removing", format!("removing the candidate in {target}"));
                 self.restore_weights();
                 self.retire_color(target, Some(ctx.id)).await;
-                Ok(format!(
-                    "candidate in {target} removed; traffic stays where it was"
-                ))
+                Ok(format!("candidate in {target} removed; traffic stays where it was"))
             }
             OpRequest::Canary(_) => self.canary(ctx, plan.canary.expect("canary plan")).await,
-            _ => Err(OpFailure::failed("not supported")),
+            OpRequest::Rolling(_) => self.rolling(ctx, plan.rolling.expect("rolling plan")).await,
+            OpRequest::ReplicaDrain(_) => {
+                let (color, number) = plan.replica.expect("replica plan");
+                self.replica_drain(ctx, color, number).await
+            }
+            OpRequest::ReplicaEnable(_) => {
+                let (color, number) = plan.replica.expect("replica plan");
+                self.replica_enable(ctx, color, number).await
+            }
+            OpRequest::ReplicaUpdate(_, overrides) => {
+                let (color, number) = plan.replica.expect("replica plan");
+                self.replica_update(ctx, color, number, &overrides).await
+            }
         }
     }
 
@@ -295,13 +276,7 @@ impl Service {
             }
         }
         tracing::info!(service = %self.name, op = ctx.id, phase, "{detail}");
-        self.emit(
-            Some(ctx.id),
-            EventKind::Phase {
-                phase: phase.to_string(),
-                detail,
-            },
-        );
+        self.emit(Some(ctx.id), EventKind::Phase { phase: phase.to_string(), detail });
     }
 
     fn emit_switched(&self, op: Option<u64>) {
@@ -327,26 +302,12 @@ impl Service {
         }
     }
 
-    async fn deploy(
-        self: &Arc<Self>,
-        ctx: &OpCtx,
-        spec: Spec,
-        promote: bool,
-    ) -> Result<String, OpFailure> {
+    async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
         let target = self.lock().idle();
         self.cancel_warm_timer();
         // The idle color may still hold the previous release, kept warm.
-        if self
-            .lock()
-            .colors
-            .get(&target)
-            .is_some_and(|c| !c.replicas.is_empty())
-        {
-            self.phase(
-                ctx,
-                "stopping",
-                format!("removing the previous release kept warm in {target}"),
-            );
+        if self.lock().colors.get(&target).is_some_and(|c| !c.replicas.is_empty()) {
+            self.phase(ctx, "stopping", format!("removing the previous release kept warm in {target}"));
             self.retire_color(target, Some(ctx.id)).await;
         }
         let revision = ctx.revision;
@@ -358,31 +319,18 @@ impl Service {
         }
         self.persist();
         let n = self.config.replicas;
-        self.phase(
-            ctx,
-            "starting",
-            format!("starting {n} replica(s) of revision {revision} in {target}"),
-        );
+        self.phase(ctx, "starting", format!("starting {n} replica(s) of revision {revision} in {target}"));
         self.start_color(target, &spec).await?;
         self.persist();
-        self.phase(
-            ctx,
-            "health",
-            format!("waiting for {n} replica(s) of {target} to pass health checks"),
-        );
+        self.phase(ctx, "health", format!("waiting for {n} replica(s) of {target} to pass health checks"));
         if let Err(failure) = self.wait_healthy(target, ctx).await {
-            self.phase(
-                ctx,
-                "removing",
-                format!("removing the failed revision {revision} from {target}"),
-            );
+            self.phase(ctx, "removing", format!("removing the failed revision {revision} from {target}"));
             self.retire_color(target, Some(ctx.id)).await;
             let message = match failure.outcome {
                 OutcomeKind::Aborted => failure.message,
-                _ => format!(
-                    "deploy of revision {revision} failed, traffic did not move: {}",
-                    failure.message
-                ),
+                _ => {
+                    format!("deploy of revision {revision} failed, traffic did not move: {}", failure.message)
+                }
             };
             return Err(OpFailure::new(failure.outcome, message));
         }
@@ -406,7 +354,10 @@ impl Service {
         if promote {
             return self.promote(ctx).await;
         }
-        Ok(format!("revision {revision} is healthy on {target}; promote it to switch traffic (bgctl promote {})", self.name))
+        Ok(format!(
+            "revision {revision} is healthy on {target}; promote it to switch traffic (bgctl promote {})",
+            self.name
+        ))
     }
 
     /// Switch to the idle color, drain the old one, watch the new one, then
@@ -416,21 +367,9 @@ impl Service {
             let m = self.lock();
             let new = m.idle();
             promotable(&m, new).map_err(|e| OpFailure::failed(e.to_string()))?;
-            (
-                m.active,
-                new,
-                m.colors
-                    .get(&new)
-                    .and_then(|c| c.spec.as_ref())
-                    .map(|s| s.revision)
-                    .unwrap_or(0),
-            )
+            (m.active, new, m.colors.get(&new).and_then(|c| c.spec.as_ref()).map(|s| s.revision).unwrap_or(0))
         };
-        self.phase(
-            ctx,
-            "switching",
-            format!("switching traffic to {new} (revision {revision})"),
-        );
+        self.phase(ctx, "switching", format!("switching traffic to {new} (revision {revision})"));
         {
             let mut m = self.lock();
             m.active = Some(new);
@@ -441,11 +380,7 @@ impl Service {
                 }
             }
         }
-        let before = self
-            .proxy
-            .stats()
-            .color(super::model::proxy_color(new))
-            .clone();
+        let before = self.proxy.stats().color(super::model::proxy_color(new)).clone();
         self.apply_routes();
         self.persist();
         self.emit_switched(Some(ctx.id));
@@ -454,26 +389,17 @@ impl Service {
         };
 
         self.phase(ctx, "draining", format!("draining {old}"));
-        let report = self
-            .drain_backends(old, self.backends_of(old), Some(ctx.id))
-            .await;
+        let report = self.drain_backends(old, self.backends_of(old), Some(ctx.id)).await;
         self.set_color_state(old, ReplicaState::Out);
         let drained = if report.cut > 0 {
-            format!(
-                "; {} request(s) still open on {old} were cut at drain_timeout",
-                report.cut
-            )
+            format!("; {} request(s) still open on {old} were cut at drain_timeout", report.cut)
         } else {
             String::new()
         };
 
         let monitor = self.config.deploy.monitor;
         if !monitor.is_zero() {
-            self.phase(
-                ctx,
-                "monitor",
-                format!("watching {new} for {}", humantime::format_duration(monitor)),
-            );
+            self.phase(ctx, "monitor", format!("watching {new} for {}", humantime::format_duration(monitor)));
             if let Err(reason) = self.monitor(ctx, new, monitor, &before).await {
                 match self.config.deploy.failure_action {
                     FailureAction::Rollback => {
@@ -495,7 +421,15 @@ impl Service {
                         ));
                     }
                     FailureAction::Continue => {
-                        self.emit(Some(ctx.id), EventKind::Message { level: "warn".into(), message: format!("monitor failed ({reason}); continuing as failure_action = continue") });
+                        self.emit(
+                            Some(ctx.id),
+                            EventKind::Message {
+                                level: "warn".into(),
+                                message: format!(
+                                    "monitor failed ({reason}); continuing as failure_action = continue"
+                                ),
+                            },
+                        );
                     }
                 }
             }
@@ -534,14 +468,11 @@ impl Service {
     ) -> Result<(), String> {
         let end = Instant::now() + window;
         loop {
-            if let Some((n, reason)) = self.lock().unhealthy(color).into_iter().next() {
+            let sick = self.lock().unhealthy(color).into_iter().next();
+            if let Some((n, reason)) = sick {
                 return Err(format!("replica {n} of {color} turned unhealthy: {reason}"));
             }
-            let now = self
-                .proxy
-                .stats()
-                .color(super::model::proxy_color(color))
-                .since(before);
+            let now = self.proxy.stats().color(super::model::proxy_color(color)).since(before);
             let max = self.config.deploy.max_error_rate;
             if now.requests >= MONITOR_MIN_REQUESTS && now.error_rate() > max {
                 return Err(format!(
@@ -589,9 +520,7 @@ impl Service {
             self.phase(ctx, "removing", format!("removing the candidate in {idle}"));
             self.restore_weights();
             self.retire_color(idle, Some(ctx.id)).await;
-            return Ok(format!(
-                "candidate in {idle} removed; traffic stays on {active}"
-            ));
+            return Ok(format!("candidate in {idle} removed; traffic stays on {active}"));
         }
         if let Some(spec) = plan.spec {
             self.phase(
@@ -606,11 +535,7 @@ impl Service {
             return result.map(|m| format!("rolled back by redeploy: {m}"));
         }
         self.cancel_warm_timer();
-        self.phase(
-            ctx,
-            "switching",
-            format!("switching back to {idle}, kept warm"),
-        );
+        self.phase(ctx, "switching", format!("switching back to {idle}, kept warm"));
         if !self.lock().all_healthy(idle) {
             return Err(OpFailure::failed(format!(
                 "{idle} is kept warm but not healthy; traffic stays on {active}"
@@ -619,9 +544,7 @@ impl Service {
         self.swap_back(ctx, active, idle).await;
         self.lock().previous = None;
         self.persist();
-        Ok(format!(
-            "rolled back to {idle}; {active} drained and stopped"
-        ))
+        Ok(format!("rolled back to {idle}; {active} drained and stopped"))
     }
 
     async fn canary(self: &Arc<Self>, ctx: &OpCtx, plan: CanaryPlan) -> Result<String, OpFailure> {
@@ -634,11 +557,7 @@ impl Service {
             return Ok(format!("{w}% of new clients go to {new}"));
         }
         for (i, &step) in plan.steps.iter().enumerate() {
-            self.phase(
-                ctx,
-                "canary",
-                format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()),
-            );
+            self.phase(ctx, "canary", format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()));
             self.set_split(new, step);
             self.emit_switched(Some(ctx.id));
             let start = self.proxy.stats();
@@ -655,7 +574,8 @@ impl Service {
                 let now = self.proxy.stats();
                 let canary = now.color(pcolor).since(start.color(pcolor));
                 let base = now.color(stable).since(start.color(stable));
-                if let Some((n, reason)) = self.lock().unhealthy(new).into_iter().next() {
+                let sick = self.lock().unhealthy(new).into_iter().next();
+                if let Some((n, reason)) = sick {
                     break Err(format!("replica {n} of {new} turned unhealthy: {reason}"));
                 }
                 if canary.requests < plan.min_requests {
@@ -683,10 +603,7 @@ impl Service {
                             "p99 latency of {new} {}ms is above {}ms (stable color: {}ms)",
                             p99.as_millis(),
                             max.as_millis(),
-                            base.latency
-                                .quantile(0.99)
-                                .map(|d| d.as_millis())
-                                .unwrap_or(0)
+                            base.latency.quantile(0.99).map(|d| d.as_millis()).unwrap_or(0)
                         ));
                     }
                 }
@@ -704,9 +621,7 @@ impl Service {
             return self.promote(ctx).await;
         }
         let last = plan.steps.last().copied().unwrap_or(0);
-        Ok(format!(
-            "canary passed every step; {last}% of new clients go to {new}"
-        ))
+        Ok(format!("canary passed every step; {last}% of new clients go to {new}"))
     }
 
     fn set_split(&self, new: Color, pct: u8) {
@@ -723,9 +638,7 @@ impl Service {
     /// Keep `color` running out of rotation for `keep`, then stop it unless
     /// something else took it over.
     pub(super) fn keep_warm(self: &Arc<Self>, color: Color, keep: Duration) {
-        let until = SystemTime::now()
-            .checked_add(keep)
-            .unwrap_or(SystemTime::now());
+        let until = SystemTime::now().checked_add(keep).unwrap_or(SystemTime::now());
         let token = self.shared.shutdown.child_token();
         {
             let mut m = self.lock();
@@ -746,8 +659,7 @@ impl Service {
             }
             let still_warm = {
                 let m = service.lock();
-                m.active != Some(color)
-                    && m.colors.get(&color).is_some_and(|c| c.warm_until.is_some())
+                m.active != Some(color) && m.colors.get(&color).is_some_and(|c| c.warm_until.is_some())
             };
             if still_warm {
                 tracing::info!(service = %service.name, %color, "keep_old elapsed; stopping the old color");
@@ -774,12 +686,7 @@ fn promotable(model: &ServiceModel, color: Color) -> Result<(), ControlError> {
         let sick = model
             .colors
             .get(&color)
-            .map(|c| {
-                c.replicas
-                    .iter()
-                    .filter(|r| r.health != Health::Healthy)
-                    .count()
-            })
+            .map(|c| c.replicas.iter().filter(|r| r.health != Health::Healthy).count())
             .unwrap_or(0);
         return Err(ControlError::BadRequest(format!(
             "{color} is not healthy yet ({sick} replica(s) not passing health checks)"
@@ -790,18 +697,14 @@ fn promotable(model: &ServiceModel, color: Color) -> Result<(), ControlError> {
 
 fn canary_plan(req: &CanaryRequest) -> Result<CanaryPlan, ControlError> {
     if req.weight.is_some() && !req.steps.is_empty() {
-        return Err(ControlError::BadRequest(
-            "give either weight or steps, not both".into(),
-        ));
+        return Err(ControlError::BadRequest("give either weight or steps, not both".into()));
     }
     if let Some(w) = req.weight {
         if w > 100 {
             return Err(ControlError::BadRequest(format!("weight {w} is above 100")));
         }
     } else if req.steps.is_empty() {
-        return Err(ControlError::BadRequest(
-            "a canary needs a weight or steps".into(),
-        ));
+        return Err(ControlError::BadRequest("a canary needs a weight or steps".into()));
     }
     if req.steps.iter().any(|&s| s == 0 || s > 100) || req.steps.windows(2).any(|w| w[0] >= w[1]) {
         return Err(ControlError::BadRequest(format!(
@@ -812,30 +715,18 @@ fn canary_plan(req: &CanaryRequest) -> Result<CanaryPlan, ControlError> {
     let interval = match &req.interval {
         Some(i) => parse_duration("interval", i)?,
         None if req.steps.is_empty() => Duration::ZERO,
-        None => {
-            return Err(ControlError::BadRequest(
-                "steps need an interval (e.g. \"30s\")".into(),
-            ))
-        }
+        None => return Err(ControlError::BadRequest("steps need an interval (e.g. \"30s\")".into())),
     };
     if !req.steps.is_empty() && interval.is_zero() {
-        return Err(ControlError::BadRequest(
-            "interval must be above zero".into(),
-        ));
+        return Err(ControlError::BadRequest("interval must be above zero".into()));
     }
-    let max_error_rate = req
-        .max_error_rate
-        .unwrap_or(crate::config::DEFAULT_MAX_ERROR_RATE);
+    let max_error_rate = req.max_error_rate.unwrap_or(crate::config::DEFAULT_MAX_ERROR_RATE);
     if !(0.0..=1.0).contains(&max_error_rate) {
         return Err(ControlError::BadRequest(format!(
             "max_error_rate {max_error_rate} is not a fraction between 0 and 1"
         )));
     }
-    let max_p99 = req
-        .max_p99
-        .as_deref()
-        .map(|v| parse_duration("max_p99", v))
-        .transpose()?;
+    let max_p99 = req.max_p99.as_deref().map(|v| parse_duration("max_p99", v)).transpose()?;
     Ok(CanaryPlan {
         weight: req.weight,
         steps: req.steps.clone(),

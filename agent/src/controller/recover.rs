@@ -38,9 +38,8 @@ impl Service {
             }
             for (color, c) in &rec.colors {
                 for r in &c.replicas {
-                    let Some(pos) = found
-                        .iter()
-                        .position(|h| h.runtime_id == r.runtime_id || h.name == r.name)
+                    let Some(pos) =
+                        found.iter().position(|h| h.runtime_id == r.runtime_id || h.name == r.name)
                     else {
                         self.emit(
                             None,
@@ -80,11 +79,7 @@ impl Service {
         // the agent did not live to record.
         for orphan in std::mem::take(&mut found) {
             tracing::warn!(service = %self.name, replica = %orphan.name, "removing a replica no state refers to");
-            let _ = self
-                .shared
-                .runtime
-                .stop(&orphan, &self.config.stop_signal, self.config.stop_grace)
-                .await;
+            let _ = self.shared.runtime.stop(&orphan, &self.config.stop_signal, self.config.stop_grace).await;
             let _ = self.shared.runtime.remove(&orphan).await;
         }
         self.apply_routes();
@@ -93,10 +88,9 @@ impl Service {
             let target = op.target;
             let active = self.lock().active;
             let message = match (op.kind, target) {
-                (
-                    crate::api::OperationKind::Promote | crate::api::OperationKind::Rollback,
-                    Some(t),
-                ) if active == Some(t) => {
+                (crate::api::OperationKind::Promote | crate::api::OperationKind::Rollback, Some(t))
+                    if active == Some(t) =>
+                {
                     self.retire_color(t.other(), None).await;
                     format!("the agent restarted during this {:?}; the switch to {t} had happened, so it was completed", op.kind)
                 }
@@ -111,10 +105,7 @@ impl Service {
                     self.retire_color(t, None).await;
                     format!("the agent restarted during this {:?}; the half-done {t} color was removed and traffic stays on the stable color", op.kind)
                 }
-                _ => format!(
-                    "the agent restarted during this {:?}; nothing was left to undo",
-                    op.kind
-                ),
+                _ => format!("the agent restarted during this {:?}; nothing was left to undo", op.kind),
             };
             let outcome = Outcome {
                 operation: op.id,
@@ -141,20 +132,13 @@ impl Service {
         }
 
         // An old color kept warm keeps its remaining time.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let warm: Vec<(Color, u64)> = {
             let m = self.lock();
             m.colors
                 .iter()
                 .filter(|(c, _)| Some(**c) != m.active)
-                .filter_map(|(c, cm)| {
-                    cm.warm_until
-                        .filter(|_| !cm.replicas.is_empty())
-                        .map(|u| (*c, u))
-                })
+                .filter_map(|(c, cm)| cm.warm_until.filter(|_| !cm.replicas.is_empty()).map(|u| (*c, u)))
                 .collect()
         };
         for (color, until) in warm {
@@ -175,14 +159,10 @@ impl Service {
             return;
         };
         let color = newest.color;
-        let (mine, rest): (Vec<_>, Vec<_>) = found
-            .drain(..)
-            .partition(|h| h.color == color && h.revision == newest.revision);
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            found.drain(..).partition(|h| h.color == color && h.revision == newest.revision);
         *found = rest;
-        let spec = RevisionSpec {
-            revision: newest.revision,
-            spec: self.config.spec.clone(),
-        };
+        let spec = RevisionSpec { revision: newest.revision, spec: self.config.spec.clone() };
         {
             let mut m = self.lock();
             m.revision = newest.revision;
@@ -193,9 +173,15 @@ impl Service {
         for handle in mine {
             self.track_replica(color, handle, spec.clone(), ReplicaState::Serving);
         }
-        self.emit(None, EventKind::Message {
-            level: "warn".into(),
-            message: format!("no state for this service: adopted revision {} on {color} from the runtime's labels", newest.revision),
-        });
+        self.emit(
+            None,
+            EventKind::Message {
+                level: "warn".into(),
+                message: format!(
+                    "no state for this service: adopted revision {} on {color} from the runtime's labels",
+                    newest.revision
+                ),
+            },
+        );
     }
 }

@@ -121,12 +121,7 @@ impl Service {
     fn on_health(&self, color: Color, backend: &BackendId, health: Health, reason: Option<String>) {
         let (event, rotation_changed) = {
             let mut model = self.lock();
-            let Some(r) = model
-                .color(color)
-                .replicas
-                .iter_mut()
-                .find(|r| &r.backend == backend)
-            else {
+            let Some(r) = model.color(color).replicas.iter_mut().find(|r| &r.backend == backend) else {
                 return;
             };
             if r.health == health {
@@ -135,22 +130,11 @@ impl Service {
             let before = r.in_rotation();
             r.health = health;
             r.reason = reason.clone();
-            let event = EventKind::Replica {
-                color,
-                replica: r.number.to_string(),
-                health,
-                state: r.state,
-                reason,
-            };
+            let event =
+                EventKind::Replica { color, replica: r.number.to_string(), health, state: r.state, reason };
             (event, before != r.in_rotation())
         };
-        if let EventKind::Replica {
-            health: Health::Unhealthy,
-            ref replica,
-            ref reason,
-            ..
-        } = event
-        {
+        if let EventKind::Replica { health: Health::Unhealthy, ref replica, ref reason, .. } = event {
             tracing::warn!(service = %self.name, %color, replica, reason = reason.as_deref().unwrap_or(""), "replica unhealthy");
         }
         let op = self.lock().operation.as_ref().map(|o| o.id);
@@ -170,40 +154,20 @@ impl Service {
         loop {
             let (healthy, exited) = {
                 let model = self.lock();
-                let replicas = model
-                    .colors
-                    .get(&color)
-                    .map(|c| c.replicas.as_slice())
-                    .unwrap_or(&[]);
-                let healthy = replicas
-                    .iter()
-                    .filter(|r| r.health == Health::Healthy)
-                    .count() as u32;
+                let replicas = model.colors.get(&color).map(|c| c.replicas.as_slice()).unwrap_or(&[]);
+                let healthy = replicas.iter().filter(|r| r.health == Health::Healthy).count() as u32;
                 let exited = replicas
                     .iter()
                     .find(|r| {
                         r.health == Health::Unhealthy
                             && r.reason.as_deref().is_some_and(|m| m.contains("exited"))
                     })
-                    .map(|r| {
-                        (
-                            r.number,
-                            r.handle.clone(),
-                            r.reason.clone().unwrap_or_default(),
-                        )
-                    });
+                    .map(|r| (r.number, r.handle.clone(), r.reason.clone().unwrap_or_default()));
                 (healthy, exited)
             };
             if healthy != last_healthy {
                 last_healthy = healthy;
-                self.emit(
-                    Some(ctx.id),
-                    EventKind::Progress {
-                        healthy,
-                        wanted,
-                        inflight: 0,
-                    },
-                );
+                self.emit(Some(ctx.id), EventKind::Progress { healthy, wanted, inflight: 0 });
             }
             if healthy >= wanted {
                 return Ok(());
@@ -215,18 +179,13 @@ impl Service {
                 let worst = {
                     let model = self.lock();
                     model.colors.get(&color).and_then(|c| {
-                        c.replicas
-                            .iter()
-                            .find(|r| r.health != Health::Healthy)
-                            .map(|r| {
-                                (
-                                    r.number,
-                                    r.handle.clone(),
-                                    r.reason
-                                        .clone()
-                                        .unwrap_or_else(|| "no passing check yet".into()),
-                                )
-                            })
+                        c.replicas.iter().find(|r| r.health != Health::Healthy).map(|r| {
+                            (
+                                r.number,
+                                r.handle.clone(),
+                                r.reason.clone().unwrap_or_else(|| "no passing check yet".into()),
+                            )
+                        })
                     })
                 };
                 let (number, handle, reason) =
@@ -251,12 +210,7 @@ impl Service {
         handle: &ReplicaHandle,
         reason: &str,
     ) -> OpFailure {
-        let logs = self
-            .shared
-            .runtime
-            .logs(handle, FAILURE_LOG_LINES)
-            .await
-            .unwrap_or_default();
+        let logs = self.shared.runtime.logs(handle, FAILURE_LOG_LINES).await.unwrap_or_default();
         let mut message = format!("replica {number} of {color} ({}): {reason}", handle.name);
         let logs = logs.trim_end();
         if !logs.is_empty() {
@@ -295,23 +249,12 @@ impl Service {
                 let inflight: u64 = ids.iter().map(|id| proxy.inflight(id)).sum();
                 if inflight != last {
                     last = inflight;
-                    events.emit(
-                        &name,
-                        op,
-                        EventKind::Progress {
-                            healthy: wanted,
-                            wanted,
-                            inflight,
-                        },
-                    );
+                    events.emit(&name, op, EventKind::Progress { healthy: wanted, wanted, inflight });
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let report = self
-            .proxy
-            .drain(&backends, self.config.deploy.drain_timeout)
-            .await;
+        let report = self.proxy.drain(&backends, self.config.deploy.drain_timeout).await;
         ticker.abort();
         self.emit(
             op,
@@ -358,12 +301,7 @@ impl Service {
     }
 
     /// Stop and remove replicas (already out of rotation and drained).
-    pub(super) async fn stop_replicas(
-        &self,
-        color: Color,
-        replicas: &[ReplicaModel],
-        op: Option<u64>,
-    ) {
+    pub(super) async fn stop_replicas(&self, color: Color, replicas: &[ReplicaModel], op: Option<u64>) {
         let signal = self.config.stop_signal.as_str();
         let grace = self.config.stop_grace;
         let stops = replicas.iter().map(|r| async move {

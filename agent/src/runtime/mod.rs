@@ -184,10 +184,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Create and start one replica; returns once it runs (not once it is
     /// healthy). Labels/records carry service, color, revision and replica.
     /// A leftover replica with the same name is removed first.
-    fn start<'a>(
-        &'a self,
-        spec: &'a ReplicaSpec,
-    ) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>>;
+    fn start<'a>(&'a self, spec: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>>;
 
     /// Send `signal`, wait up to `grace` for exit, then SIGKILL and wait.
     fn stop<'a>(
@@ -209,10 +206,7 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, RuntimeError>>;
 
     /// Whether it runs, and its own health verdict where it has one.
-    fn state<'a>(
-        &'a self,
-        replica: &'a ReplicaHandle,
-    ) -> BoxFuture<'a, Result<RunState, RuntimeError>>;
+    fn state<'a>(&'a self, replica: &'a ReplicaHandle) -> BoxFuture<'a, Result<RunState, RuntimeError>>;
 
     /// The last `lines` lines of its output, for error messages.
     fn logs<'a>(

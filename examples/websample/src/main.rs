@@ -40,17 +40,12 @@ struct App {
 }
 
 fn log(event: &str) {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     println!("websample {ms} {event}");
 }
 
 fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-        .unwrap_or(false)
+    std::env::var(name).map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +64,7 @@ async fn main() {
     let app = Arc::new(App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".into()),
         unhealthy: env_flag("UNHEALTHY"),
-        error_rate: std::env::var("ERROR_RATE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
+        error_rate: std::env::var("ERROR_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0),
         counter: AtomicU64::new(0),
     });
     let ignore_sigterm = env_flag("IGNORE_SIGTERM");
@@ -86,10 +78,7 @@ async fn main() {
     };
     log(&format!(
         "listening {} version={}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         app.version
     ));
 
@@ -97,9 +86,7 @@ async fn main() {
     let mut sigint = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     let graceful = GracefulShutdown::new();
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
 
     loop {
         tokio::select! {
@@ -153,11 +140,7 @@ async fn handle(
         "/" => {
             let n = app.counter.fetch_add(1, Ordering::Relaxed);
             if app.error_rate > 0.0 && fails(n, app.error_rate) {
-                text(
-                    &app,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{} error\n", app.version),
-                )
+                text(&app, StatusCode::INTERNAL_SERVER_ERROR, format!("{} error\n", app.version))
             } else {
                 text(&app, StatusCode::OK, format!("{}\n", app.version))
             }
@@ -179,11 +162,7 @@ async fn handle(
                     log(&format!("sleep-done {arg}"));
                     text(&app, StatusCode::OK, format!("{}\n", app.version))
                 }
-                _ => text(
-                    &app,
-                    StatusCode::BAD_REQUEST,
-                    format!("bad sleep duration {arg:?}\n"),
-                ),
+                _ => text(&app, StatusCode::BAD_REQUEST, format!("bad sleep duration {arg:?}\n")),
             }
         }
         _ => text(&app, StatusCode::NOT_FOUND, "not found\n".into()),
@@ -205,18 +184,10 @@ fn websocket(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Full<Bytes>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return text(
-            app,
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket handshake\n".into(),
-        );
+        return text(app, StatusCode::BAD_REQUEST, "expected a WebSocket handshake\n".into());
     };
     if !is_upgrade {
-        return text(
-            app,
-            StatusCode::BAD_REQUEST,
-            "expected Upgrade: websocket\n".into(),
-        );
+        return text(app, StatusCode::BAD_REQUEST, "expected Upgrade: websocket\n".into());
     }
     let accept = derive_accept_key(key.as_bytes());
     let version = app.version.clone();
@@ -225,16 +196,9 @@ fn websocket(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Full<Bytes>
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         // Say who we are first, then echo.
-        if ws
-            .send(tokio_tungstenite::tungstenite::Message::text(format!(
-                "hello {version}"
-            )))
-            .await
-            .is_err()
-        {
+        if ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hello {version}"))).await.is_err() {
             return;
         }
         while let Some(Ok(msg)) = ws.next().await {

@@ -1,0 +1,513 @@
+//! Rolling updates inside the active color (Swarm semantics, but lossless)
+//! and the manual, nginx-style replica walk-through: drain, update, enable.
+//!
+//! Every old replica leaves the rotation and is drained before it gets its
+//! stop signal, so stop-first loses no request either: with one replica,
+//! requests wait in the proxy's queue while its successor starts.
+
+use super::ops::{OpCtx, OpFailure};
+use super::{ControlError, Service};
+use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState, RollingRequest, Spec, SpecOverrides};
+use crate::config::{FailureAction, RollingOrder};
+use crate::state::RevisionSpec;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A validated rolling request, merged with the service's `[rolling]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RollingPlan {
+    pub target: RevisionSpec,
+    pub previous: RevisionSpec,
+    pub parallelism: u32,
+    pub delay: Duration,
+    pub order: RollingOrder,
+    pub failure_action: FailureAction,
+    pub monitor: Duration,
+    pub max_failure_ratio: f64,
+}
+
+fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ControlError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s)
+            .map_err(|e| ControlError::BadRequest(format!("{field}: {s:?} is not a duration ({e})"))),
+    }
+}
+
+impl Service {
+    /// Validate a rolling request against the model and the config.
+    pub(super) fn plan_rolling(&self, req: &RollingRequest) -> Result<RollingPlan, ControlError> {
+        let model = self.lock();
+        let active = model
+            .active
+            .ok_or_else(|| ControlError::BadRequest("nothing to update: deploy a first revision".into()))?;
+        if model.is_candidate(active.other()) {
+            return Err(ControlError::BadRequest(format!(
+                "a candidate revision is deployed in {}; promote or abort it before a rolling update",
+                active.other()
+            )));
+        }
+        let cfg = &self.config.rolling;
+        let parallelism = req.parallelism.unwrap_or(cfg.parallelism);
+        if parallelism == 0 {
+            return Err(ControlError::BadRequest("parallelism must be at least 1".into()));
+        }
+        let order = match req.order.as_deref() {
+            None => cfg.order,
+            Some("stop-first") => RollingOrder::StopFirst,
+            Some("start-first") => RollingOrder::StartFirst,
+            Some(o) => {
+                return Err(ControlError::BadRequest(format!("order {o:?}: use start-first or stop-first")))
+            }
+        };
+        let failure_action = match req.failure_action.as_deref() {
+            None => cfg.failure_action,
+            Some("pause") => FailureAction::Pause,
+            Some("continue") => FailureAction::Continue,
+            Some("rollback") => FailureAction::Rollback,
+            Some(a) => {
+                return Err(ControlError::BadRequest(format!(
+                    "failure_action {a:?}: use pause, continue or rollback"
+                )))
+            }
+        };
+        let max_failure_ratio = req.max_failure_ratio.unwrap_or(cfg.max_failure_ratio);
+        if !(0.0..=1.0).contains(&max_failure_ratio) {
+            return Err(ControlError::BadRequest(format!(
+                "max_failure_ratio {max_failure_ratio} is not between 0 and 1"
+            )));
+        }
+        let color = model.colors.get(&active);
+        let previous = color
+            .and_then(|c| c.spec.clone())
+            .ok_or_else(|| ControlError::BadRequest("the active color has no spec".into()))?;
+        let resuming = model.paused_rolling.as_ref();
+        if req.resume && resuming.is_none() {
+            return Err(ControlError::BadRequest("nothing to resume: no rolling update is paused".into()));
+        }
+        let overrides = req.overrides();
+        let target = match resuming {
+            Some(paused) if req.resume && overrides == SpecOverrides::default() => paused.target.clone(),
+            Some(paused) if req.resume => RevisionSpec {
+                revision: model.revision + 1,
+                spec: paused.target.spec.with_overrides(&overrides),
+            },
+            _ => RevisionSpec {
+                revision: model.revision + 1,
+                spec: self.config.spec.with_overrides(&overrides),
+            },
+        };
+        super::ops::validate_spec(&target.spec, self.shared.runtime.kind())?;
+        let previous = match resuming {
+            Some(paused) if req.resume => paused.previous.clone(),
+            _ => previous,
+        };
+        Ok(RollingPlan {
+            target,
+            previous,
+            parallelism,
+            delay: duration("delay", &req.delay, cfg.delay)?,
+            order,
+            failure_action,
+            monitor: duration("monitor", &req.monitor, cfg.monitor)?,
+            max_failure_ratio,
+        })
+    }
+
+    /// Replace every replica of the active color that does not run the
+    /// target spec, `parallelism` at a time.
+    pub(super) async fn rolling(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        plan: RollingPlan,
+    ) -> Result<String, OpFailure> {
+        let color = self.lock().active.expect("planned rolling has an active color");
+        {
+            let mut m = self.lock();
+            m.revision = m.revision.max(plan.target.revision);
+            m.paused_rolling = None;
+        }
+        let todo: Vec<u32> = {
+            let m = self.lock();
+            m.colors[&color]
+                .replicas
+                .iter()
+                .filter(|r| r.spec.revision != plan.target.revision)
+                .map(|r| r.number)
+                .collect()
+        };
+        let batches: Vec<Vec<u32>> = todo.chunks(plan.parallelism as usize).map(<[u32]>::to_vec).collect();
+        let total = batches.len().max(1);
+        let mut failed = 0usize;
+        for (i, batch) in batches.iter().enumerate() {
+            if i > 0 && !plan.delay.is_zero() {
+                self.phase(
+                    ctx,
+                    "delay",
+                    format!("waiting {} before the next batch", humantime::format_duration(plan.delay)),
+                );
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Err(OpFailure::new(OutcomeKind::Aborted, "rolling update aborted between batches")),
+                    _ = tokio::time::sleep(plan.delay) => {}
+                }
+            }
+            self.phase(
+                ctx,
+                "replacing",
+                format!(
+                    "batch {}/{}: replica(s) {:?} to revision {}",
+                    i + 1,
+                    batches.len(),
+                    batch,
+                    plan.target.revision
+                ),
+            );
+            let mut result = self.replace_batch(ctx, color, batch, &plan.target, plan.order).await;
+            if result.is_ok() && !plan.monitor.is_zero() {
+                self.phase(
+                    ctx,
+                    "monitor",
+                    format!("watching batch {} for {}", i + 1, humantime::format_duration(plan.monitor)),
+                );
+                result = self.watch_batch(ctx, color, plan.monitor).await;
+            }
+            let Err(reason) = result else { continue };
+            if ctx.cancel.is_cancelled() {
+                return Err(OpFailure::new(
+                    OutcomeKind::Aborted,
+                    format!("rolling update aborted: {reason}"),
+                ));
+            }
+            failed += 1;
+            let ratio = failed as f64 / total as f64;
+            self.emit(
+                Some(ctx.id),
+                EventKind::Message {
+                    level: "warn".into(),
+                    message: format!("batch {} failed: {reason}", i + 1),
+                },
+            );
+            if ratio <= plan.max_failure_ratio || plan.failure_action == FailureAction::Continue {
+                continue;
+            }
+            return Err(match plan.failure_action {
+                FailureAction::Pause => {
+                    self.lock().paused_rolling = Some(plan.clone());
+                    OpFailure::new(
+                        OutcomeKind::Paused,
+                        format!("rolling update paused after batch {}: {reason}. Fix it, then: bgctl rolling {} --resume", i + 1, self.name),
+                    )
+                }
+                _ => {
+                    self.phase(
+                        ctx,
+                        "rolling-back",
+                        format!(
+                            "batch {} failed ({reason}); back to revision {}",
+                            i + 1,
+                            plan.previous.revision
+                        ),
+                    );
+                    let back: Vec<u32> = {
+                        let m = self.lock();
+                        m.colors[&color]
+                            .replicas
+                            .iter()
+                            .filter(|r| r.spec.revision != plan.previous.revision)
+                            .map(|r| r.number)
+                            .collect()
+                    };
+                    let mut missing = self.missing_slots(color);
+                    for chunk in back.chunks(plan.parallelism as usize) {
+                        if let Err(e) = self
+                            .replace_batch(ctx, color, chunk, &plan.previous, RollingOrder::StartFirst)
+                            .await
+                        {
+                            return Err(OpFailure::failed(format!(
+                                "rollback of the rolling update failed too: {e}"
+                            )));
+                        }
+                    }
+                    for number in missing.drain(..) {
+                        let _ = self.start_into_rotation(ctx, color, number, &plan.previous).await;
+                    }
+                    self.lock().color(color).spec = Some(plan.previous.clone());
+                    self.persist();
+                    OpFailure::new(
+                        OutcomeKind::RolledBack,
+                        format!(
+                            "rolling update rolled back to revision {}: {reason}",
+                            plan.previous.revision
+                        ),
+                    )
+                }
+            });
+        }
+        {
+            let mut m = self.lock();
+            m.previous = Some(plan.previous.clone());
+            m.color(color).spec = Some(plan.target.clone());
+        }
+        self.persist();
+        Ok(format!(
+            "every replica of {color} runs revision {} ({failed} failed batch(es))",
+            plan.target.revision
+        ))
+    }
+
+    /// Slots (replica numbers up to `replicas`) that have no replica now.
+    fn missing_slots(&self, color: Color) -> Vec<u32> {
+        let m = self.lock();
+        let have: Vec<u32> =
+            m.colors.get(&color).map(|c| c.replicas.iter().map(|r| r.number).collect()).unwrap_or_default();
+        (1..=self.config.replicas).filter(|n| !have.contains(n)).collect()
+    }
+
+    /// Replace the given replicas with `spec`, in `order`.
+    async fn replace_batch(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        color: Color,
+        batch: &[u32],
+        spec: &RevisionSpec,
+        order: RollingOrder,
+    ) -> Result<(), String> {
+        match order {
+            RollingOrder::StopFirst => {
+                self.retire_replicas(ctx, color, batch).await;
+                let starts = batch.iter().map(|&n| self.start_into_rotation(ctx, color, n, spec));
+                let results = futures_util::future::join_all(starts).await;
+                results.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ())
+            }
+            RollingOrder::StartFirst => {
+                // New replicas take fresh numbers so that old and new can
+                // run side by side under the documented container names.
+                let fresh: Vec<u32> = {
+                    let m = self.lock();
+                    let max = m
+                        .colors
+                        .get(&color)
+                        .and_then(|c| c.replicas.iter().map(|r| r.number).max())
+                        .unwrap_or(0);
+                    (1..=batch.len() as u32).map(|i| max + i).collect()
+                };
+                let starts = fresh.iter().map(|&n| self.start_into_rotation(ctx, color, n, spec));
+                let results: Result<Vec<()>, String> =
+                    futures_util::future::join_all(starts).await.into_iter().collect();
+                if let Err(e) = results {
+                    self.retire_replicas(ctx, color, &fresh).await;
+                    return Err(e);
+                }
+                self.retire_replicas(ctx, color, batch).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Start replica `number` with `spec`, wait until healthy, put it in
+    /// rotation. On failure it is removed again.
+    async fn start_into_rotation(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        color: Color,
+        number: u32,
+        spec: &RevisionSpec,
+    ) -> Result<(), String> {
+        self.start_replica(color, number, spec).await?;
+        if let Err(e) = self.wait_replica_healthy(ctx, color, number).await {
+            self.retire_replicas(ctx, color, &[number]).await;
+            return Err(e);
+        }
+        self.set_replica_state(color, number, ReplicaState::Serving);
+        self.apply_routes();
+        self.persist();
+        Ok(())
+    }
+
+    /// Take replicas out of rotation, drain them, stop and forget them.
+    async fn retire_replicas(&self, ctx: &OpCtx, color: Color, numbers: &[u32]) {
+        let (backends, replicas) = {
+            let mut m = self.lock();
+            let c = m.color(color);
+            let mut backends = Vec::new();
+            let mut replicas = Vec::new();
+            for r in c.replicas.iter_mut().filter(|r| numbers.contains(&r.number)) {
+                r.state = ReplicaState::Draining;
+                backends.push(r.backend.clone());
+                replicas.push(r.clone());
+            }
+            (backends, replicas)
+        };
+        self.apply_routes();
+        self.drain_backends(color, backends, Some(ctx.id)).await;
+        self.stop_replicas(color, &replicas, Some(ctx.id)).await;
+        self.lock().color(color).replicas.retain(|r| !numbers.contains(&r.number));
+        self.apply_routes();
+        self.persist();
+    }
+
+    async fn wait_replica_healthy(&self, ctx: &OpCtx, color: Color, number: u32) -> Result<(), String> {
+        let deadline = Instant::now() + self.config.health.deadline;
+        loop {
+            let (health, reason) = {
+                let m = self.lock();
+                match m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number)) {
+                    Some(r) => (r.health, r.reason.clone()),
+                    None => return Err(format!("replica {number} vanished while starting")),
+                }
+            };
+            if health == Health::Healthy {
+                return Ok(());
+            }
+            let exited = reason.as_deref().is_some_and(|r| r.contains("exited"));
+            if exited || Instant::now() >= deadline {
+                return Err(format!(
+                    "replica {number} of {color} not healthy within {}: {}",
+                    humantime::format_duration(self.config.health.deadline),
+                    reason.unwrap_or_else(|| "no passing check".into())
+                ));
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err("aborted".into()),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    async fn watch_batch(&self, ctx: &OpCtx, color: Color, window: Duration) -> Result<(), String> {
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            let sick = self.lock().unhealthy(color).into_iter().next();
+            if let Some((n, reason)) = sick {
+                return Err(format!("replica {n} turned unhealthy: {reason}"));
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err("aborted".into()),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn set_replica_state(&self, color: Color, number: u32, state: ReplicaState) {
+        if let Some(r) = self.lock().color(color).replicas.iter_mut().find(|r| r.number == number) {
+            r.state = state;
+        }
+    }
+
+    /// Resolve a replica id (`2` or `green-2`) within the active color.
+    pub(super) fn find_replica(&self, id: &str) -> Result<(Color, u32), ControlError> {
+        let m = self.lock();
+        let unknown = || ControlError::UnknownReplica { service: self.name.clone(), replica: id.to_string() };
+        let (color, number) = match id.split_once('-') {
+            Some((c, n)) => (c.parse::<Color>().map_err(|_| unknown())?, n),
+            None => (m.active.ok_or_else(unknown)?, id),
+        };
+        let number: u32 = number.parse().map_err(|_| unknown())?;
+        m.colors
+            .get(&color)
+            .and_then(|c| c.replicas.iter().find(|r| r.number == number))
+            .ok_or_else(unknown)?;
+        Ok((color, number))
+    }
+
+    /// `replica drain`: out of rotation, wait for its in-flight requests.
+    pub(super) async fn replica_drain(
+        &self,
+        ctx: &OpCtx,
+        color: Color,
+        number: u32,
+    ) -> Result<String, OpFailure> {
+        let backend = {
+            let mut m = self.lock();
+            let r = m
+                .color(color)
+                .replicas
+                .iter_mut()
+                .find(|r| r.number == number)
+                .ok_or_else(|| OpFailure::failed("replica vanished"))?;
+            r.state = ReplicaState::Draining;
+            r.backend.clone()
+        };
+        self.apply_routes();
+        self.phase(ctx, "draining", format!("draining replica {number} of {color}"));
+        let report = self.drain_backends(color, vec![backend], Some(ctx.id)).await;
+        self.set_replica_state(color, number, ReplicaState::Out);
+        self.persist();
+        Ok(format!(
+            "replica {number} of {color} is out of rotation ({} request(s) finished, {} cut)",
+            report.finished, report.cut
+        ))
+    }
+
+    /// `replica enable`: back in rotation once healthy.
+    pub(super) async fn replica_enable(
+        &self,
+        ctx: &OpCtx,
+        color: Color,
+        number: u32,
+    ) -> Result<String, OpFailure> {
+        self.wait_replica_healthy(ctx, color, number).await.map_err(OpFailure::failed)?;
+        self.set_replica_state(color, number, ReplicaState::Serving);
+        self.apply_routes();
+        self.persist();
+        Ok(format!("replica {number} of {color} is back in rotation"))
+    }
+
+    /// `replica update`: replace an out-of-rotation replica with a new
+    /// spec and wait until healthy; it stays out until enabled.
+    pub(super) async fn replica_update(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        color: Color,
+        number: u32,
+        overrides: &SpecOverrides,
+    ) -> Result<String, OpFailure> {
+        let (old, serving) = {
+            let m = self.lock();
+            let r = m
+                .colors
+                .get(&color)
+                .and_then(|c| c.replicas.iter().find(|r| r.number == number))
+                .ok_or_else(|| OpFailure::failed("replica vanished"))?;
+            (r.spec.clone(), r.state == ReplicaState::Serving)
+        };
+        if serving {
+            self.replica_drain(ctx, color, number).await?;
+        }
+        let spec: Spec = old.spec.with_overrides(overrides);
+        let revision = {
+            let mut m = self.lock();
+            m.revision += 1;
+            m.revision
+        };
+        let new = RevisionSpec { revision, spec };
+        let replica = self.lock().color(color).replicas.iter().find(|r| r.number == number).cloned();
+        if let Some(r) = replica {
+            self.phase(ctx, "stopping", format!("stopping replica {number} of {color}"));
+            self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
+            self.lock().color(color).replicas.retain(|x| x.number != number);
+        }
+        self.phase(ctx, "starting", format!("starting replica {number} of {color} with revision {revision}"));
+        let started = match self.start_replica(color, number, &new).await {
+            Ok(()) => self.wait_replica_healthy(ctx, color, number).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            // Put the old spec back, still out of rotation.
+            let failed = self.lock().color(color).replicas.iter().find(|r| r.number == number).cloned();
+            if let Some(r) = failed {
+                self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
+                self.lock().color(color).replicas.retain(|x| x.number != number);
+            }
+            let _ = self.start_replica(color, number, &old).await;
+            self.persist();
+            return Err(OpFailure::failed(format!(
+                "replica {number} update failed, it runs revision {} again (out of rotation): {e}",
+                old.revision
+            )));
+        }
+        self.persist();
+        Ok(format!("replica {number} of {color} runs revision {revision}, healthy and out of rotation: bgctl replica enable {} {number}", self.name))
+    }
+}
