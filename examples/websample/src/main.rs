@@ -3,7 +3,8 @@
 //! Environment: `VERSION` (default `v1`), `PORT` (default 5000),
 //! `UNHEALTHY=1` (health check answers 503), `IGNORE_SIGTERM=1` (log SIGTERM
 //! and keep running), `ERROR_RATE=0.05` (that fraction of `GET /` answers
-//! 500, for canary tests), `BIND` (default `0.0.0.0`).
+//! 500, for canary tests), `BIND` (default `0.0.0.0`), `EVENT_LOG` (a file
+//! the lifecycle lines below are appended to as well).
 //!
 //! Routes: `GET /` → `VERSION\n` with `x-version`; `GET /sleep/N` → the same
 //! after N seconds (fractions allowed); `GET /healthz` → 200 or 503;
@@ -41,7 +42,14 @@ struct App {
 
 fn log(event: &str) {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    println!("websample {ms} {event}");
+    let line = format!("websample {ms} {event}");
+    println!("{line}");
+    if let Ok(path) = std::env::var("EVENT_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 fn env_flag(name: &str) -> bool {
