@@ -139,6 +139,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         });
     }
 
+    if let Some(addr) = config.agent.metrics_listen {
+        let listener = bind_tcp(addr).await?;
+        tracing::info!(%addr, "metrics on /metrics");
+        tracker.spawn(crate::metrics::serve(listener, services.clone(), shutdown.clone(), tracker.clone()));
+    }
+
     wait_ready(&services, &shutdown).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(services = services.len(), "bg-agent ready");

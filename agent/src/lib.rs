@@ -22,6 +22,8 @@ pub mod health;
 #[cfg(feature = "daemon")]
 pub mod logging;
 #[cfg(feature = "daemon")]
+pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod runtime;
 #[cfg(feature = "daemon")]
 pub mod server;

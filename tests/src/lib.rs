@@ -1,7 +1,11 @@
 //! Test harness for bluegreen's end-to-end tests and benchmarks: real
-//! websample processes and images, a load generator, and (later) agents and
-//! bgctl driven as real processes.
+//! websample processes and images, a load generator, real agents and the
+//! real `bgctl`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
+pub mod bins;
+pub mod docker;
 pub mod load;
 pub mod websample;

@@ -120,6 +120,23 @@ pub struct Service {
     op_cancel: Mutex<Option<CancellationToken>>,
 }
 
+/// A service's control-plane numbers for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// The active color.
+    pub active: Option<Color>,
+    /// The active revision.
+    pub revision: Option<u64>,
+    /// Every replica: color, number, health, state.
+    pub replicas: Vec<(Color, u32, crate::api::Health, crate::api::ReplicaState)>,
+    /// Ended operations: kind, outcome, count.
+    pub outcomes: Vec<(OperationKind, crate::api::OutcomeKind, u64)>,
+    /// When traffic last moved, unix seconds.
+    pub last_switch: Option<f64>,
+    /// The running operation's kind.
+    pub running: Option<OperationKind>,
+}
+
 /// What an operation request asks for.
 #[derive(Debug, Clone)]
 pub enum OpRequest {
@@ -211,6 +228,27 @@ impl Service {
     /// the systemd READY notification).
     pub fn routes_ready(&self) -> bool {
         self.lock().serving_ready()
+    }
+
+    /// What `/metrics` reports about this service's control plane.
+    pub fn metrics(&self) -> ServiceMetrics {
+        let m = self.lock();
+        ServiceMetrics {
+            active: m.active,
+            revision: m
+                .active
+                .and_then(|a| m.colors.get(&a))
+                .and_then(|c| c.spec.as_ref())
+                .map(|s| s.revision),
+            replicas: m
+                .colors
+                .iter()
+                .flat_map(|(color, c)| c.replicas.iter().map(move |r| (*color, r.number, r.health, r.state)))
+                .collect(),
+            outcomes: m.outcome_counts.iter().map(|(k, v)| (k.0, k.1, *v)).collect(),
+            last_switch: m.last_switch,
+            running: m.operation.as_ref().map(|o| o.kind),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ServiceModel> {

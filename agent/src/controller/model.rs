@@ -66,6 +66,10 @@ pub struct ServiceModel {
     pub(crate) last_outcome: Option<Outcome>,
     pub(crate) warm_cancel: Option<CancellationToken>,
     pub(crate) paused_rolling: Option<super::rolling::RollingPlan>,
+    /// Ended operations by (kind, outcome), for metrics; never decreases.
+    pub(crate) outcome_counts: BTreeMap<(OperationKind, crate::api::OutcomeKind), u64>,
+    /// When traffic last moved (unix seconds).
+    pub(crate) last_switch: Option<f64>,
 }
 
 impl ServiceModel {
@@ -140,6 +144,7 @@ impl ServiceModel {
     pub(crate) fn end_operation(&mut self, outcome: Outcome, spec: Option<Spec>) {
         let started_at = self.operation.take().map(|o| o.started_at).unwrap_or_else(now_rfc3339);
         self.op_target = None;
+        *self.outcome_counts.entry((outcome.kind, outcome.outcome)).or_default() += 1;
         self.history.push(HistoryEntry { outcome: outcome.clone(), started_at, spec });
         if self.history.len() > HISTORY_LIMIT {
             let extra = self.history.len() - HISTORY_LIMIT;

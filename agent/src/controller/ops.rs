@@ -281,7 +281,8 @@ impl Service {
 
     fn emit_switched(&self, op: Option<u64>) {
         let (active, weights) = {
-            let m = self.lock();
+            let mut m = self.lock();
+            m.last_switch = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
             (m.active, m.weights())
         };
         self.emit(op, EventKind::Switched { active, weights });

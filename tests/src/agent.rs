@@ -1,0 +1,511 @@
+//! Real `bg-agent` processes for end-to-end tests, configured by a builder
+//! that reads like the scenario:
+//!
+//! ```no_run
+//! # async fn t() {
+//! use bg_tests::agent::{Agent, Svc};
+//! let agent = Agent::process().service(Svc::new("web").replicas(2)).start().await;
+//! let out = agent.bgctl(&["deploy", "web", "--env", "VERSION=v2", "--promote"]);
+//! out.assert_exit_code(0);
+//! # }
+//! ```
+//!
+//! Each agent gets its own temporary directory (config, state, socket,
+//! logs). Replicas outlive an agent by design, so dropping a [`RunningAgent`]
+//! also kills every process (or container) it started, found by a marker.
+
+use crate::bins::cargo_bin;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Which runtime the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Local processes (websample binary).
+    Process,
+    /// Docker containers (websample image).
+    Docker,
+}
+
+/// One service in the generated config.
+#[derive(Debug, Clone)]
+pub struct Svc {
+    name: String,
+    replicas: u32,
+    env: BTreeMap<String, String>,
+    image: String,
+    keys: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl Svc {
+    /// A service with fast test timings (100 ms health interval, 10 s
+    /// deadline, 5 s stop grace, 10 s drain timeout).
+    pub fn new(name: &str) -> Svc {
+        let mut s = Svc {
+            name: name.to_string(),
+            replicas: 1,
+            env: BTreeMap::new(),
+            image: "websample:v1".into(),
+            keys: BTreeMap::new(),
+        };
+        s = s
+            .set("", "stop_grace", "\"5s\"")
+            .set("", "queue_timeout", "\"10s\"")
+            .set("health", "interval", "\"100ms\"")
+            .set("health", "timeout", "\"500ms\"")
+            .set("health", "healthy_threshold", "1")
+            .set("health", "unhealthy_threshold", "2")
+            .set("health", "deadline", "\"10s\"")
+            .set("deploy", "drain_timeout", "\"10s\"");
+        s.env.insert("VERSION".into(), "v1".into());
+        s
+    }
+
+    /// Replicas per color.
+    pub fn replicas(mut self, n: u32) -> Svc {
+        self.replicas = n;
+        self
+    }
+
+    /// An environment variable of the configured spec.
+    pub fn env(mut self, key: &str, value: &str) -> Svc {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// The docker image of the configured spec.
+    pub fn image(mut self, image: &str) -> Svc {
+        self.image = image.into();
+        self
+    }
+
+    /// Set a raw TOML value in `[services.NAME.<section>]` (`""` for the
+    /// service table itself); `value` is TOML (`"\"5s\""`, `2`, `true`).
+    pub fn set(mut self, section: &str, key: &str, value: &str) -> Svc {
+        let entries = self.keys.entry(section.to_string()).or_default();
+        entries.retain(|(k, _)| k != key);
+        entries.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Builds and starts an agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    runtime: RuntimeChoice,
+    services: Vec<Svc>,
+    token: Option<String>,
+    metrics: bool,
+}
+
+impl Agent {
+    /// An agent on the process runtime.
+    pub fn process() -> Agent {
+        Agent { runtime: RuntimeChoice::Process, services: vec![], token: None, metrics: false }
+    }
+
+    /// An agent on the docker runtime. Fails the test when Docker is
+    /// required (`BG_DOCKER_TESTS=1`) but unreachable.
+    pub fn docker() -> Agent {
+        Agent { runtime: RuntimeChoice::Docker, services: vec![], token: None, metrics: false }
+    }
+
+    /// Add a service.
+    pub fn service(mut self, svc: Svc) -> Agent {
+        self.services.push(svc);
+        self
+    }
+
+    /// Also serve the control API on TCP with this token.
+    pub fn tcp_token(mut self, token: &str) -> Agent {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Also serve `/metrics` on a loopback port.
+    pub fn metrics(mut self) -> Agent {
+        self.metrics = true;
+        self
+    }
+
+    /// Write the config, start the agent, wait until its API answers.
+    pub async fn start(self) -> RunningAgent {
+        let dir = tempfile::Builder::new().prefix("bg-agent-test-").tempdir().expect("temp dir");
+        let marker = format!("bgtest-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let mut listen = BTreeMap::new();
+        let mut toml = String::new();
+        let socket = dir.path().join("agent.sock");
+        toml.push_str(&format!(
+            "[agent]\nstate_dir = {:?}\ncontrol_socket = {:?}\n",
+            dir.path().join("state"),
+            socket
+        ));
+        let control_addr = self.token.as_ref().map(|token| {
+            let token_file = dir.path().join("token");
+            std::fs::write(&token_file, token).expect("write token");
+            let addr = free_addr();
+            toml.push_str(&format!("control_listen = \"{addr}\"\ntoken_file = {token_file:?}\n"));
+            addr
+        });
+        let metrics_addr = self.metrics.then(|| {
+            let addr = free_addr();
+            toml.push_str(&format!("metrics_listen = \"{addr}\"\n"));
+            addr
+        });
+        let kind = match self.runtime {
+            RuntimeChoice::Process => "process",
+            RuntimeChoice::Docker => "docker",
+        };
+        toml.push_str(&format!("\n[runtime]\nkind = \"{kind}\"\n"));
+        for svc in &self.services {
+            let addr = free_addr();
+            listen.insert(svc.name.clone(), addr);
+            toml.push_str(&format!(
+                "\n[services.{}]\nlisten = [\"{addr}\"]\nreplicas = {}\n",
+                svc.name, svc.replicas
+            ));
+            match self.runtime {
+                RuntimeChoice::Process => {
+                    toml.push_str(&format!("command = [{:?}]\n", crate::websample::websample_bin()));
+                }
+                RuntimeChoice::Docker => {
+                    toml.push_str(&format!("image = {:?}\npull = \"never\"\nport = 5000\n", svc.image));
+                }
+            }
+            let mut env = svc.env.clone();
+            env.insert("BG_TEST_MARKER".into(), marker.clone());
+            if self.runtime == RuntimeChoice::Process {
+                env.insert("BIND".into(), "127.0.0.1".into());
+            }
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+            toml.push_str(&format!("env = {{ {} }}\n", env.join(", ")));
+            for (k, v) in svc.keys.get("").into_iter().flatten() {
+                toml.push_str(&format!("{k} = {v}\n"));
+            }
+            for (section, entries) in svc.keys.iter().filter(|(s, _)| !s.is_empty()) {
+                toml.push_str(&format!("\n[services.{}.{section}]\n", svc.name));
+                for (k, v) in entries {
+                    toml.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+        }
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, &toml).expect("write config");
+        let mut agent = RunningAgent {
+            dir,
+            config,
+            socket,
+            listen,
+            control_addr,
+            metrics_addr,
+            child: None,
+            marker,
+            runtime: self.runtime,
+            services: self.services.iter().map(|s| s.name.clone()).collect(),
+            starts: 0,
+        };
+        agent.spawn();
+        agent.wait_api().await;
+        agent
+    }
+}
+
+/// A free loopback address (bound, read, released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// A running agent process and everything it owns.
+pub struct RunningAgent {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    listen: BTreeMap<String, SocketAddr>,
+    control_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    child: Option<Child>,
+    marker: String,
+    runtime: RuntimeChoice,
+    services: Vec<String>,
+    starts: u32,
+}
+
+impl RunningAgent {
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(cargo_bin("bg-agent", "bg-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,bg_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn bg-agent");
+        self.child = Some(child);
+    }
+
+    async fn wait_api(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.api_get("/v1/health").await {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("bg-agent exited during start ({status}); log:\n{}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "bg-agent did not answer within 30s; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The temporary directory (config, state, socket, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `--agent` value for the unix socket.
+    pub fn agent_arg(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The TCP control address, when configured.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// The metrics address, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The proxy listener of a service.
+    pub fn listen(&self, service: &str) -> SocketAddr {
+        self.listen[service]
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kill the agent with SIGKILL (its replicas keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the agent with SIGTERM and wait for it (replicas keep running).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent is running");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("bg-agent did not stop within 20s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the agent again with the same config and state.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the agent first");
+        self.spawn();
+        self.wait_api().await;
+    }
+
+    /// GET a control API path over the unix socket: (status, JSON body).
+    pub async fn api_get(&self, path: &str) -> Result<(u16, Value), String> {
+        crate::api::request(&self.socket, "GET", path, None).await
+    }
+
+    /// POST JSON to a control API path over the unix socket.
+    pub async fn api_post(&self, path: &str, body: Value) -> Result<(u16, Value), String> {
+        crate::api::request(&self.socket, "POST", path, Some(body)).await
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn status(&self, service: &str) -> Value {
+        match self.api_get(&format!("/v1/services/{service}")).await {
+            Ok((200, v)) => v,
+            other => panic!("status of {service}: {other:?}"),
+        }
+    }
+
+    /// Wait until the service has no running operation, and return its
+    /// last outcome (`last_outcome.outcome`).
+    pub async fn wait_idle(&self, service: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status(service).await;
+            if s["operation"].is_null() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operation still running after {within:?}: {s}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run the real `bgctl` against this agent (unix socket).
+    pub fn bgctl(&self, args: &[&str]) -> CtlOutput {
+        let mut all = vec!["--agent".to_string(), self.agent_arg()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        bgctl(&all)
+    }
+
+    /// Runtime ids (container names or pids) of a color's replicas.
+    pub async fn runtime_ids(&self, service: &str, color: &str) -> Vec<String> {
+        let s = self.status(service).await;
+        s["colors"][color]["replicas"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["runtime_id"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kill every replica this agent started (processes by marker,
+    /// containers by service label).
+    pub fn kill_replicas(&self) {
+        match self.runtime {
+            RuntimeChoice::Process => kill_processes_with_marker(&self.marker),
+            RuntimeChoice::Docker => {
+                for svc in &self.services {
+                    remove_containers(svc);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_replicas();
+    }
+}
+
+/// Run the real `bgctl` with these arguments.
+pub fn bgctl(args: &[String]) -> CtlOutput {
+    let out = Command::new(cargo_bin("bgctl", "bgctl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bgctl");
+    CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        args: args.to_vec(),
+    }
+}
+
+/// What a `bgctl` run printed and returned.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// The arguments it ran with.
+    pub args: Vec<String>,
+}
+
+impl CtlOutput {
+    /// Panic with everything printed unless the exit code is `code`.
+    pub fn assert_exit_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "bgctl {:?} exited {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Standard output parsed as one JSON document.
+    pub fn stdout_json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("bgctl {:?} stdout is not one JSON document ({e}):\n{}", self.args, self.stdout)
+        })
+    }
+}
+
+fn kill_processes_with_marker(marker: &str) {
+    let needle = format!("BG_TEST_MARKER={marker}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Remove every container labelled with this service (docker CLI).
+pub fn remove_containers(service: &str) {
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=bg.service={service}")])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
+    }
+}
+
+/// A service name unique to this test process, for Docker tests.
+pub fn unique_service(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
