@@ -409,6 +409,30 @@ impl RunningAgent {
             .unwrap_or_default()
     }
 
+    /// Pids of this agent's replica processes whose environment holds
+    /// `key=value` (process runtime only).
+    pub fn processes_with(&self, kv: &str) -> Vec<i32> {
+        processes_with_env(&format!("BG_TEST_MARKER={}", self.marker))
+            .into_iter()
+            .filter(|pid| process_env(*pid).iter().any(|e| e == kv))
+            .collect()
+    }
+
+    /// Events of a service so far (`GET /v1/events?since=0`).
+    pub async fn events(&self, service: &str) -> Vec<Value> {
+        crate::api::events(&self.socket, service).await
+    }
+
+    /// POST an operation and wait for it to end; returns the service status
+    /// afterwards. Panics unless the POST is accepted.
+    pub async fn op(&self, service: &str, op: &str, body: Value, within: Duration) -> Value {
+        match self.api_post(&format!("/v1/services/{service}/{op}"), body).await {
+            Ok((202, _)) => {}
+            other => panic!("POST {op} on {service}: {other:?}\nlog:\n{}", self.log()),
+        }
+        self.wait_idle(service, within).await
+    }
+
     /// Kill every replica this agent started (processes by marker,
     /// containers by service label).
     pub fn kill_replicas(&self) {
@@ -477,16 +501,29 @@ impl CtlOutput {
     }
 }
 
+fn process_env(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| b.split(|c| *c == 0).map(|kv| String::from_utf8_lossy(kv).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Pids of live (not zombie) processes whose environment holds `kv`
+/// (`KEY=value`).
+pub fn processes_with_env(kv: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.contains(") Z ") && process_env(*pid).iter().any(|e| e == kv)
+        })
+        .collect()
+}
+
 fn kill_processes_with_marker(marker: &str) {
-    let needle = format!("BG_TEST_MARKER={marker}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+    for pid in processes_with_env(&format!("BG_TEST_MARKER={marker}")) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -38,3 +38,24 @@ pub async fn request(
     };
     Ok((status, value))
 }
+
+/// Every retained event of a service (`GET /v1/events?service=S&since=0`),
+/// parsed from the NDJSON stream.
+pub async fn events(socket: &Path, service: &str) -> Vec<Value> {
+    let stream = tokio::net::UnixStream::connect(socket).await.expect("connect to agent");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("/v1/events?service={service}&since=0"))
+        .header("host", "agent")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("events request");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("events body").to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line {l:?} is not JSON: {e}")))
+        .collect()
+}
