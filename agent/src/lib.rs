@@ -13,3 +13,5 @@ pub mod api;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod runtime;
+#[cfg(feature = "daemon")]
+pub mod health;
