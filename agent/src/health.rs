@@ -120,7 +120,11 @@ impl HealthTracker {
 }
 
 /// One probe of `target`: `Ok` when it passes, or why it failed.
-pub async fn probe(target: SocketAddr, check: &HealthCheckKind, timeout: Duration) -> Result<(), String> {
+pub async fn probe(
+    target: SocketAddr,
+    check: &HealthCheckKind,
+    timeout: Duration,
+) -> Result<(), String> {
     let attempt = async {
         match check {
             HealthCheckKind::Tcp => TcpStream::connect(target)
@@ -228,7 +232,8 @@ impl HealthMonitor {
     {
         let (tx, rx) = watch::channel(HealthReport::starting());
         tokio::spawn(async move {
-            let mut tracker = HealthTracker::new(config.healthy_threshold, config.unhealthy_threshold);
+            let mut tracker =
+                HealthTracker::new(config.healthy_threshold, config.unhealthy_threshold);
             let mut ticks = tokio::time::interval(config.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -290,12 +295,18 @@ where
     let native = match runtime.state(handle).await {
         Ok(RunState::Running { native_health }) => native_health,
         Ok(RunState::Exited { code }) => return Outcome::Exited(describe_exit(code)),
-        Ok(RunState::Gone) => return Outcome::Exited("the replica is gone (removed, or exited while the agent was down)".into()),
+        Ok(RunState::Gone) => {
+            return Outcome::Exited(
+                "the replica is gone (removed, or exited while the agent was down)".into(),
+            )
+        }
         Err(e) => return Outcome::Fail(format!("cannot read the replica's state: {e}")),
     };
     match (probe_fn().await, native) {
         (Err(reason), _) => Outcome::Fail(reason),
-        (Ok(()), Some(false)) => Outcome::Fail("the container's own HEALTHCHECK reports unhealthy".into()),
+        (Ok(()), Some(false)) => {
+            Outcome::Fail("the container's own HEALTHCHECK reports unhealthy".into())
+        }
         (Ok(()), _) => Outcome::Pass,
     }
 }
@@ -344,7 +355,9 @@ impl HealthWatch {
                 Err(_) => {
                     return Err(HealthError::Deadline {
                         deadline,
-                        reason: report.reason.unwrap_or_else(|| "no check passed yet".into()),
+                        reason: report
+                            .reason
+                            .unwrap_or_else(|| "no check passed yet".into()),
                     })
                 }
             }

@@ -12,6 +12,6 @@ pub mod api;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
-pub mod runtime;
-#[cfg(feature = "daemon")]
 pub mod health;
+#[cfg(feature = "daemon")]
+pub mod runtime;

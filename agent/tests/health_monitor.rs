@@ -61,29 +61,46 @@ impl Runtime for FakeRuntime {
     fn kind(&self) -> &'static str {
         "fake"
     }
-    fn start<'a>(&'a self, _: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
+    fn start<'a>(
+        &'a self,
+        _: &'a ReplicaSpec,
+    ) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
         unimplemented!()
     }
-    fn stop<'a>(&'a self, _: &'a ReplicaHandle, _: &'a str, _: Duration) -> BoxFuture<'a, Result<StopReport, RuntimeError>> {
+    fn stop<'a>(
+        &'a self,
+        _: &'a ReplicaHandle,
+        _: &'a str,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<StopReport, RuntimeError>> {
         unimplemented!()
     }
     fn remove<'a>(&'a self, _: &'a ReplicaHandle) -> BoxFuture<'a, Result<(), RuntimeError>> {
         unimplemented!()
     }
-    fn list<'a>(&'a self, _: Option<&'a str>) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, RuntimeError>> {
+    fn list<'a>(
+        &'a self,
+        _: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, RuntimeError>> {
         unimplemented!()
     }
     fn state<'a>(&'a self, _: &'a ReplicaHandle) -> BoxFuture<'a, Result<RunState, RuntimeError>> {
         let s = self.0.lock().unwrap().clone();
         Box::pin(async move { Ok(s) })
     }
-    fn logs<'a>(&'a self, _: &'a ReplicaHandle, _: usize) -> BoxFuture<'a, Result<String, RuntimeError>> {
+    fn logs<'a>(
+        &'a self,
+        _: &'a ReplicaHandle,
+        _: usize,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
         unimplemented!()
     }
 }
 
 /// A probe that plays a script of outcomes, then repeats the last one.
-fn scripted(script: Vec<Result<(), &'static str>>) -> impl FnMut() -> BoxFuture<'static, Result<(), String>> + Send {
+fn scripted(
+    script: Vec<Result<(), &'static str>>,
+) -> impl FnMut() -> BoxFuture<'static, Result<(), String>> + Send {
     let mut i = 0;
     move || {
         let r = script[i.min(script.len() - 1)].map_err(String::from);
@@ -210,11 +227,19 @@ async fn websample_becomes_healthy_over_http_and_tcp() {
     let h = start_websample(&rt, &[]).await;
     let cancel = CancellationToken::new();
     for check in [http(), HealthCheckKind::Tcp] {
-        let mut w = HealthMonitor::spawn(h.addr, config(check), rt.clone(), h.clone(), cancel.child_token());
+        let mut w = HealthMonitor::spawn(
+            h.addr,
+            config(check),
+            rt.clone(),
+            h.clone(),
+            cancel.child_token(),
+        );
         w.wait_healthy(Duration::from_secs(10)).await.unwrap();
     }
     cancel.cancel();
-    rt.stop(&h, "SIGTERM", Duration::from_secs(5)).await.unwrap();
+    rt.stop(&h, "SIGTERM", Duration::from_secs(5))
+        .await
+        .unwrap();
     rt.remove(&h).await.unwrap();
 }
 
@@ -224,7 +249,13 @@ async fn unhealthy_websample_never_becomes_healthy() {
     let rt = Arc::new(ProcessRuntime::new(dir.path()).unwrap());
     let h = start_websample(&rt, &[("UNHEALTHY", "1")]).await;
     let cancel = CancellationToken::new();
-    let mut w = HealthMonitor::spawn(h.addr, config(http()), rt.clone(), h.clone(), cancel.clone());
+    let mut w = HealthMonitor::spawn(
+        h.addr,
+        config(http()),
+        rt.clone(),
+        h.clone(),
+        cancel.clone(),
+    );
     let err = w.wait_healthy(Duration::from_secs(2)).await.unwrap_err();
     match &err {
         HealthError::Deadline { reason, .. } => assert!(reason.contains("503"), "{err}"),
@@ -232,7 +263,9 @@ async fn unhealthy_websample_never_becomes_healthy() {
     }
     assert_eq!(w.current().health, Health::Starting);
     cancel.cancel();
-    rt.stop(&h, "SIGTERM", Duration::from_secs(5)).await.unwrap();
+    rt.stop(&h, "SIGTERM", Duration::from_secs(5))
+        .await
+        .unwrap();
     rt.remove(&h).await.unwrap();
 }
 
@@ -241,10 +274,18 @@ async fn a_killed_websample_turns_unhealthy_with_its_exit() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Arc::new(ProcessRuntime::new(dir.path()).unwrap());
     let h = start_websample(&rt, &[]).await;
-    let mut w = HealthMonitor::spawn(h.addr, config(http()), rt.clone(), h.clone(), CancellationToken::new());
+    let mut w = HealthMonitor::spawn(
+        h.addr,
+        config(http()),
+        rt.clone(),
+        h.clone(),
+        CancellationToken::new(),
+    );
     w.wait_healthy(Duration::from_secs(10)).await.unwrap();
 
-    rt.stop(&h, "SIGKILL", Duration::from_secs(1)).await.unwrap();
+    rt.stop(&h, "SIGKILL", Duration::from_secs(1))
+        .await
+        .unwrap();
     let report = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match w.changed().await {
@@ -258,6 +299,9 @@ async fn a_killed_websample_turns_unhealthy_with_its_exit() {
     .expect("the monitor never saw the exit");
     assert!(report.exited, "{report:?}");
     assert_eq!(report.health, Health::Unhealthy);
-    assert!(report.reason.as_deref().unwrap_or("").contains("SIGKILL"), "{report:?}");
+    assert!(
+        report.reason.as_deref().unwrap_or("").contains("SIGKILL"),
+        "{report:?}"
+    );
     rt.remove(&h).await.unwrap();
 }
