@@ -222,3 +222,25 @@ async fn starting_the_same_name_replaces_the_leftover() {
         .unwrap();
     rt.remove(&new).await.unwrap();
 }
+
+#[tokio::test]
+async fn stopping_with_another_signal_than_configured_still_stops() {
+    // API 1.41 cannot override the stop signal, so the runtime kills with
+    // the requested signal itself and SIGKILLs after grace.
+    let Some(rt) = docker().await else { return };
+    let service = unique_service("dkr");
+    let spec = spec(&service, &[("IGNORE_SIGTERM", "1")]);
+    let _cleanup = Cleanup(vec![spec.name()]);
+    let h = rt.start(&spec).await.unwrap();
+    get_eventually(h.addr, "/", Duration::from_secs(20)).await;
+    let report = rt
+        .stop(&h, "SIGUSR2", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(report.elapsed < Duration::from_secs(10), "{report:?}");
+    assert!(
+        matches!(rt.state(&h).await.unwrap(), RunState::Exited { .. }),
+        "{report:?}"
+    );
+    rt.remove(&h).await.unwrap();
+}
