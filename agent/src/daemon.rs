@@ -61,7 +61,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let store = StateStore::open(&config.agent.state_dir)?;
     let state = store.load()?.unwrap_or(PersistedState { version: STATE_VERSION, services: BTreeMap::new() });
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
-        RuntimeKind::Docker => Arc::new(DockerRuntime::connect(config.runtime.docker_host.as_deref()).await?),
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime::connect(config.runtime.docker_host.as_deref())?;
+            docker.ping().await?;
+            Arc::new(docker)
+        }
         RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.agent.state_dir)?),
     };
     let events = EventHub::new();

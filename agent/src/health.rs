@@ -1,41 +1,384 @@
-//! Placeholder: replaced by the health-check implementation at merge.
-#![allow(missing_docs, dead_code)]
+//! Health checks of one replica. A [`HealthMonitor`] task probes the
+//! replica every `interval` (HTTP `GET path` expecting 2xx, or a TCP
+//! connect), consults the runtime first (an exited replica is unhealthy at
+//! once; a container's own HEALTHCHECK, when it has a verdict, must pass
+//! too), and publishes a [`HealthReport`] on a watch channel whenever it
+//! changes.
+//!
+//! A replica starts as `starting` and becomes `healthy` after
+//! `healthy_threshold` passes in a row. A healthy replica becomes
+//! `unhealthy` after `unhealthy_threshold` failures in a row, and healthy
+//! again after `healthy_threshold` passes. A replica that never passed stays
+//! `starting` while it fails: how long it may take to boot is the caller's
+//! deadline ([`HealthWatch::wait_healthy`]), not a failure count.
+
 use crate::api::Health;
-use crate::config::HealthConfig;
-use crate::runtime::{ReplicaHandle, Runtime};
+use crate::config::{HealthCheckKind, HealthConfig};
+use crate::runtime::{BoxFuture, ReplicaHandle, RunState, Runtime};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, PartialEq)]
+/// What the checks say about a replica now.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthReport {
+    /// Starting, healthy or unhealthy.
     pub health: Health,
+    /// Why it is not healthy: the last failed check, or how it exited.
+    /// `None` while healthy, and before the first check.
     pub reason: Option<String>,
+    /// The replica exited (or vanished): it will not come back, and the
+    /// monitor has stopped.
     pub exited: bool,
 }
 
+impl HealthReport {
+    fn starting() -> Self {
+        HealthReport { health: Health::Starting, reason: None, exited: false }
+    }
+}
+
+/// Why [`HealthWatch::wait_healthy`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// The replica exited before it became healthy.
+    #[error("replica exited before it became healthy: {reason}")]
+    Exited {
+        /// How it exited (exit code or signal).
+        reason: String,
+    },
+    /// The deadline passed first.
+    #[error("not healthy after {deadline:?}: {reason}")]
+    Deadline {
+        /// The deadline that passed.
+        deadline: Duration,
+        /// The last failed check, or "no check passed yet".
+        reason: String,
+    },
+    /// The monitor was cancelled.
+    #[error("health monitor cancelled")]
+    Cancelled,
+}
+
+/// Counts passes and failures in a row and decides the health. Pure: the
+/// monitor feeds it check outcomes.
+#[derive(Debug, Clone)]
+pub struct HealthTracker {
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+    passes: u32,
+    failures: u32,
+    health: Health,
+}
+
+impl HealthTracker {
+    /// A tracker for a new replica (`starting`). Thresholds below 1 count
+    /// as 1.
+    pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+        HealthTracker {
+            healthy_threshold: healthy_threshold.max(1),
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            passes: 0,
+            failures: 0,
+            health: Health::Starting,
+        }
+    }
+
+    /// The health so far.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Record one check and return the (possibly new) health.
+    pub fn record(&mut self, passed: bool) -> Health {
+        if passed {
+            self.failures = 0;
+            self.passes = self.passes.saturating_add(1);
+            if self.passes >= self.healthy_threshold {
+                self.health = Health::Healthy;
+            }
+        } else {
+            self.passes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.health == Health::Healthy && self.failures >= self.unhealthy_threshold {
+                self.health = Health::Unhealthy;
+            }
+        }
+        self.health
+    }
+}
+
+/// One probe of `target`: `Ok` when it passes, or why it failed.
+pub async fn probe(target: SocketAddr, check: &HealthCheckKind, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        match check {
+            HealthCheckKind::Tcp => TcpStream::connect(target)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("TCP connect to {target} failed: {e}")),
+            HealthCheckKind::Http { path } => http_probe(target, path).await,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(match check {
+            HealthCheckKind::Tcp => format!("TCP connect to {target} took longer than {timeout:?}"),
+            HealthCheckKind::Http { path } => {
+                format!("GET {path} on {target} got no answer within {timeout:?}")
+            }
+        }),
+    }
+}
+
+async fn http_probe(target: SocketAddr, path: &str) -> Result<(), String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("GET {path}: cannot connect to {target}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("GET {path} on {target}: {e}"))?;
+    // The connection future drives the socket; it ends with the request.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(path)
+        .header(http::header::HOST, target.to_string())
+        .header(http::header::CONNECTION, "close")
+        .header(http::header::USER_AGENT, "bg-agent-health")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("GET {path}: bad request: {e}"))?;
+    let result = sender.send_request(req).await;
+    driver.abort();
+    let resp = result.map_err(|e| format!("GET {path} on {target}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("GET {path} on {target} answered {}", resp.status()))
+    }
+}
+
+/// Describe an exit code: `137` is SIGKILL, other codes above 128 are
+/// signals too.
+fn describe_exit(code: i64) -> String {
+    if code > 128 && code < 128 + 65 {
+        let signo = (code - 128) as i32;
+        match nix::sys::signal::Signal::try_from(signo) {
+            Ok(sig) => format!("killed by {sig} (exit code {code})"),
+            Err(_) => format!("exited with code {code}"),
+        }
+    } else if code < 0 {
+        "exited (exit code unknown)".to_string()
+    } else {
+        format!("exited with code {code}")
+    }
+}
+
+/// One check outcome as the monitor loop sees it.
+enum Outcome {
+    Pass,
+    Fail(String),
+    Exited(String),
+}
+
+/// Spawns the health-check task of a replica.
+#[derive(Debug)]
 pub struct HealthMonitor;
 
-#[derive(Clone)]
+impl HealthMonitor {
+    /// Check `target` per `config` until `cancel` fires or the replica
+    /// exits. The first check runs at once, then one every `interval`.
+    pub fn spawn(
+        target: SocketAddr,
+        config: HealthConfig,
+        runtime: Arc<dyn Runtime>,
+        handle: ReplicaHandle,
+        cancel: CancellationToken,
+    ) -> HealthWatch {
+        let check = config.check.clone();
+        let timeout = config.timeout;
+        let probe_fn = move || -> BoxFuture<'static, Result<(), String>> {
+            let check = check.clone();
+            Box::pin(async move { probe(target, &check, timeout).await })
+        };
+        Self::spawn_with(config, runtime, handle, cancel, probe_fn)
+    }
+
+    /// [`HealthMonitor::spawn`] with a custom probe, for tests and for
+    /// checks that are not HTTP or TCP.
+    pub fn spawn_with<F>(
+        config: HealthConfig,
+        runtime: Arc<dyn Runtime>,
+        handle: ReplicaHandle,
+        cancel: CancellationToken,
+        mut probe_fn: F,
+    ) -> HealthWatch
+    where
+        F: FnMut() -> BoxFuture<'static, Result<(), String>> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(HealthReport::starting());
+        tokio::spawn(async move {
+            let mut tracker = HealthTracker::new(config.healthy_threshold, config.unhealthy_threshold);
+            let mut ticks = tokio::time::interval(config.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let outcome = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    o = check_once(runtime.as_ref(), &handle, &mut probe_fn) => o,
+                };
+                let report = match outcome {
+                    Outcome::Exited(reason) => {
+                        HealthReport { health: Health::Unhealthy, reason: Some(reason), exited: true }
+                    }
+                    Outcome::Pass => {
+                        let health = tracker.record(true);
+                        let reason = match health {
+                            Health::Healthy => None,
+                            _ => tx.borrow().reason.clone(),
+                        };
+                        HealthReport { health, reason, exited: false }
+                    }
+                    Outcome::Fail(reason) => {
+                        HealthReport { health: tracker.record(false), reason: Some(reason), exited: false }
+                    }
+                };
+                let exited = report.exited;
+                tx.send_if_modified(|cur| {
+                    if *cur == report {
+                        false
+                    } else {
+                        tracing::debug!(replica = %handle.name, health = ?report.health, reason = ?report.reason, "health changed");
+                        *cur = report;
+                        true
+                    }
+                });
+                if exited {
+                    return;
+                }
+            }
+        });
+        HealthWatch { rx }
+    }
+}
+
+async fn check_once<F>(runtime: &dyn Runtime, handle: &ReplicaHandle, probe_fn: &mut F) -> Outcome
+where
+    F: FnMut() -> BoxFuture<'static, Result<(), String>>,
+{
+    let native = match runtime.state(handle).await {
+        Ok(RunState::Running { native_health }) => native_health,
+        Ok(RunState::Exited { code }) => return Outcome::Exited(describe_exit(code)),
+        Ok(RunState::Gone) => {
+            return Outcome::Exited(
+                "the replica is gone (removed, or exited while the agent was down)".into(),
+            )
+        }
+        Err(e) => return Outcome::Fail(format!("cannot read the replica's state: {e}")),
+    };
+    match (probe_fn().await, native) {
+        (Err(reason), _) => Outcome::Fail(reason),
+        (Ok(()), Some(false)) => Outcome::Fail("the container's own HEALTHCHECK reports unhealthy".into()),
+        (Ok(()), _) => Outcome::Pass,
+    }
+}
+
+/// The receiving end of a [`HealthMonitor`].
+#[derive(Debug, Clone)]
 pub struct HealthWatch {
     rx: watch::Receiver<HealthReport>,
 }
 
-impl HealthMonitor {
-    pub fn spawn(
-        _target: SocketAddr,
-        _config: HealthConfig,
-        _runtime: Arc<dyn Runtime>,
-        _handle: ReplicaHandle,
-        _cancel: CancellationToken,
-    ) -> HealthWatch {
-        todo!()
+impl HealthWatch {
+    /// The latest report.
+    pub fn current(&self) -> HealthReport {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver to `select!` on alongside other events.
+    pub fn receiver(&self) -> watch::Receiver<HealthReport> {
+        self.rx.clone()
+    }
+
+    /// Wait for the next change; `None` once the monitor has ended
+    /// (cancelled, or the replica exited and that was already seen).
+    pub async fn changed(&mut self) -> Option<HealthReport> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Wait until healthy. Fails at once when the replica exits, or with
+    /// the last check's error when `deadline` passes first.
+    pub async fn wait_healthy(&mut self, deadline: Duration) -> Result<(), HealthError> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let report = self.rx.borrow_and_update().clone();
+            if report.health == Health::Healthy {
+                return Ok(());
+            }
+            if report.exited {
+                return Err(HealthError::Exited { reason: report.reason.unwrap_or_else(|| "exited".into()) });
+            }
+            match tokio::time::timeout_at(until, self.rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(HealthError::Cancelled),
+                Err(_) => {
+                    return Err(HealthError::Deadline {
+                        deadline,
+                        reason: report.reason.unwrap_or_else(|| "no check passed yet".into()),
+                    })
+                }
+            }
+        }
     }
 }
 
-impl HealthWatch {
-    pub fn receiver(&self) -> watch::Receiver<HealthReport> {
-        self.rx.clone()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn becomes_healthy_after_threshold_passes_in_a_row() {
+        let mut t = HealthTracker::new(2, 3);
+        assert_eq!(t.record(true), Health::Starting);
+        assert_eq!(t.record(false), Health::Starting);
+        assert_eq!(t.record(true), Health::Starting);
+        assert_eq!(t.record(true), Health::Healthy);
+    }
+
+    #[test]
+    fn starting_replicas_do_not_turn_unhealthy_by_count() {
+        let mut t = HealthTracker::new(2, 1);
+        for _ in 0..10 {
+            assert_eq!(t.record(false), Health::Starting);
+        }
+    }
+
+    #[test]
+    fn healthy_turns_unhealthy_after_threshold_failures_and_back() {
+        let mut t = HealthTracker::new(1, 3);
+        assert_eq!(t.record(true), Health::Healthy);
+        assert_eq!(t.record(false), Health::Healthy);
+        assert_eq!(t.record(false), Health::Healthy);
+        assert_eq!(t.record(true), Health::Healthy); // resets the count
+        assert_eq!(t.record(false), Health::Healthy);
+        assert_eq!(t.record(false), Health::Healthy);
+        assert_eq!(t.record(false), Health::Unhealthy);
+        assert_eq!(t.record(true), Health::Healthy);
+    }
+
+    #[test]
+    fn exit_codes_read_well() {
+        assert_eq!(describe_exit(137), "killed by SIGKILL (exit code 137)");
+        assert_eq!(describe_exit(3), "exited with code 3");
     }
 }

@@ -43,7 +43,8 @@ pub async fn request(
 /// parsed from the NDJSON stream.
 pub async fn events(socket: &Path, service: &str) -> Vec<Value> {
     let stream = tokio::net::UnixStream::connect(socket).await.expect("connect to agent");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let req = http::Request::builder()
         .uri(format!("/v1/events?service={service}&since=0"))

@@ -43,7 +43,9 @@ async fn docker_agent(name: &str, svc: Svc) -> Option<RunningAgent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_deploy_and_promote_under_load_loses_nothing() {
     let name = unique_service("web");
-    let Some(agent) = docker_agent("docker_deploy_and_promote", Svc::new(&name).replicas(2)).await else { return };
+    let Some(agent) = docker_agent("docker_deploy_and_promote", Svc::new(&name).replicas(2)).await else {
+        return;
+    };
     let first = agent.op(&name, "deploy", json!({}), OP).await;
     assert_eq!(outcome(&first).0, "succeeded", "{first}\n{}", agent.log());
     assert_eq!(containers(&name).len(), 2);
@@ -55,7 +57,8 @@ async fn docker_deploy_and_promote_under_load_loses_nothing() {
     let status = agent.op(&name, "deploy", v2, OP).await;
     assert_eq!(outcome(&status).0, "succeeded", "{status}");
     let after = load.completed();
-    eventually("requests after the promote", Duration::from_secs(10), || load.completed() > after + 200).await;
+    eventually("requests after the promote", Duration::from_secs(10), || load.completed() > after + 200)
+        .await;
     let report = load.stop().await;
 
     assert_eq!(report.failed, 0, "{:?}", report.errors);
@@ -103,7 +106,8 @@ async fn docker_app_ignoring_sigterm_is_killed_after_stop_grace() {
     let svc = Svc::new(&name).env("IGNORE_SIGTERM", "1").set("", "stop_grace", "\"2s\"");
     let Some(agent) = docker_agent("docker_ignore_sigterm", svc).await else { return };
     agent.op(&name, "deploy", json!({}), OP).await;
-    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2", "IGNORE_SIGTERM": "0"}, "promote": true});
+    let v2 =
+        json!({"image": "websample:v2", "env": {"VERSION": "v2", "IGNORE_SIGTERM": "0"}, "promote": true});
     let status = agent.op(&name, "deploy", v2, OP).await;
     assert_eq!(outcome(&status).0, "succeeded", "{status}");
 
@@ -115,7 +119,10 @@ async fn docker_app_ignoring_sigterm_is_killed_after_stop_grace() {
         .expect("blue stopped event");
     assert!(stopped["reason"].as_str().unwrap().contains("killed"), "{stopped}");
     let took = at(stopped).duration_since(at(drained)).unwrap();
-    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(8), "stop took {took:?}, grace 2s");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "stop took {took:?}, grace 2s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +149,7 @@ async fn docker_old_color_is_stopped_only_after_in_flight_requests_finished() {
     let events = agent.events(&name).await;
     let drained = events.iter().find(|e| e["type"] == "drained").expect("drain event");
     assert!(drained["finished"].as_u64().unwrap() >= 1 && drained["cut"] == 0, "{drained}");
-    let stopped = events.iter().find(|e| e["type"] == "replica" && e["state"] == "stopped").expect("stop event");
+    let stopped =
+        events.iter().find(|e| e["type"] == "replica" && e["state"] == "stopped").expect("stop event");
     assert!(drained["seq"].as_u64() < stopped["seq"].as_u64(), "stop came after the drain");
 }

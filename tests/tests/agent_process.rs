@@ -48,7 +48,8 @@ async fn deploy_and_promote_under_load_loses_nothing_and_stops_the_old_color() {
     assert_eq!(outcome(&promoted).0, "succeeded", "{promoted}");
     assert_eq!(promoted["active"], "green");
     let after = load.completed();
-    eventually("requests after the promote", Duration::from_secs(10), || load.completed() > after + 200).await;
+    eventually("requests after the promote", Duration::from_secs(10), || load.completed() > after + 200)
+        .await;
     let report = load.stop().await;
 
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
@@ -56,7 +57,10 @@ async fn deploy_and_promote_under_load_loses_nothing_and_stops_the_old_color() {
     assert_eq!(replicas(&promoted, "blue"), 0, "old color removed: {promoted}");
     assert_eq!(replicas(&promoted, "green"), 2);
     for pid in v1_pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || agent.processes_with("VERSION=v1").is_empty());
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || agent.processes_with("VERSION=v1").is_empty()
+        );
     }
     assert!(agent.processes_with("VERSION=v1").is_empty(), "v1 processes are stopped");
 }
@@ -70,8 +74,9 @@ async fn a_bad_release_fails_by_its_deadline_and_traffic_never_moves() {
     eventually("load is flowing", Duration::from_secs(10), || load.completed() > 50).await;
 
     let started = Instant::now();
-    let status =
-        agent.op("web", "deploy", json!({"env": {"VERSION": "v2", "UNHEALTHY": "1"}, "promote": true}), OP).await;
+    let status = agent
+        .op("web", "deploy", json!({"env": {"VERSION": "v2", "UNHEALTHY": "1"}, "promote": true}), OP)
+        .await;
     let took = started.elapsed();
     let report = load.stop().await;
 
@@ -81,8 +86,10 @@ async fn a_bad_release_fails_by_its_deadline_and_traffic_never_moves() {
     assert!(took >= Duration::from_millis(1900), "failed before its deadline: {took:?}");
     assert_eq!(status["active"], "blue");
     assert_eq!(replicas(&status, "green"), 0, "failed color removed");
-    eventually("v2 processes are gone", Duration::from_secs(10), || agent.processes_with("VERSION=v2").is_empty())
-        .await;
+    eventually("v2 processes are gone", Duration::from_secs(10), || {
+        agent.processes_with("VERSION=v2").is_empty()
+    })
+    .await;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(report.version("v2"), 0, "no request reached the bad release");
 }
@@ -91,15 +98,17 @@ async fn a_bad_release_fails_by_its_deadline_and_traffic_never_moves() {
 async fn an_app_that_ignores_sigterm_is_killed_after_stop_grace() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("v1.log");
-    let svc = Svc::new("web")
-        .env("IGNORE_SIGTERM", "1")
-        .env("EVENT_LOG", log.to_str().unwrap())
-        .set("", "stop_grace", "\"2s\"");
+    let svc = Svc::new("web").env("IGNORE_SIGTERM", "1").env("EVENT_LOG", log.to_str().unwrap()).set(
+        "",
+        "stop_grace",
+        "\"2s\"",
+    );
     let agent = Agent::process().service(svc).start().await;
     agent.op("web", "deploy", json!({}), OP).await;
     let pid = agent.processes_with("VERSION=v1")[0];
 
-    let overrides = json!({"env": {"VERSION": "v2", "IGNORE_SIGTERM": "0", "EVENT_LOG": "/dev/null"}, "promote": true});
+    let overrides =
+        json!({"env": {"VERSION": "v2", "IGNORE_SIGTERM": "0", "EVENT_LOG": "/dev/null"}, "promote": true});
     assert!(matches!(agent.api_post("/v1/services/web/deploy", overrides).await, Ok((202, _))));
     // Watch the old process die, and note when.
     let proc_dir = format!("/proc/{pid}");
@@ -177,7 +186,10 @@ async fn an_agent_killed_mid_deploy_recovers_and_a_restart_adopts_replicas() {
     // A deploy that will sit in its health phase.
     let bad = json!({"env": {"VERSION": "v2", "UNHEALTHY": "1"}});
     assert!(matches!(agent.api_post("/v1/services/web/deploy", bad).await, Ok((202, _))));
-    eventually("v2 replicas started", Duration::from_secs(20), || agent.processes_with("VERSION=v2").len() == 2).await;
+    eventually("v2 replicas started", Duration::from_secs(20), || {
+        agent.processes_with("VERSION=v2").len() == 2
+    })
+    .await;
     agent.kill9();
     agent.restart().await;
 
@@ -186,8 +198,10 @@ async fn an_agent_killed_mid_deploy_recovers_and_a_restart_adopts_replicas() {
     assert!(status["operation"].is_null(), "{status}");
     assert_eq!(replicas(&status, "green"), 0, "half-started color removed: {status}");
     assert_eq!(outcome(&status).0, "aborted", "{status}");
-    eventually("v2 processes are gone", Duration::from_secs(20), || agent.processes_with("VERSION=v2").is_empty())
-        .await;
+    eventually("v2 processes are gone", Duration::from_secs(20), || {
+        agent.processes_with("VERSION=v2").is_empty()
+    })
+    .await;
     let load = Load::keepalive(4).target(agent.listen("web")).max_requests(200).start();
     eventually("served again", Duration::from_secs(20), || load.finished()).await;
     let report = load.stop().await;

@@ -1,8 +1,156 @@
-//! Raw deserialization of the config file (to be written).
+//! The config file as written: raw serde structs that refuse unknown keys
+//! and keep the byte span of every value, so that [`validate`] can point at
+//! the line of whatever it refuses. Parsing happens in three steps: TOML
+//! syntax (`toml::de::DeTable`, also used to name the key an error is
+//! about), serde into these structs, then validation into the typed
+//! [`Config`](super::Config).
+
+mod locate;
+mod validate;
+
 use super::{Config, ConfigError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
+use toml::Spanned;
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let _ = (text, path);
-    todo!()
+    let doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let line = e.span().map(|s| locate::line_of(text, s.start)).unwrap_or(0);
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key: "(toml syntax)".into(),
+                message: format!("{}: this is not valid TOML", e.message().trim_end()),
+            });
+        }
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, key) = match e.span() {
+                Some(span) => (locate::line_of(text, span.start), locate::key_at(doc.get_ref(), span.start)),
+                None => (0, String::new()),
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key: if key.is_empty() { "(top level)".into() } else { key },
+                message: explain_serde(e.message()),
+            });
+        }
+    };
+    validate::validate(raw, text, path)
+}
+
+/// Make serde's messages read like advice.
+fn explain_serde(message: &str) -> String {
+    let message = message.trim_end();
+    if message.starts_with("unknown field") {
+        return format!("{message}; remove it or fix its spelling");
+    }
+    // Serde speaks Rust; the reader of a config file speaks TOML.
+    [
+        ("expected i64", "expected a whole number (integer)"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        ("expected a string", "expected a string in quotes"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, RawService>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    pub state_dir: Option<Spanned<String>>,
+    pub control_socket: Option<Spanned<String>>,
+    pub control_socket_group: Option<Spanned<String>>,
+    pub control_listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuntime {
+    pub kind: Option<Spanned<String>>,
+    pub docker_host: Option<Spanned<String>>,
+}
+
+/// `[services.NAME]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub image: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub pull: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub replicas: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub stop_grace: Option<Spanned<String>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub health: RawHealth,
+    #[serde(default)]
+    pub deploy: RawDeploy,
+    #[serde(default)]
+    pub rolling: RawRolling,
+}
+
+/// `[services.NAME.health]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub kind: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub deadline: Option<Spanned<String>>,
+}
+
+/// `[services.NAME.deploy]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeploy {
+    pub auto_promote: Option<bool>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub keep_old: Option<Spanned<String>>,
+    pub monitor: Option<Spanned<String>>,
+    pub failure_action: Option<Spanned<String>>,
+    pub max_error_rate: Option<Spanned<f64>>,
+}
+
+/// `[services.NAME.rolling]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRolling {
+    pub parallelism: Option<Spanned<i64>>,
+    pub delay: Option<Spanned<String>>,
+    pub order: Option<Spanned<String>>,
+    pub failure_action: Option<Spanned<String>>,
+    pub monitor: Option<Spanned<String>>,
+    pub max_failure_ratio: Option<Spanned<f64>>,
 }

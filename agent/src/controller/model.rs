@@ -26,6 +26,8 @@ pub(crate) struct ReplicaModel {
     pub health: Health,
     /// Why it is unhealthy, if it is.
     pub reason: Option<String>,
+    /// It exited (or vanished) and will not come back.
+    pub exited: bool,
     /// Traffic state.
     pub state: ReplicaState,
     /// The revision and spec it runs.

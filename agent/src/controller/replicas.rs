@@ -6,7 +6,7 @@ use super::model::{ReplicaModel, ServiceModel};
 use super::ops::{OpCtx, OpFailure};
 use super::Service;
 use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
-use crate::health::HealthMonitor;
+use crate::health::{HealthMonitor, HealthReport};
 use crate::runtime::{ReplicaHandle, ReplicaSpec};
 use crate::state::RevisionSpec;
 use bg_proxy::{BackendId, DrainReport};
@@ -90,6 +90,7 @@ impl Service {
             handle,
             health: Health::Starting,
             reason: None,
+            exited: false,
             state,
             spec,
             monitor: monitor.clone(),
@@ -110,7 +111,7 @@ impl Service {
                     changed = rx.changed() => if changed.is_err() { break },
                 }
                 let report = rx.borrow_and_update().clone();
-                service.on_health(color, &backend, report.health, report.reason);
+                service.on_health(color, &backend, report);
             }
         });
     }
@@ -118,13 +119,16 @@ impl Service {
     /// A health verdict changed: update the model, and the route table when
     /// rotation changes. A serving replica that turns unhealthy leaves the
     /// rotation here, at once.
-    fn on_health(&self, color: Color, backend: &BackendId, health: Health, reason: Option<String>) {
+    fn on_health(&self, color: Color, backend: &BackendId, report: HealthReport) {
+        let HealthReport { health, reason, exited, .. } = report;
         let (event, rotation_changed) = {
             let mut model = self.lock();
             let Some(r) = model.color(color).replicas.iter_mut().find(|r| &r.backend == backend) else {
                 return;
             };
+            r.exited |= exited;
             if r.health == health {
+                r.reason = reason;
                 return;
             }
             let before = r.in_rotation();

@@ -349,17 +349,16 @@ impl Service {
     async fn wait_replica_healthy(&self, ctx: &OpCtx, color: Color, number: u32) -> Result<(), String> {
         let deadline = Instant::now() + self.config.health.deadline;
         loop {
-            let (health, reason) = {
+            let (health, reason, exited) = {
                 let m = self.lock();
                 match m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number)) {
-                    Some(r) => (r.health, r.reason.clone()),
+                    Some(r) => (r.health, r.reason.clone(), r.exited),
                     None => return Err(format!("replica {number} vanished while starting")),
                 }
             };
             if health == Health::Healthy {
                 return Ok(());
             }
-            let exited = reason.as_deref().is_some_and(|r| r.contains("exited"));
             if exited || Instant::now() >= deadline {
                 return Err(format!(
                     "replica {number} of {color} not healthy within {}: {}",

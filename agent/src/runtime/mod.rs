@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod signal;
 
 use crate::api::{Color, Spec};
 use std::future::Future;

@@ -1,9 +1,393 @@
-//! Placeholder: replaced by the process runtime at merge.
-#![allow(missing_docs)]
-use super::RuntimeError;
-pub struct ProcessRuntime;
+//! The process runtime: each replica is a local program (`spec.command`)
+//! running in its own process group, told to listen on `PORT`, a free
+//! loopback port the runtime picks. Processes outlive the agent: each has a
+//! record under `<state_dir>/processes/` and its output goes to a file
+//! there, so a restarted agent adopts them ([`Runtime::list`]) and can still
+//! stop them and read their logs.
+//!
+//! Our own children are reaped by a task that publishes their exit code;
+//! adopted processes (started by an earlier agent) are watched through
+//! `/proc/<pid>` and their recorded start time.
+
+mod logfile;
+mod procfs;
+mod record;
+
+use super::signal::parse_signal;
+use super::{labels, BoxFuture, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use record::Record;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How often an adopted process is polled while waiting for it to exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for a process to disappear after SIGKILL (10 seconds; it
+/// only takes longer when the process is stuck in the kernel).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs replicas as local child processes. Cheap to share behind an `Arc`.
+pub struct ProcessRuntime {
+    /// `<state_dir>/processes`.
+    dir: PathBuf,
+    /// Every process this runtime knows, by replica name.
+    procs: Mutex<HashMap<String, Proc>>,
+}
+
+/// One known process.
+#[derive(Clone)]
+struct Proc {
+    record: Record,
+    /// Our child: the reaper publishes `Some(exit code)` here. `None` for
+    /// adopted processes, which are watched through `/proc`.
+    exit: Option<watch::Receiver<Option<i64>>>,
+}
+
+impl Proc {
+    fn handle(&self) -> ReplicaHandle {
+        ReplicaHandle {
+            runtime_id: format!("pid:{}", self.record.pid),
+            name: self.record.name.clone(),
+            service: self.record.service.clone(),
+            color: self.record.color,
+            revision: self.record.revision,
+            replica: self.record.replica,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, self.record.port)),
+        }
+    }
+
+    /// `Some(code)` once it exited (code unknown for adopted processes: -1).
+    fn exited(&self) -> Option<i64> {
+        match &self.exit {
+            Some(rx) => *rx.borrow(),
+            None => (!procfs::is_alive(self.record.pid, self.record.start_time)).then_some(-1),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProcessRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRuntime").field("dir", &self.dir).finish()
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Io { context, source }
+}
+
+/// `code`, or `128 + signo` when killed by a signal (the shell convention,
+/// and what Docker reports).
+fn exit_code(status: ExitStatus) -> i64 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(sig)) => 128 + i64::from(sig),
+        (None, None) => -1,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Send `sig` to the process group; a group that is already gone is fine.
+fn signal_group(pgid: u32, sig: Signal) -> Result<(), RuntimeError> {
+    match killpg(Pid::from_raw(pgid as i32), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(RuntimeError::Io {
+            context: format!("sending {sig} to process group {pgid}"),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Ask the kernel for a free loopback port. Another program could take it
+/// before the app binds it; the health check would then fail, and the
+/// deploy with it, which is the safe outcome.
+fn free_port() -> Result<u16, RuntimeError> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(io_err("picking a free loopback port"))?;
+    Ok(l.local_addr().map_err(io_err("picking a free loopback port"))?.port())
+}
+
 impl ProcessRuntime {
-    pub fn new(_state_dir: &std::path::Path) -> Result<Self, RuntimeError> {
-        todo!()
+    /// A runtime keeping its records under `<state_dir>/processes`. Records
+    /// of processes that still run are adopted; the others are deleted.
+    pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
+        let dir = state_dir.join("processes");
+        std::fs::create_dir_all(&dir)
+            .map_err(io_err(format!("creating {} (is the state_dir writable?)", dir.display())))?;
+        let mut procs = HashMap::new();
+        for record in Record::load_all(&dir).map_err(io_err(format!("reading {}", dir.display())))? {
+            if procfs::is_alive(record.pid, record.start_time) {
+                tracing::info!(name = %record.name, pid = record.pid, "adopting running process");
+                procs.insert(record.name.clone(), Proc { record, exit: None });
+            } else {
+                tracing::info!(name = %record.name, pid = record.pid, "forgetting process that is gone");
+                let _ = Record::delete(&dir, &record.name);
+                logfile::delete(&dir, &record.name);
+            }
+        }
+        Ok(ProcessRuntime { dir, procs: Mutex::new(procs) })
+    }
+
+    fn get(&self, name: &str) -> Option<Proc> {
+        self.procs.lock().expect("process table lock").get(name).cloned()
+    }
+
+    /// Wait until `p` exited or `limit` passed; `Some(code)` if it exited.
+    async fn wait_exit(p: &Proc, limit: Duration) -> Option<i64> {
+        match &p.exit {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                tokio::time::timeout(limit, rx.wait_for(|c| c.is_some()))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().map(|c| c.unwrap_or(-1)))
+                    // A closed channel means the reaper is gone: read the
+                    // last value.
+                    .or_else(|| *rx.borrow())
+            }
+            None => {
+                let deadline = Instant::now() + limit;
+                loop {
+                    if !procfs::is_alive(p.record.pid, p.record.start_time) {
+                        return Some(-1);
+                    }
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn stop_proc(&self, p: &Proc, signal: &str, grace: Duration) -> Result<StopReport, RuntimeError> {
+        let sig = parse_signal(signal).map_err(RuntimeError::InvalidSpec)?;
+        let started = Instant::now();
+        if let Some(code) = p.exited() {
+            // Clean up anything left in its group.
+            signal_group(p.record.pgid, Signal::SIGKILL)?;
+            return Ok(StopReport {
+                killed: false,
+                elapsed: Duration::ZERO,
+                exit_code: (code >= 0).then_some(code),
+            });
+        }
+        signal_group(p.record.pgid, sig)?;
+        let (code, killed) = match Self::wait_exit(p, grace).await {
+            Some(code) => (code, false),
+            None => {
+                tracing::warn!(name = %p.record.name, ?grace, "still running after the grace period; sending SIGKILL");
+                signal_group(p.record.pgid, Signal::SIGKILL)?;
+                match Self::wait_exit(p, KILL_WAIT).await {
+                    Some(code) => (code, true),
+                    None => {
+                        return Err(RuntimeError::Io {
+                            context: format!(
+                                "process {} (pid {}) survived SIGKILL for {KILL_WAIT:?}",
+                                p.record.name, p.record.pid
+                            ),
+                            source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                        })
+                    }
+                }
+            }
+        };
+        let elapsed = started.elapsed();
+        // The leader is gone; take down whatever it left in its group.
+        signal_group(p.record.pgid, Signal::SIGKILL)?;
+        Ok(StopReport { killed, elapsed, exit_code: (code >= 0).then_some(code) })
+    }
+
+    async fn start_proc(&self, spec: &ReplicaSpec) -> Result<ReplicaHandle, RuntimeError> {
+        let command = match &spec.spec.command {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => c.clone(),
+            _ => {
+                return Err(RuntimeError::InvalidSpec(match &spec.spec.image {
+                    Some(image) => format!(
+                        "the process runtime runs `command`, not images (got image {image:?}): set a command, or use the docker runtime"
+                    ),
+                    None => "the process runtime needs a command, e.g. [\"/opt/web/server\"]".into(),
+                }))
+            }
+        };
+        let name = spec.name();
+        if let Some(old) = self.get(&name) {
+            tracing::info!(%name, pid = old.record.pid, "removing leftover process with the same name");
+            self.remove_proc(&old).await?;
+        }
+
+        let port = free_port()?;
+        let log = logfile::open(&self.dir, &name).map_err(io_err(format!("opening the log of {name}")))?;
+        let log2 = log.try_clone().map_err(io_err(format!("opening the log of {name}")))?;
+        let mut cmd = tokio::process::Command::new(&command[0]);
+        cmd.args(&command[1..])
+            .envs(&spec.spec.env)
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Its own group: stop signals reach its children too, and a
+            // Ctrl-C or SIGTERM aimed at the agent's group does not reach it.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child =
+            cmd.spawn().map_err(|source| RuntimeError::Spawn { program: command[0].clone(), source })?;
+        let pid = child.id().ok_or_else(|| RuntimeError::Io {
+            context: format!("{name} exited before its pid could be read"),
+            source: std::io::Error::other("no pid"),
+        })?;
+        let start_time = procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
+
+        let mut label_map = BTreeMap::new();
+        label_map.insert(labels::MANAGED.to_string(), "true".to_string());
+        label_map.insert(labels::SERVICE.to_string(), spec.service.clone());
+        label_map.insert(labels::COLOR.to_string(), spec.color.to_string());
+        label_map.insert(labels::REVISION.to_string(), spec.revision.to_string());
+        label_map.insert(labels::REPLICA.to_string(), spec.replica.to_string());
+        let record = Record {
+            name: name.clone(),
+            service: spec.service.clone(),
+            color: spec.color,
+            revision: spec.revision,
+            replica: spec.replica,
+            pid,
+            pgid: pid,
+            port,
+            start_time,
+            started_at_ms: now_ms(),
+            command,
+            labels: label_map,
+        };
+
+        let (tx, rx) = watch::channel(None);
+        let reaper_name = name.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => exit_code(status),
+                Err(e) => {
+                    tracing::warn!(name = %reaper_name, error = %e, "waiting for the process failed");
+                    -1
+                }
+            };
+            tracing::info!(name = %reaper_name, code, "process exited");
+            let _ = tx.send(Some(code));
+        });
+        let proc = Proc { record: record.clone(), exit: Some(rx) };
+        if let Err(e) = record.save(&self.dir) {
+            // Without a record the process could not be adopted later:
+            // refuse to run it.
+            let _ = signal_group(pid, Signal::SIGKILL);
+            return Err(RuntimeError::Io {
+                context: format!("writing the record of {name} under {}", self.dir.display()),
+                source: e,
+            });
+        }
+        let handle = proc.handle();
+        self.procs.lock().expect("process table lock").insert(name, proc);
+        Ok(handle)
+    }
+
+    async fn remove_proc(&self, p: &Proc) -> Result<(), RuntimeError> {
+        if p.exited().is_none() {
+            signal_group(p.record.pgid, Signal::SIGKILL)?;
+            let _ = Self::wait_exit(p, KILL_WAIT).await;
+        }
+        self.procs.lock().expect("process table lock").remove(&p.record.name);
+        Record::delete(&self.dir, &p.record.name)
+            .map_err(io_err(format!("deleting the record of {}", p.record.name)))?;
+        logfile::delete(&self.dir, &p.record.name);
+        Ok(())
+    }
+
+    /// The known process behind `handle`, if its pid still matches.
+    fn find(&self, handle: &ReplicaHandle) -> Option<Proc> {
+        self.get(&handle.name).filter(|p| format!("pid:{}", p.record.pid) == handle.runtime_id)
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn start<'a>(&'a self, spec: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
+        Box::pin(self.start_proc(spec))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        signal: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<StopReport, RuntimeError>> {
+        Box::pin(async move {
+            let p = self.find(replica).ok_or_else(|| RuntimeError::NotFound(replica.name.clone()))?;
+            self.stop_proc(&p, signal, grace).await
+        })
+    }
+
+    fn remove<'a>(&'a self, replica: &'a ReplicaHandle) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            match self.find(replica) {
+                Some(p) => self.remove_proc(&p).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        service: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, RuntimeError>> {
+        Box::pin(async move {
+            let procs = self.procs.lock().expect("process table lock");
+            let mut out: Vec<ReplicaHandle> = procs
+                .values()
+                .filter(|p| service.map_or(true, |s| p.record.service == s))
+                .map(Proc::handle)
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn state<'a>(&'a self, replica: &'a ReplicaHandle) -> BoxFuture<'a, Result<RunState, RuntimeError>> {
+        Box::pin(async move {
+            let Some(p) = self.find(replica) else {
+                return Ok(RunState::Gone);
+            };
+            // `state` is polled by the health checks: a good moment to keep
+            // the log bounded.
+            if let Err(e) = logfile::rotate_if_large(&self.dir, &p.record.name) {
+                tracing::warn!(name = %p.record.name, error = %e, "could not rotate the process log");
+            }
+            Ok(match (p.exited(), &p.exit) {
+                (None, _) => RunState::Running { native_health: None },
+                // An adopted process is not our child: its code is unknown.
+                (Some(_), None) => RunState::Gone,
+                (Some(code), Some(_)) => RunState::Exited { code },
+            })
+        })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        lines: usize,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
+        Box::pin(async move {
+            logfile::tail(&self.dir, &replica.name, lines)
+                .map_err(io_err(format!("reading the log of {}", replica.name)))
+        })
     }
 }

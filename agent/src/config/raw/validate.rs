@@ -1,0 +1,531 @@
+//! Raw structs → typed [`Config`]: fill in defaults, parse durations,
+//! addresses and enums, and refuse contradictions, naming the line and the
+//! dotted key of the first problem.
+
+use super::locate::line_of;
+use super::{RawAgent, RawConfig, RawDeploy, RawHealth, RawRolling, RawRuntime, RawService};
+use crate::api::Spec;
+use crate::config::*;
+use crate::runtime::signal::canonical_signal;
+use crate::runtime::PullPolicy;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Longest service name: it ends up in container names and labels.
+const MAX_SERVICE_NAME: usize = 40;
+/// Default `[runtime] kind`.
+const DEFAULT_RUNTIME_KIND: RuntimeKind = RuntimeKind::Docker;
+/// Default `[services.X.deploy] failure_action`: a failed monitor window
+/// puts the old color back.
+const DEFAULT_DEPLOY_FAILURE_ACTION: FailureAction = FailureAction::Rollback;
+/// Default `[services.X.rolling] failure_action`: a failed batch stops the
+/// update where it is (Swarm's default).
+const DEFAULT_ROLLING_FAILURE_ACTION: FailureAction = FailureAction::Pause;
+/// Default replicas replaced at once (1).
+const DEFAULT_PARALLELISM: u32 = 1;
+/// Default rolling order: stop-first, so the replica count never exceeds
+/// `replicas` (Swarm's default).
+const DEFAULT_ROLLING_ORDER: RollingOrder = RollingOrder::StopFirst;
+/// Default failed-batch tolerance (0: the first failed batch counts).
+const DEFAULT_MAX_FAILURE_RATIO: f64 = 0.0;
+
+/// Builds errors that point into one file.
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: line_of(self.text, span.start),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            self.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not a duration ({e}): expected e.g. \"500ms\", \"30s\" or \"1m 30s\"",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn positive_duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(v, key, default)?;
+        if d.is_zero() {
+            let span = v.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            return Err(self.err(span, key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn count(&self, v: &Option<Spanned<i64>>, key: &str, default: u32, min: i64) -> Result<u32, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = *v.get_ref();
+        if n < min || n > i64::from(u32::MAX) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("{n} is out of range: expected a whole number >= {min}"),
+            ));
+        }
+        Ok(n as u32)
+    }
+
+    fn ratio(&self, v: &Option<Spanned<f64>>, key: &str, default: f64) -> Result<f64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let r = *v.get_ref();
+        if !(0.0..=1.0).contains(&r) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("{r} is out of range: expected a fraction between 0 and 1 (0.01 = 1%)"),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn socket_addr(&self, v: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        v.get_ref().trim().parse().map_err(|_| {
+            self.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not a socket address: expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn choice<T: Copy>(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        choices.iter().find(|(name, _)| *name == v.get_ref().as_str()).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            self.err(
+                v.span(),
+                key,
+                format!("{:?} is not allowed: expected {}", v.get_ref(), names.join(" or ")),
+            )
+        })
+    }
+}
+
+/// Validate the raw config into the typed one.
+pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let cx = Ctx { text, path };
+    let agent = agent(&cx, &raw.agent)?;
+    let runtime = runtime(&cx, &raw.runtime)?;
+
+    // Addresses already taken, with the key that took them.
+    let mut taken: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    if let Some(addr) = agent.control_listen {
+        taken.insert(addr, "agent.control_listen".into());
+    }
+    if let Some(addr) = agent.metrics_listen {
+        if let Some(other) = taken.get(&addr) {
+            let span = raw.agent.metrics_listen.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            return Err(cx.err(
+                span,
+                "agent.metrics_listen",
+                format!("{addr} is already used by {other}: give each listener its own port"),
+            ));
+        }
+        taken.insert(addr, "agent.metrics_listen".into());
+    }
+
+    // In file order, so a clash is reported on the later of the two lines.
+    let mut in_order: Vec<_> = raw.services.iter().collect();
+    in_order.sort_by_key(|(name, _)| name.span().start);
+    let mut services = BTreeMap::new();
+    for (name, raw_service) in in_order {
+        let svc = service(&cx, name, raw_service, runtime.kind, &mut taken)?;
+        services.insert(name.get_ref().clone(), svc);
+    }
+
+    Ok(Config { path: path.to_path_buf(), agent, runtime, services })
+}
+
+fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
+    let path_or = |v: &Option<Spanned<String>>, key: &str, default: &str| -> Result<PathBuf, ConfigError> {
+        match v {
+            None => Ok(PathBuf::from(default)),
+            Some(v) if v.get_ref().trim().is_empty() => {
+                Err(cx.err(v.span(), key, "must not be empty: expected a path"))
+            }
+            Some(v) => Ok(PathBuf::from(v.get_ref())),
+        }
+    };
+    let state_dir = path_or(&raw.state_dir, "agent.state_dir", DEFAULT_STATE_DIR)?;
+    let control_socket = path_or(&raw.control_socket, "agent.control_socket", DEFAULT_CONTROL_SOCKET)?;
+    let control_socket_group = match &raw.control_socket_group {
+        Some(g) if g.get_ref().trim().is_empty() => {
+            return Err(cx.err(
+                g.span(),
+                "agent.control_socket_group",
+                "must not be empty: expected a group name, or leave the key out",
+            ))
+        }
+        Some(g) => Some(g.get_ref().clone()),
+        None => None,
+    };
+    let token_file = match &raw.token_file {
+        Some(t) => Some(path_or(&Some(t.clone()), "agent.token_file", "")?),
+        None => None,
+    };
+    let control_listen = match &raw.control_listen {
+        Some(v) => {
+            let addr = cx.socket_addr(v, "agent.control_listen")?;
+            if token_file.is_none() {
+                return Err(cx.err(
+                    v.span(),
+                    "agent.control_listen",
+                    "control_listen needs token_file: the TCP control API refuses to run without a bearer token",
+                ));
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    let metrics_listen = match &raw.metrics_listen {
+        Some(v) => Some(cx.socket_addr(v, "agent.metrics_listen")?),
+        None => None,
+    };
+    Ok(AgentConfig {
+        state_dir,
+        control_socket,
+        control_socket_group,
+        control_listen,
+        token_file,
+        metrics_listen,
+    })
+}
+
+fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError> {
+    let kind = cx.choice(
+        &raw.kind,
+        "runtime.kind",
+        DEFAULT_RUNTIME_KIND,
+        &[("docker", RuntimeKind::Docker), ("process", RuntimeKind::Process)],
+    )?;
+    let docker_host = match &raw.docker_host {
+        None => None,
+        Some(h) => {
+            let s = h.get_ref().trim();
+            let known = ["unix://", "tcp://", "http://"];
+            if !known.iter().any(|p| s.starts_with(p)) {
+                return Err(cx.err(
+                    h.span(),
+                    "runtime.docker_host",
+                    format!(
+                        "{s:?} is not a Docker address: expected unix:///path/to/docker.sock, tcp://HOST:PORT or http://HOST:PORT"
+                    ),
+                ));
+            }
+            if kind == RuntimeKind::Process {
+                return Err(cx.err(
+                    h.span(),
+                    "runtime.docker_host",
+                    "only applies to kind = \"docker\": remove it or set kind = \"docker\"",
+                ));
+            }
+            Some(s.to_string())
+        }
+    };
+    Ok(RuntimeConfig { kind, docker_host })
+}
+
+fn valid_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.len() <= MAX_SERVICE_NAME
+}
+
+fn service(
+    cx: &Ctx<'_>,
+    name: &Spanned<String>,
+    raw: &RawService,
+    kind: RuntimeKind,
+    taken: &mut BTreeMap<SocketAddr, String>,
+) -> Result<ServiceConfig, ConfigError> {
+    let n = name.get_ref();
+    let prefix = format!("services.{n}");
+    let key = |k: &str| format!("{prefix}.{k}");
+    if !valid_service_name(n) {
+        return Err(cx.err(
+            name.span(),
+            &prefix,
+            format!(
+                "{n:?} is not a valid service name: expected lowercase letters, digits and '-', starting with a letter or digit, at most {MAX_SERVICE_NAME} characters"
+            ),
+        ));
+    }
+
+    // listen
+    let listen_key = key("listen");
+    let listen = match &raw.listen {
+        None => return Err(cx.err(
+            name.span(),
+            &listen_key,
+            "is missing: every service needs at least one proxy address, e.g. listen = [\"0.0.0.0:8080\"]",
+        )),
+        Some(l) if l.get_ref().is_empty() => {
+            return Err(cx.err(
+                l.span(),
+                &listen_key,
+                "is empty: expected at least one address, e.g. [\"0.0.0.0:8080\"]",
+            ))
+        }
+        Some(l) => {
+            let mut addrs = Vec::new();
+            for (i, v) in l.get_ref().iter().enumerate() {
+                let item_key = format!("{listen_key}[{i}]");
+                let addr = cx.socket_addr(v, &item_key)?;
+                if let Some(other) = taken.get(&addr) {
+                    return Err(cx.err(
+                        v.span(),
+                        &item_key,
+                        format!("{addr} is already used by {other}: every listener needs its own address"),
+                    ));
+                }
+                taken.insert(addr, item_key);
+                addrs.push(addr);
+            }
+            addrs
+        }
+    };
+
+    // image / command, by runtime
+    let image = match &raw.image {
+        Some(i) if i.get_ref().trim().is_empty() => {
+            return Err(cx.err(
+                i.span(),
+                &key("image"),
+                "must not be empty: expected an image reference such as \"websample:v1\"",
+            ))
+        }
+        Some(i) => Some(i.get_ref().clone()),
+        None => None,
+    };
+    let command = match &raw.command {
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+            return Err(cx.err(
+                c.span(),
+                &key("command"),
+                "must not be empty: expected [\"program\", \"arg\", ...]",
+            ))
+        }
+        Some(c) => Some(c.get_ref().clone()),
+        None => None,
+    };
+    match kind {
+        RuntimeKind::Docker if image.is_none() => {
+            return Err(cx.err(
+                name.span(),
+                &key("image"),
+                "is missing: the docker runtime needs an image, e.g. image = \"websample:v1\"",
+            ))
+        }
+        RuntimeKind::Process if command.is_none() => {
+            let (span, msg) = match &raw.image {
+                Some(i) => (
+                    i.span(),
+                    "the process runtime cannot run an image: set command = [\"/path/to/program\", ...] or use [runtime] kind = \"docker\"",
+                ),
+                None => (
+                    name.span(),
+                    "is missing: the process runtime needs a command, e.g. command = [\"/opt/web/server\"]",
+                ),
+            };
+            return Err(cx.err(span, &key("command"), msg));
+        }
+        _ => {}
+    }
+    let env = raw.env.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect();
+    if let Some((_, v)) = raw.env.iter().find(|(k, _)| k.as_str() == "PORT") {
+        return Err(cx.err(
+            v.span(),
+            &key("env.PORT"),
+            "is set by the runtime: the app must read PORT, and `port` sets it for docker",
+        ));
+    }
+
+    let pull = cx.choice(
+        &raw.pull,
+        &key("pull"),
+        PullPolicy::Missing,
+        &[("missing", PullPolicy::Missing), ("always", PullPolicy::Always), ("never", PullPolicy::Never)],
+    )?;
+    let port = match &raw.port {
+        None => DEFAULT_PORT,
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(port) if port > 0 => port,
+            _ => {
+                return Err(cx.err(
+                    p.span(),
+                    &key("port"),
+                    format!("{} is not a port: expected 1..65535", p.get_ref()),
+                ))
+            }
+        },
+    };
+    let replicas = cx.count(&raw.replicas, &key("replicas"), DEFAULT_REPLICAS, 1)?;
+    let stop_signal = match &raw.stop_signal {
+        None => DEFAULT_STOP_SIGNAL.to_string(),
+        Some(s) => canonical_signal(s.get_ref()).map_err(|m| cx.err(s.span(), &key("stop_signal"), m))?,
+    };
+    let stop_grace = cx.duration(&raw.stop_grace, &key("stop_grace"), DEFAULT_STOP_GRACE)?;
+    let queue_timeout = cx.duration(&raw.queue_timeout, &key("queue_timeout"), DEFAULT_QUEUE_TIMEOUT)?;
+
+    let health = health(cx, &format!("{prefix}.health"), &raw.health)?;
+    let deploy = deploy(cx, &format!("{prefix}.deploy"), &raw.deploy)?;
+    let rolling = rolling(cx, &format!("{prefix}.rolling"), &raw.rolling)?;
+
+    Ok(ServiceConfig {
+        name: n.clone(),
+        listen,
+        spec: Spec { image, command, env },
+        pull,
+        port,
+        replicas,
+        stop_signal,
+        stop_grace,
+        queue_timeout,
+        health,
+        deploy,
+        rolling,
+    })
+}
+
+fn health(cx: &Ctx<'_>, prefix: &str, raw: &RawHealth) -> Result<HealthConfig, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Http,
+        Tcp,
+    }
+    let kind = cx.choice(&raw.kind, &key("kind"), Kind::Http, &[("http", Kind::Http), ("tcp", Kind::Tcp)])?;
+    let check = match kind {
+        Kind::Http => {
+            let path = match &raw.path {
+                None => DEFAULT_HEALTH_PATH.to_string(),
+                Some(p) if !p.get_ref().starts_with('/') => {
+                    return Err(cx.err(
+                        p.span(),
+                        &key("path"),
+                        format!("{:?} must start with '/', e.g. \"/healthz\"", p.get_ref()),
+                    ))
+                }
+                Some(p) => p.get_ref().clone(),
+            };
+            HealthCheckKind::Http { path }
+        }
+        Kind::Tcp => {
+            if let Some(p) = &raw.path {
+                return Err(cx.err(
+                    p.span(),
+                    &key("path"),
+                    "only applies to kind = \"http\": remove it, or set kind = \"http\"",
+                ));
+            }
+            HealthCheckKind::Tcp
+        }
+    };
+    Ok(HealthConfig {
+        check,
+        interval: cx.positive_duration(&raw.interval, &key("interval"), DEFAULT_HEALTH_INTERVAL)?,
+        timeout: cx.positive_duration(&raw.timeout, &key("timeout"), DEFAULT_HEALTH_TIMEOUT)?,
+        healthy_threshold: cx.count(
+            &raw.healthy_threshold,
+            &key("healthy_threshold"),
+            DEFAULT_HEALTHY_THRESHOLD,
+            1,
+        )?,
+        unhealthy_threshold: cx.count(
+            &raw.unhealthy_threshold,
+            &key("unhealthy_threshold"),
+            DEFAULT_UNHEALTHY_THRESHOLD,
+            1,
+        )?,
+        deadline: cx.positive_duration(&raw.deadline, &key("deadline"), DEFAULT_HEALTH_DEADLINE)?,
+    })
+}
+
+const FAILURE_ACTIONS: [(&str, FailureAction); 3] = [
+    ("rollback", FailureAction::Rollback),
+    ("pause", FailureAction::Pause),
+    ("continue", FailureAction::Continue),
+];
+
+fn deploy(cx: &Ctx<'_>, prefix: &str, raw: &RawDeploy) -> Result<DeployConfig, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    Ok(DeployConfig {
+        auto_promote: raw.auto_promote.unwrap_or(false),
+        drain_timeout: cx.duration(&raw.drain_timeout, &key("drain_timeout"), DEFAULT_DRAIN_TIMEOUT)?,
+        keep_old: cx.duration(&raw.keep_old, &key("keep_old"), Duration::ZERO)?,
+        monitor: cx.duration(&raw.monitor, &key("monitor"), Duration::ZERO)?,
+        failure_action: cx.choice(
+            &raw.failure_action,
+            &key("failure_action"),
+            DEFAULT_DEPLOY_FAILURE_ACTION,
+            &FAILURE_ACTIONS,
+        )?,
+        max_error_rate: cx.ratio(&raw.max_error_rate, &key("max_error_rate"), DEFAULT_MAX_ERROR_RATE)?,
+    })
+}
+
+fn rolling(cx: &Ctx<'_>, prefix: &str, raw: &RawRolling) -> Result<RollingConfig, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    Ok(RollingConfig {
+        parallelism: cx.count(&raw.parallelism, &key("parallelism"), DEFAULT_PARALLELISM, 1)?,
+        delay: cx.duration(&raw.delay, &key("delay"), Duration::ZERO)?,
+        order: cx.choice(
+            &raw.order,
+            &key("order"),
+            DEFAULT_ROLLING_ORDER,
+            &[("start-first", RollingOrder::StartFirst), ("stop-first", RollingOrder::StopFirst)],
+        )?,
+        failure_action: cx.choice(
+            &raw.failure_action,
+            &key("failure_action"),
+            DEFAULT_ROLLING_FAILURE_ACTION,
+            &FAILURE_ACTIONS,
+        )?,
+        monitor: cx.duration(&raw.monitor, &key("monitor"), Duration::ZERO)?,
+        max_failure_ratio: cx.ratio(
+            &raw.max_failure_ratio,
+            &key("max_failure_ratio"),
+            DEFAULT_MAX_FAILURE_RATIO,
+        )?,
+    })
+}
