@@ -14,6 +14,7 @@ use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,22 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Counts one request waiting for a backend.
+struct Queued<'a>(&'a AtomicU64);
+
+impl<'a> Queued<'a> {
+    fn new(gauge: &'a AtomicU64) -> Queued<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Queued(gauge)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum Attempt {
@@ -46,6 +63,7 @@ pub(crate) async fn handle(
     let mut client_upgrade = client_upgrade;
     let mut tried = Tried::default();
     let mut deadline = None;
+    let mut _queued: Option<Queued<'_>> = None;
     loop {
         let choice = inner.table.load().choose(req.headers(), &tried);
         match choice {
@@ -69,8 +87,9 @@ pub(crate) async fn handle(
                 ));
             }
             Choice::Wait(color) => {
-                let deadline = *deadline
-                    .get_or_insert_with(|| tokio::time::Instant::from_std(started) + inner.config.queue_timeout);
+                let deadline = *deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::from_std(started) + inner.config.queue_timeout
+                });
                 // Register for the wake-up before looking again, so a table
                 // swapped in between is not missed.
                 let notified = inner.routes_changed.notified();
@@ -81,6 +100,9 @@ pub(crate) async fn handle(
                     Choice::Wait(_)
                 ) {
                     continue;
+                }
+                if _queued.is_none() {
+                    _queued = Some(Queued::new(&inner.queued));
                 }
                 tokio::select! {
                     _ = notified => {}

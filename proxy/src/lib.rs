@@ -157,6 +157,8 @@ pub(crate) struct Inner {
     /// Woken on every swap, for requests waiting for a backend.
     pub(crate) routes_changed: Notify,
     pub(crate) connections: AtomicU64,
+    /// Requests waiting for a backend now.
+    pub(crate) queued: AtomicU64,
     switches: AtomicU64,
     reaper_started: AtomicBool,
 }
@@ -270,6 +272,7 @@ impl Proxy {
                 colors,
                 routes_changed: Notify::new(),
                 connections: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
                 switches: AtomicU64::new(0),
                 reaper_started: AtomicBool::new(false),
             }),
@@ -372,6 +375,12 @@ impl Proxy {
             .lock_registry()
             .get(backend)
             .map_or(0, |s| s.inflight())
+    }
+
+    /// Requests waiting for a backend now (none in rotation for their
+    /// color).
+    pub fn queued(&self) -> u64 {
+        self.inner.queued.load(Ordering::Relaxed)
     }
 
     /// Idle pooled upstream connections to one backend now.

@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod wait;
 pub mod websample;
