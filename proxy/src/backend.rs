@@ -150,7 +150,10 @@ pub(crate) struct InflightGuard {
 impl InflightGuard {
     pub(crate) fn new(backend: Arc<BackendState>) -> InflightGuard {
         backend.counters.inflight.fetch_add(1, Ordering::SeqCst);
-        backend.color_counters.inflight.fetch_add(1, Ordering::Relaxed);
+        backend
+            .color_counters
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
         InflightGuard {
             backend,
             upgraded: false,
@@ -167,7 +170,10 @@ impl InflightGuard {
     pub(crate) fn upgrade(&mut self) {
         if !self.upgraded {
             self.upgraded = true;
-            self.backend.counters.upgraded.fetch_add(1, Ordering::Relaxed);
+            self.backend
+                .counters
+                .upgraded
+                .fetch_add(1, Ordering::Relaxed);
             self.backend
                 .color_counters
                 .upgraded

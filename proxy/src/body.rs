@@ -103,7 +103,11 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream { mut body, cut, done } => {
+            ProxyBodyProj::Upstream {
+                mut body,
+                cut,
+                done,
+            } => {
                 if done.is_none() {
                     return Poll::Ready(None);
                 }

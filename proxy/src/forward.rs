@@ -228,7 +228,11 @@ fn record(backend: &BackendState, status: StatusCode, started: Instant) {
 }
 
 /// The backend was cut by a drain before it answered.
-fn cut_answer(backend: &BackendState, guard: InflightGuard, started: Instant) -> Response<ProxyBody> {
+fn cut_answer(
+    backend: &BackendState,
+    guard: InflightGuard,
+    started: Instant,
+) -> Response<ProxyBody> {
     record(backend, StatusCode::BAD_GATEWAY, started);
     drop(guard);
     text(StatusCode::BAD_GATEWAY, "the backend was drained\n")
@@ -257,4 +261,3 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     );
     resp
 }
-

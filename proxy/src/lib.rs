@@ -344,7 +344,9 @@ impl Proxy {
         let finished = states
             .iter()
             .zip(&at_start)
-            .map(|(s, &(inflight, completed))| s.completed().saturating_sub(completed).min(inflight))
+            .map(|(s, &(inflight, completed))| {
+                s.completed().saturating_sub(completed).min(inflight)
+            })
             .sum();
         let mut cut = 0;
         if timed_out {

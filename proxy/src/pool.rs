@@ -112,17 +112,17 @@ impl Pool {
     pub(crate) async fn connect(&self, cut: CancellationToken) -> Result<Pooled, ConnectError> {
         let generation = self.generation.load(Ordering::Acquire);
         let addr = self.addr;
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    addr,
-                    timeout: self.connect_timeout,
-                })
-            }
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        addr,
+                        timeout: self.connect_timeout,
+                    })
+                }
+            };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -207,4 +207,3 @@ impl Pool {
         self.lock().len()
     }
 }
-

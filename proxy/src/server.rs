@@ -41,7 +41,12 @@ fn is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock | TimedOut
+        ConnectionAborted
+            | ConnectionReset
+            | ConnectionRefused
+            | Interrupted
+            | WouldBlock
+            | TimedOut
     ) || matches!(
         // ENOMEM, ENFILE, EMFILE, ENOBUFS: out of memory or descriptors.
         e.raw_os_error(),

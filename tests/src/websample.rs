@@ -49,7 +49,13 @@ pub fn websample_bin() -> PathBuf {
         );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|p| if p.is_relative() { workspace.join(p) } else { p })
+            .map(|p| {
+                if p.is_relative() {
+                    workspace.join(p)
+                } else {
+                    p
+                }
+            })
             .unwrap_or_else(|| workspace.join("target"));
         let bin = target.join("debug").join("websample");
         assert!(bin.exists(), "websample was built but {bin:?} is missing");
@@ -140,7 +146,10 @@ impl Websample {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let out = child.wait_with_output().await.expect("collect websample output");
+            let out = child
+                .wait_with_output()
+                .await
+                .expect("collect websample output");
             eprintln!(
                 "websample on port {port} exited at start: {}",
                 String::from_utf8_lossy(&out.stderr)
@@ -182,9 +191,11 @@ impl RunningWebsample {
 
     /// Whether it logged an event starting with `event` (e.g. `sigterm`).
     pub fn logged(&self, event: &str) -> bool {
-        self.log_lines()
-            .iter()
-            .any(|l| l.splitn(3, ' ').nth(2).is_some_and(|e| e.starts_with(event)))
+        self.log_lines().iter().any(|l| {
+            l.splitn(3, ' ')
+                .nth(2)
+                .is_some_and(|e| e.starts_with(event))
+        })
     }
 
     /// Send it SIGTERM.
@@ -197,7 +208,9 @@ impl RunningWebsample {
 
     /// Wait for it to exit, at most `timeout`; returns whether it did.
     pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.child.wait()).await.is_ok()
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -19,12 +19,16 @@ async fn an_h2c_client_is_served_over_http11_upstream() {
     let (echo, _stop) = echo_upstream().await;
     let blue = Websample::new().version("v1").spawn().await;
     let p = TestProxy::default().await;
-    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+    p.route(
+        vec![backend("blue-1", blue.addr(), Color::Blue)],
+        Color::Blue,
+    );
 
     let stream = TcpStream::connect(p.addr).await.expect("connect");
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .expect("h2c handshake with prior knowledge");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake with prior knowledge");
     tokio::spawn(conn);
     for _ in 0..3 {
         let req = Request::get(format!("http://{}/", p.addr))
@@ -59,7 +63,10 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert_eq!(a.status, 200);
     assert_eq!(echoed(&a.body, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed(&a.body, "x-forwarded-proto"), ["http"]);
-    assert_eq!(echoed(&a.body, "x-forwarded-host"), [p.addr.to_string().as_str()]);
+    assert_eq!(
+        echoed(&a.body, "x-forwarded-host"),
+        [p.addr.to_string().as_str()]
+    );
     // The upstream's hop-by-hop header does not reach the client.
     assert!(a.headers.get("keep-alive").is_none());
 
@@ -80,7 +87,9 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert!(echoed(&a.body, "x-private").is_empty(), "{}", a.body);
     assert!(echoed(&a.body, "te").is_empty(), "{}", a.body);
     assert!(echoed(&a.body, "proxy-connection").is_empty(), "{}", a.body);
-    assert!(echoed(&a.body, "connection").iter().all(|v| !v.contains("x-private")));
+    assert!(echoed(&a.body, "connection")
+        .iter()
+        .all(|v| !v.contains("x-private")));
     assert_eq!(echoed(&a.body, "x-kept"), ["yes"]);
 }
 
@@ -92,7 +101,10 @@ async fn a_slowloris_client_is_dropped_after_the_header_read_timeout() {
         ..ProxyConfig::default()
     })
     .await;
-    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+    p.route(
+        vec![backend("blue-1", blue.addr(), Color::Blue)],
+        Color::Blue,
+    );
 
     let started = Instant::now();
     // One client starts its headers and never finishes them; another never
@@ -118,7 +130,10 @@ async fn a_slowloris_client_is_dropped_after_the_header_read_timeout() {
         );
     }
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(450), "dropped after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "dropped after {waited:?}"
+    );
     let a = p.get("/").await;
     assert_eq!(a.version(), "v1");
 }

@@ -85,8 +85,14 @@ async fn a_ten_percent_canary_gets_its_binomial_share_and_cookies_keep_clients_o
 
     // A new client is told its color.
     let a = p.get("/").await;
-    let want = format!("bg-color={}; Path=/; HttpOnly; SameSite=Lax", a.body.trim().replace("v1", "blue").replace("v2", "green"));
-    assert_eq!(a.headers.get("set-cookie").map(|v| v.to_str().unwrap()), Some(want.as_str()));
+    let want = format!(
+        "bg-color={}; Path=/; HttpOnly; SameSite=Lax",
+        a.body.trim().replace("v1", "blue").replace("v2", "green")
+    );
+    assert_eq!(
+        a.headers.get("set-cookie").map(|v| v.to_str().unwrap()),
+        Some(want.as_str())
+    );
 
     // Clients with the cookie stay on their color, and are not told again.
     for (cookie, version) in [("bg-color=green", "v2"), ("bg-color=blue", "v1")] {
@@ -106,7 +112,8 @@ async fn a_ten_percent_canary_gets_its_binomial_share_and_cookies_keep_clients_o
     }
 
     // Once one color has everything, cookies no longer matter.
-    p.proxy.update_routes(|t| t.weights = Weights::all_to(Color::Blue));
+    p.proxy
+        .update_routes(|t| t.weights = Weights::all_to(Color::Blue));
     let a = p.get_with("/", &[("cookie", "bg-color=green")]).await;
     assert_eq!(a.version(), "v1");
     assert!(a.headers.get("set-cookie").is_none());
@@ -125,15 +132,29 @@ async fn the_preview_header_or_cookie_reaches_the_color_without_weight() {
         Color::Blue,
     );
     assert_eq!(p.get("/").await.version(), "v1");
-    assert_eq!(p.get_with("/", &[("x-bg-color", "green")]).await.version(), "v2");
-    assert_eq!(p.get_with("/", &[("cookie", "a=b; bg-preview=green")]).await.version(), "v2");
-    assert_eq!(p.get_with("/", &[("x-bg-color", "blue")]).await.version(), "v1");
+    assert_eq!(
+        p.get_with("/", &[("x-bg-color", "green")]).await.version(),
+        "v2"
+    );
+    assert_eq!(
+        p.get_with("/", &[("cookie", "a=b; bg-preview=green")])
+            .await
+            .version(),
+        "v2"
+    );
+    assert_eq!(
+        p.get_with("/", &[("x-bg-color", "blue")]).await.version(),
+        "v1"
+    );
 
     // Preview of a color without an in-rotation backend falls back.
     p.proxy.update_routes(|t| {
         t.backends.retain(|b| b.color == Color::Blue);
     });
-    assert_eq!(p.get_with("/", &[("x-bg-color", "green")]).await.version(), "v1");
+    assert_eq!(
+        p.get_with("/", &[("x-bg-color", "green")]).await.version(),
+        "v1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +170,10 @@ async fn without_a_backend_requests_wait_for_one_then_get_503() {
     eventually("the request is queued", SECS_5, || p.proxy.queued() == 1).await;
 
     let blue = Websample::new().version("v1").spawn().await;
-    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+    p.route(
+        vec![backend("blue-1", blue.addr(), Color::Blue)],
+        Color::Blue,
+    );
     let answer = waiting.await.expect("request task");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.version(), "v1");
@@ -167,7 +191,10 @@ async fn without_a_backend_requests_wait_for_one_then_get_503() {
     let waited = started.elapsed();
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body, "no backend available\n");
-    assert!(waited >= Duration::from_millis(450), "answered after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "answered after {waited:?}"
+    );
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
     let stats = q.proxy.stats();
     assert_eq!(stats.blue.requests, 1);
@@ -191,10 +218,7 @@ async fn one_backend_out_of_rotation_gets_no_new_request_and_drains_alone() {
         .record_requests()
         .max_duration(Duration::from_secs(30))
         .start();
-    eventually("both replicas serve", SECS_5, || {
-        load.completed() >= 200
-    })
-    .await;
+    eventually("both replicas serve", SECS_5, || load.completed() >= 200).await;
 
     let called = Instant::now();
     p.proxy.update_routes(|t| {
@@ -215,17 +239,28 @@ async fn one_backend_out_of_rotation_gets_no_new_request_and_drains_alone() {
     assert!(!report.timed_out, "{report:?}");
     let requests_one = p.proxy.stats().backends[0].traffic.requests;
     let more = load.completed();
-    eventually("load goes on after the drain", SECS_5, || load.completed() >= more + 100).await;
+    eventually("load goes on after the drain", SECS_5, || {
+        load.completed() >= more + 100
+    })
+    .await;
     let result = load.stop().await;
 
     assert_eq!(result.failed, 0, "{:?}", result.errors);
     let early = result.records.iter().filter(|r| r.finished < called);
     assert!(early.clone().any(|r| r.version.as_deref() == Some("v1-a")));
     assert!(early.clone().any(|r| r.version.as_deref() == Some("v1-b")));
-    let late: Vec<_> = result.records.iter().filter(|r| r.started > returned).collect();
+    let late: Vec<_> = result
+        .records
+        .iter()
+        .filter(|r| r.started > returned)
+        .collect();
     assert!(late.len() >= 300);
     for r in late {
-        assert_eq!(r.version.as_deref(), Some("v1-b"), "a new request reached the backend out of rotation");
+        assert_eq!(
+            r.version.as_deref(),
+            Some("v1-b"),
+            "a new request reached the backend out of rotation"
+        );
     }
     let stats = p.proxy.stats();
     assert_eq!(stats.backends[0].traffic.requests, requests_one);

@@ -136,17 +136,20 @@ pub async fn echo_upstream() -> (SocketAddr, CancellationToken) {
                 _ = token.cancelled() => return,
             };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let mut text = String::new();
-                    for (k, v) in req.headers() {
-                        text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-                    }
-                    let mut resp = Response::new(Full::new(Bytes::from(text)));
-                    resp.headers_mut().insert("x-version", "echo".parse().expect("value"));
-                    // A hop-by-hop header the proxy must not pass on.
-                    resp.headers_mut().insert("keep-alive", "timeout=5".parse().expect("value"));
-                    Ok::<_, Infallible>(resp)
-                });
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let mut text = String::new();
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::from(text)));
+                        resp.headers_mut()
+                            .insert("x-version", "echo".parse().expect("value"));
+                        // A hop-by-hop header the proxy must not pass on.
+                        resp.headers_mut()
+                            .insert("keep-alive", "timeout=5".parse().expect("value"));
+                        Ok::<_, Infallible>(resp)
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
