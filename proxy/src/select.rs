@@ -250,3 +250,116 @@ impl Compiled {
         best.map(|(b, _)| b).or(fallback).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Counters;
+    use crate::{Backend, ProxyConfig};
+
+    fn compile(table: RouteTable) -> Compiled {
+        let config = ProxyConfig::default();
+        let colors = [Arc::new(Counters::default()), Arc::new(Counters::default())];
+        Compiled::new(Arc::new(table), Balance::RoundRobin, |b| {
+            Arc::new(BackendState::new(
+                b.id.clone(),
+                b.addr,
+                b.color,
+                colors[idx(b.color)].clone(),
+                &config,
+            ))
+        })
+    }
+
+    fn table(weights: Weights) -> RouteTable {
+        RouteTable::new(
+            vec![
+                Backend::new("b1", "127.0.0.1:1".parse().unwrap(), Color::Blue),
+                Backend::new("b2", "127.0.0.1:2".parse().unwrap(), Color::Blue),
+                Backend::new("g1", "127.0.0.1:3".parse().unwrap(), Color::Green),
+            ],
+            weights,
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn pick(c: &Compiled, h: &HeaderMap) -> (String, Option<HeaderValue>) {
+        match c.choose(h, &Tried::default()) {
+            Choice::Backend(p) => (p.backend.id.to_string(), p.set_cookie),
+            Choice::Wait(_) => ("wait".into(), None),
+            Choice::Exhausted(_) => ("exhausted".into(), None),
+        }
+    }
+
+    #[test]
+    fn round_robin_within_the_active_color_without_cookies() {
+        let c = compile(table(Weights::all_to(Color::Blue)));
+        let h = headers(&[("cookie", "bg-color=green")]);
+        let ids: Vec<_> = (0..4).map(|_| pick(&c, &h)).collect();
+        assert_eq!(ids[0].0, "b1");
+        assert_eq!(ids[1].0, "b2");
+        assert_eq!(ids[2].0, "b1");
+        assert!(ids.iter().all(|(_, cookie)| cookie.is_none()));
+    }
+
+    #[test]
+    fn split_assigns_and_then_honours_the_sticky_cookie() {
+        let c = compile(table(Weights::split(Color::Green, 50)));
+        let (id, cookie) = pick(&c, &HeaderMap::new());
+        let cookie = cookie.expect("a new client gets its color");
+        let color = if id == "g1" { "green" } else { "blue" };
+        assert_eq!(
+            cookie,
+            format!("bg-color={color}; Path=/; HttpOnly; SameSite=Lax")
+        );
+        for _ in 0..20 {
+            let (id, cookie) = pick(&c, &headers(&[("cookie", "bg-color=green")]));
+            assert_eq!((id.as_str(), cookie), ("g1", None));
+        }
+    }
+
+    #[test]
+    fn preview_and_waiting_and_tried_backends() {
+        let c = compile(table(Weights::all_to(Color::Blue)));
+        assert_eq!(pick(&c, &headers(&[("x-bg-color", "green")])).0, "g1");
+        assert_eq!(pick(&c, &headers(&[("cookie", "bg-preview=green")])).0, "g1");
+
+        let empty = compile(RouteTable::empty());
+        assert_eq!(pick(&empty, &HeaderMap::new()).0, "wait");
+
+        let mut tried = Tried::default();
+        for _ in 0..2 {
+            match c.choose(&HeaderMap::new(), &tried) {
+                Choice::Backend(p) => tried.push(p.backend),
+                _ => panic!("expected a backend"),
+            }
+        }
+        assert!(matches!(
+            c.choose(&HeaderMap::new(), &tried),
+            Choice::Exhausted(Color::Blue)
+        ));
+    }
+
+    #[test]
+    fn a_backend_marked_down_is_skipped_unless_alone() {
+        let c = compile(table(Weights::all_to(Color::Blue)));
+        let b1 = c.colors[0].backends[0].clone();
+        b1.mark_down();
+        for _ in 0..4 {
+            assert_eq!(pick(&c, &HeaderMap::new()).0, "b2");
+        }
+        let mut tried = Tried::default();
+        tried.push(c.colors[0].backends[1].clone());
+        match c.choose(&HeaderMap::new(), &tried) {
+            Choice::Backend(p) => assert_eq!(p.backend.id.to_string(), "b1"),
+            _ => panic!("the down backend is the last resort"),
+        }
+    }
+}

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_client_is_served_over_http11_upstream() {
-    let (echo, _stop) = echo_upstream().await;
+    let (echo, _stop, _) = echo_upstream().await;
     let blue = Websample::new().version("v1").spawn().await;
     let p = TestProxy::default().await;
     p.route(
@@ -55,7 +55,7 @@ async fn an_h2c_client_is_served_over_http11_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
-    let (echo, _stop) = echo_upstream().await;
+    let (echo, _stop, _) = echo_upstream().await;
     let p = TestProxy::default().await;
     p.route(vec![backend("echo", echo, Color::Blue)], Color::Blue);
 
@@ -136,4 +136,59 @@ async fn a_slowloris_client_is_dropped_after_the_header_read_timeout() {
     );
     let a = p.get("/").await;
     assert_eq!(a.version(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_the_request_in_flight_finish() {
+    let blue = Websample::new().version("v1").spawn().await;
+    let proxy = bg_proxy::Proxy::new(ProxyConfig::default());
+    proxy.set_routes(bg_proxy::RouteTable::new(
+        vec![backend("blue-1", blue.addr(), Color::Blue)],
+        bg_proxy::Weights::all_to(Color::Blue),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
+
+    let slow = tokio::spawn(async move { proxy_support::get(addr, "/sleep/1", &[]).await });
+    bg_tests::wait::eventually("the slow request is in flight", SECS_5, || {
+        proxy.inflight(&"blue-1".into()) == 1
+    })
+    .await;
+    shutdown.cancel();
+    let served = tokio::time::timeout(SECS_5, serving)
+        .await
+        .expect("serve returns after the graceful shutdown")
+        .expect("serve task");
+    assert!(served.is_ok());
+    let a = slow.await.expect("slow request");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "v1\n");
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    bg_tests::wait::eventually("no client connection left", SECS_5, || {
+        proxy.stats().connections == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_reused() {
+    let (echo, _stop, accepted) = echo_upstream().await;
+    let p = TestProxy::default().await;
+    p.route(vec![backend("echo", echo, Color::Blue)], Color::Blue);
+    // Sequential requests, each on a new client connection: one upstream
+    // connection serves them all.
+    for _ in 0..50 {
+        assert_eq!(p.get("/").await.status, 200);
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(p.proxy.idle_connections(&"echo".into()), 1);
+    let stats = p.proxy.stats();
+    assert_eq!(stats.blue.requests, 50);
+    assert_eq!(stats.blue.responses[1], 50);
+    assert_eq!(stats.blue.inflight, 0);
+    assert_eq!(stats.blue.latency.count, 50);
 }

@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -124,17 +126,22 @@ pub fn backend(id: &str, addr: SocketAddr, color: Color) -> Backend {
 
 /// An upstream on 127.0.0.1:0 that answers every request with the
 /// request's headers, one `name: value` line each, and `x-version: echo`.
-pub async fn echo_upstream() -> (SocketAddr, CancellationToken) {
+/// Returns its address, its stop token and the count of connections it
+/// accepted.
+pub async fn echo_upstream() -> (SocketAddr, CancellationToken, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
     let addr = listener.local_addr().expect("echo addr");
     let stop = CancellationToken::new();
     let token = stop.clone();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => return },
                 _ = token.cancelled() => return,
             };
+            counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
@@ -156,7 +163,7 @@ pub async fn echo_upstream() -> (SocketAddr, CancellationToken) {
             });
         }
     });
-    (addr, stop)
+    (addr, stop, accepted)
 }
 
 /// A lowercase header line `name: value` from an echo answer's body.
