@@ -329,7 +329,10 @@ mod tests {
     fn preview_and_waiting_and_tried_backends() {
         let c = compile(table(Weights::all_to(Color::Blue)));
         assert_eq!(pick(&c, &headers(&[("x-bg-color", "green")])).0, "g1");
-        assert_eq!(pick(&c, &headers(&[("cookie", "bg-preview=green")])).0, "g1");
+        assert_eq!(
+            pick(&c, &headers(&[("cookie", "bg-preview=green")])).0,
+            "g1"
+        );
 
         let empty = compile(RouteTable::empty());
         assert_eq!(pick(&empty, &HeaderMap::new()).0, "wait");

@@ -184,8 +184,14 @@ async fn upstream_connections_are_pooled_and_reused() {
     for _ in 0..50 {
         assert_eq!(p.get("/").await.status, 200);
     }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert_eq!(p.proxy.idle_connections(&"echo".into()), 1);
+    // One, or two if a connection was handed back a moment after the next
+    // request looked for it; never one per request.
+    let upstream = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&upstream),
+        "{upstream} upstream connections for 50 requests"
+    );
+    assert!((1..=2).contains(&p.proxy.idle_connections(&"echo".into())));
     let stats = p.proxy.stats();
     assert_eq!(stats.blue.requests, 50);
     assert_eq!(stats.blue.responses[1], 50);
