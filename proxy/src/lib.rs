@@ -31,14 +31,30 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod backend;
+mod body;
+mod counters;
+mod forward;
+mod headers;
+mod pool;
 mod routes;
+mod select;
+mod server;
 mod stats;
+mod upgrade;
 
 pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats};
 
-use std::sync::Arc;
-use std::time::Duration;
+use arc_swap::ArcSwap;
+use backend::BackendState;
+use counters::Counters;
+use select::Compiled;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Default time a request waits for a healthy backend before a 503 (10 seconds).
@@ -54,6 +70,22 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default maximum of idle pooled connections per backend (1,024).
 pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
+/// Default time open client connections get to finish their current
+/// request when a listener shuts down (10 seconds).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a backend whose connect failed is tried last (2 seconds).
+pub const DEFAULT_UNHEALTHY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How a backend is picked among the in-rotation backends of a color.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight (ties in turn).
+    LeastInflight,
+}
 
 /// Settings fixed for the life of a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -71,6 +103,14 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled upstream connections kept per backend.
     pub pool_max_idle: usize,
+    /// How long a listener's open connections may take to finish once its
+    /// shutdown token fired; what is left then is closed.
+    pub shutdown_timeout: Duration,
+    /// How long a backend whose connect failed is only tried when no other
+    /// backend of its color is left (passive health check).
+    pub unhealthy_backoff: Duration,
+    /// How a backend is picked within a color.
+    pub balance: Balance,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +122,9 @@ impl Default for ProxyConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            unhealthy_backoff: DEFAULT_UNHEALTHY_BACKOFF,
+            balance: Balance::RoundRobin,
         }
     }
 }
@@ -101,50 +144,175 @@ pub enum ProxyError {
     },
 }
 
+/// The shared state behind a [`Proxy`] handle.
+pub(crate) struct Inner {
+    pub(crate) config: ProxyConfig,
+    /// The compiled current route table; loaded once per backend choice.
+    pub(crate) table: ArcSwap<Compiled>,
+    /// Long-lived state per backend, kept across swaps. Its lock also
+    /// serializes route changes.
+    registry: Mutex<HashMap<BackendId, Arc<BackendState>>>,
+    /// Counters per color (blue, green); they outlive the backends.
+    colors: [Arc<Counters>; 2],
+    /// Woken on every swap, for requests waiting for a backend.
+    pub(crate) routes_changed: Notify,
+    pub(crate) connections: AtomicU64,
+    /// Requests waiting for a backend now.
+    pub(crate) queued: AtomicU64,
+    switches: AtomicU64,
+    reaper_started: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn color(&self, color: Color) -> &Counters {
+        match color {
+            Color::Blue => &self.colors[0],
+            Color::Green => &self.colors[1],
+        }
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, HashMap<BackendId, Arc<BackendState>>> {
+        // The map stays consistent even if a holder panicked.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compile and store `table`; the registry lock is held by the caller.
+    fn install(&self, registry: &mut HashMap<BackendId, Arc<BackendState>>, table: RouteTable) {
+        let table = Arc::new(table);
+        let compiled = Compiled::new(table.clone(), self.config.balance, |b| {
+            let reuse = registry
+                .get(&b.id)
+                .filter(|s| s.addr == b.addr && s.color == b.color)
+                .cloned();
+            reuse.unwrap_or_else(|| {
+                let s = Arc::new(BackendState::new(
+                    b.id.clone(),
+                    b.addr,
+                    b.color,
+                    self.colors[match b.color {
+                        Color::Blue => 0,
+                        Color::Green => 1,
+                    }]
+                    .clone(),
+                    &self.config,
+                ));
+                if let Some(old) = registry.insert(b.id.clone(), s.clone()) {
+                    // Same name, new address or color: a new backend.
+                    old.pool.close_idle();
+                }
+                s
+            })
+        });
+        // Forget backends that left the table and have nothing in flight;
+        // the others stay so that a drain can still find them.
+        registry.retain(|id, s| {
+            let keep = table.backends.iter().any(|b| &b.id == id) || s.inflight() > 0;
+            if !keep {
+                s.pool.close_idle();
+            }
+            keep
+        });
+        self.table.store(Arc::new(compiled));
+        self.switches.fetch_add(1, Ordering::Relaxed);
+        self.routes_changed.notify_waiters();
+    }
+
+    /// Start the task that closes expired idle upstream connections, once.
+    pub(crate) fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let every = (self.config.pool_idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let states: Vec<Arc<BackendState>> =
+                    inner.lock_registry().values().cloned().collect();
+                let now = Instant::now();
+                for s in states {
+                    s.pool.reap(now);
+                }
+            }
+        });
+    }
+}
+
 /// A handle to one proxy: cheap to clone, shared by its listeners and the
 /// code that changes its routes.
 #[derive(Clone)]
 pub struct Proxy {
-    #[allow(dead_code)]
-    inner: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.inner.config)
+            .field("routes", &self.routes())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proxy {
     /// A proxy with an empty route table (every request waits, then 503).
     pub fn new(config: ProxyConfig) -> Proxy {
-        let _ = config;
-        todo!("bg-proxy: implemented in the proxy work")
+        let colors = [Arc::new(Counters::default()), Arc::new(Counters::default())];
+        let empty = Arc::new(RouteTable::empty());
+        let compiled = Compiled::new(empty, config.balance, |_| unreachable!("empty table"));
+        Proxy {
+            inner: Arc::new(Inner {
+                config,
+                table: ArcSwap::from_pointee(compiled),
+                registry: Mutex::new(HashMap::new()),
+                colors,
+                routes_changed: Notify::new(),
+                connections: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
+                switches: AtomicU64::new(0),
+                reaper_started: AtomicBool::new(false),
+            }),
+        }
     }
 
     /// Serve one listener until `shutdown` fires, then stop accepting and
-    /// let open connections finish their current request (bounded by the
-    /// queue timeout). HTTP/1.1 and h2c are both accepted.
+    /// let open connections finish their current request (bounded by
+    /// [`ProxyConfig::shutdown_timeout`]). HTTP/1.1 and h2c are both
+    /// accepted. Call it once per listener; every listener shares the route
+    /// table.
+    ///
+    /// Returns an error only when the listener fails for good.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), ProxyError> {
-        let _ = (listener, shutdown);
-        todo!()
+        server::serve(self.inner, listener, shutdown).await
     }
 
     /// Replace the route table in one atomic step. Every request whose
     /// backend is chosen after this returns uses the new table, including
     /// requests on client keep-alive connections opened before it.
     pub fn set_routes(&self, table: RouteTable) {
-        let _ = table;
-        todo!()
+        let mut registry = self.inner.lock_registry();
+        self.inner.install(&mut registry, table);
     }
 
     /// Change the current table with `f` and swap the result in atomically.
     pub fn update_routes(&self, f: impl FnOnce(&mut RouteTable)) {
-        let _ = f;
-        todo!()
+        let mut registry = self.inner.lock_registry();
+        let mut table = RouteTable::clone(&self.inner.table.load().table);
+        f(&mut table);
+        self.inner.install(&mut registry, table);
     }
 
     /// The current route table.
     pub fn routes(&self) -> Arc<RouteTable> {
-        todo!()
+        self.inner.table.load().table.clone()
     }
 
     /// Wait until the given backends have nothing in flight (requests whose
@@ -153,18 +321,118 @@ impl Proxy {
     /// pooled connections to them are closed either way. Call it after the
     /// backends left the rotation.
     pub async fn drain(&self, backends: &[BackendId], timeout: Duration) -> DrainReport {
-        let _ = (backends, timeout);
-        todo!()
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let states: Vec<Arc<BackendState>> = {
+            let registry = self.inner.lock_registry();
+            backends
+                .iter()
+                .filter_map(|id| registry.get(id).cloned())
+                .collect()
+        };
+        let at_start: Vec<(u64, u64)> = states
+            .iter()
+            .map(|s| (s.inflight(), s.completed()))
+            .collect();
+        let mut timed_out = false;
+        for s in &states {
+            if !s.wait_idle(deadline).await {
+                timed_out = true;
+                break;
+            }
+        }
+        let finished = states
+            .iter()
+            .zip(&at_start)
+            .map(|(s, &(inflight, completed))| {
+                s.completed().saturating_sub(completed).min(inflight)
+            })
+            .sum();
+        let mut cut = 0;
+        if timed_out {
+            for s in &states {
+                let open = s.inflight();
+                if open > 0 {
+                    cut += open;
+                    s.cut_all();
+                }
+            }
+        }
+        for s in &states {
+            s.pool.close_idle();
+        }
+        let report = DrainReport {
+            finished,
+            cut,
+            elapsed: started.elapsed(),
+            timed_out,
+        };
+        tracing::debug!(?backends, ?report, "drain done");
+        report
     }
 
     /// Requests and upgraded connections in flight on one backend.
     pub fn inflight(&self, backend: &BackendId) -> u64 {
-        let _ = backend;
-        todo!()
+        self.inner
+            .lock_registry()
+            .get(backend)
+            .map_or(0, |s| s.inflight())
+    }
+
+    /// Requests waiting for a backend now (none in rotation for their
+    /// color).
+    pub fn queued(&self) -> u64 {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Idle pooled upstream connections to one backend now.
+    pub fn idle_connections(&self, backend: &BackendId) -> usize {
+        self.inner
+            .lock_registry()
+            .get(backend)
+            .map_or(0, |s| s.pool.idle_count())
     }
 
     /// A snapshot of every counter.
     pub fn stats(&self) -> ProxyStats {
-        todo!()
+        let table = self.routes();
+        let registry = self.inner.lock_registry();
+        let mut backends: Vec<BackendStats> = Vec::with_capacity(registry.len());
+        let mut seen = std::collections::HashSet::new();
+        for b in &table.backends {
+            if let Some(s) = registry.get(&b.id) {
+                if seen.insert(b.id.clone()) {
+                    backends.push(BackendStats {
+                        id: b.id.clone(),
+                        color: b.color,
+                        addr: b.addr,
+                        in_rotation: b.in_rotation,
+                        traffic: s.counters.snapshot(),
+                    });
+                }
+            }
+        }
+        // Backends that left the table but still have something in flight.
+        let mut gone: Vec<&Arc<BackendState>> = registry
+            .values()
+            .filter(|s| !seen.contains(&s.id))
+            .collect();
+        gone.sort_by(|a, b| a.id.cmp(&b.id));
+        for s in gone {
+            backends.push(BackendStats {
+                id: s.id.clone(),
+                color: s.color,
+                addr: s.addr,
+                in_rotation: false,
+                traffic: s.counters.snapshot(),
+            });
+        }
+        ProxyStats {
+            blue: self.inner.colors[0].snapshot(),
+            green: self.inner.colors[1].snapshot(),
+            backends,
+            connections: self.inner.connections.load(Ordering::Relaxed),
+            switches: self.inner.switches.load(Ordering::Relaxed),
+        }
     }
 }

@@ -8,4 +8,5 @@ pub mod api;
 pub mod bins;
 pub mod docker;
 pub mod load;
+pub mod wait;
 pub mod websample;

@@ -1,0 +1,168 @@
+//! The accept loop of one listener: a connection limit (a semaphore; over
+//! it the loop stops accepting and clients wait in the kernel backlog), a
+//! deadline for the first bytes and for request headers, HTTP/1.1 and h2c
+//! on the same port, and a graceful shutdown bounded by a timeout.
+
+use crate::forward::{self, ConnCtx};
+use crate::{Inner, ProxyError};
+use http::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The HTTP/2 connection preface a cleartext h2 client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Counts one open client connection.
+struct ConnGauge(Arc<Inner>);
+
+impl ConnGauge {
+    fn new(inner: Arc<Inner>) -> ConnGauge {
+        inner.connections.fetch_add(1, Ordering::Relaxed);
+        ConnGauge(inner)
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accept errors that concern one connection or a passing shortage of
+/// resources; the loop goes on after them.
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted
+            | ConnectionReset
+            | ConnectionRefused
+            | Interrupted
+            | WouldBlock
+            | TimedOut
+    ) || matches!(
+        // ENOMEM, ENFILE, EMFILE, ENOBUFS: out of memory or descriptors.
+        e.raw_os_error(),
+        Some(12 | 23 | 24 | 105)
+    )
+}
+
+/// Serve `listener` until `shutdown` fires.
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    inner.start_reaper();
+    let config = &inner.config;
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    // Fires when the graceful period is over: whatever is left is dropped.
+    let hard_stop = CancellationToken::new();
+
+    let result = loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(listener = %addr, error = %e, "accept failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = shutdown.cancelled() => break Ok(()),
+                    }
+                }
+                Err(source) => break Err(ProxyError::Listener { addr: addr.clone(), source }),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = Arc::new(ConnCtx {
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            shutdown: hard_stop.clone(),
+        });
+        let inner = inner.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _gauge = ConnGauge::new(inner.clone());
+            let first_bytes = inner.config.header_read_timeout;
+            let conn = async move {
+                if !wait_for_first_bytes(&stream, first_bytes).await {
+                    return;
+                }
+                let service = hyper::service::service_fn(move |req| {
+                    forward::handle(inner.clone(), ctx.clone(), req)
+                });
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                _ = hard_stop.cancelled() => {}
+            }
+        });
+    };
+
+    drop(listener);
+    let timeout = inner.config.shutdown_timeout;
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
+    }
+    hard_stop.cancel();
+    result
+}
+
+/// Wait until the client sent enough to tell HTTP/1.1 from h2c, for at most
+/// `timeout`. hyper's own header timeout only starts once the protocol is
+/// known, so without this a silent client would hold its slot for ever.
+async fn wait_for_first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let wait = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // A partial h2 preface: peek would return at once again, so
+                // give the client a moment (rare path, bounded by timeout).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
