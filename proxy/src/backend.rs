@@ -104,8 +104,7 @@ impl BackendState {
     /// A connect failed: try others first for a while.
     pub(crate) fn mark_down(&self) {
         let ms = u64::try_from(self.down_for.as_millis()).unwrap_or(u64::MAX);
-        self.down_until
-            .store(now_ms().saturating_add(ms), Ordering::Relaxed);
+        self.down_until.store(now_ms().saturating_add(ms), Ordering::Relaxed);
     }
 
     /// A connect succeeded.
@@ -150,15 +149,8 @@ pub(crate) struct InflightGuard {
 impl InflightGuard {
     pub(crate) fn new(backend: Arc<BackendState>) -> InflightGuard {
         backend.counters.inflight.fetch_add(1, Ordering::SeqCst);
-        backend
-            .color_counters
-            .inflight
-            .fetch_add(1, Ordering::Relaxed);
-        InflightGuard {
-            backend,
-            upgraded: false,
-            counts: true,
-        }
+        backend.color_counters.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard { backend, upgraded: false, counts: true }
     }
 
     /// The backend it counts on.
@@ -170,14 +162,8 @@ impl InflightGuard {
     pub(crate) fn upgrade(&mut self) {
         if !self.upgraded {
             self.upgraded = true;
-            self.backend
-                .counters
-                .upgraded
-                .fetch_add(1, Ordering::Relaxed);
-            self.backend
-                .color_counters
-                .upgraded
-                .fetch_add(1, Ordering::Relaxed);
+            self.backend.counters.upgraded.fetch_add(1, Ordering::Relaxed);
+            self.backend.color_counters.upgraded.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -73,18 +73,12 @@ impl ProxyBody {
             done.finish();
             return ProxyBody::empty();
         }
-        ProxyBody::Upstream {
-            body,
-            cut,
-            done: Some(done),
-        }
+        ProxyBody::Upstream { body, cut, done: Some(done) }
     }
 
     /// A short body.
     pub(crate) fn text(text: &'static str) -> ProxyBody {
-        ProxyBody::Full {
-            data: Some(Bytes::from_static(text.as_bytes())),
-        }
+        ProxyBody::Full { data: Some(Bytes::from_static(text.as_bytes())) }
     }
 
     /// No body.
@@ -103,11 +97,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream {
-                mut body,
-                cut,
-                done,
-            } => {
+            ProxyBodyProj::Upstream { mut body, cut, done } => {
                 if done.is_none() {
                     return Poll::Ready(None);
                 }
@@ -160,9 +150,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ProxyBody::Upstream { body, done, .. } => {
                 if done.is_none() {
                     SizeHint::with_exact(0)

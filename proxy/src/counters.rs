@@ -43,10 +43,7 @@ impl Counters {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BOUNDS_NS
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(BOUNDS_NS.len());
+        let bucket = BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(BOUNDS_NS.len());
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.latency_sum_ns.fetch_add(ns, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);

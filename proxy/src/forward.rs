@@ -95,10 +95,7 @@ pub(crate) async fn handle(
                 let notified = inner.routes_changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if !matches!(
-                    inner.table.load().choose(req.headers(), &tried),
-                    Choice::Wait(_)
-                ) {
+                if !matches!(inner.table.load().choose(req.headers(), &tried), Choice::Wait(_)) {
                     continue;
                 }
                 if _queued.is_none() {
@@ -129,10 +126,7 @@ async fn attempt(
     started: Instant,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
 ) -> Attempt {
-    let Pick {
-        backend,
-        set_cookie,
-    } = pick;
+    let Pick { backend, set_cookie } = pick;
     let guard = InflightGuard::new(backend.clone());
     let cut = backend.cut_token();
     let mut counted = false;
@@ -182,10 +176,7 @@ async fn attempt(
                 None => {
                     tracing::debug!(backend = %backend.id, error = %e.into_error(), "upstream request failed");
                     record(&backend, StatusCode::BAD_GATEWAY, started);
-                    return Attempt::Done(text(
-                        StatusCode::BAD_GATEWAY,
-                        "the backend failed to answer\n",
-                    ));
+                    return Attempt::Done(text(StatusCode::BAD_GATEWAY, "the backend failed to answer\n"));
                 }
             },
         }
@@ -212,10 +203,7 @@ async fn attempt(
     let body = ProxyBody::upstream(
         body,
         cut.cancelled_owned(),
-        Completion {
-            guard,
-            conn: (!upgraded).then_some(conn),
-        },
+        Completion { guard, conn: (!upgraded).then_some(conn) },
     );
     Attempt::Done(Response::from_parts(parts, body))
 }
@@ -228,11 +216,7 @@ fn record(backend: &BackendState, status: StatusCode, started: Instant) {
 }
 
 /// The backend was cut by a drain before it answered.
-fn cut_answer(
-    backend: &BackendState,
-    guard: InflightGuard,
-    started: Instant,
-) -> Response<ProxyBody> {
+fn cut_answer(backend: &BackendState, guard: InflightGuard, started: Instant) -> Response<ProxyBody> {
     record(backend, StatusCode::BAD_GATEWAY, started);
     drop(guard);
     text(StatusCode::BAD_GATEWAY, "the backend was drained\n")
@@ -255,9 +239,6 @@ fn answer(
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::text(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

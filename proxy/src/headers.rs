@@ -4,8 +4,7 @@
 //! cookie lookups the backend choice needs.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Request, Uri, Version};
 
@@ -23,9 +22,7 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
+        v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
     })
 }
 

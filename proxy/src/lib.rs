@@ -44,7 +44,7 @@ mod stats;
 mod upgrade;
 
 pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
-pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats};
+pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};
 
 use arc_swap::ArcSwap;
 use backend::BackendState;
@@ -180,10 +180,7 @@ impl Inner {
     fn install(&self, registry: &mut HashMap<BackendId, Arc<BackendState>>, table: RouteTable) {
         let table = Arc::new(table);
         let compiled = Compiled::new(table.clone(), self.config.balance, |b| {
-            let reuse = registry
-                .get(&b.id)
-                .filter(|s| s.addr == b.addr && s.color == b.color)
-                .cloned();
+            let reuse = registry.get(&b.id).filter(|s| s.addr == b.addr && s.color == b.color).cloned();
             reuse.unwrap_or_else(|| {
                 let s = Arc::new(BackendState::new(
                     b.id.clone(),
@@ -223,16 +220,15 @@ impl Inner {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(self);
-        let every = (self.config.pool_idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let every =
+            (self.config.pool_idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let states: Vec<Arc<BackendState>> =
-                    inner.lock_registry().values().cloned().collect();
+                let states: Vec<Arc<BackendState>> = inner.lock_registry().values().cloned().collect();
                 let now = Instant::now();
                 for s in states {
                     s.pool.reap(now);
@@ -325,15 +321,9 @@ impl Proxy {
         let deadline = started + timeout;
         let states: Vec<Arc<BackendState>> = {
             let registry = self.inner.lock_registry();
-            backends
-                .iter()
-                .filter_map(|id| registry.get(id).cloned())
-                .collect()
+            backends.iter().filter_map(|id| registry.get(id).cloned()).collect()
         };
-        let at_start: Vec<(u64, u64)> = states
-            .iter()
-            .map(|s| (s.inflight(), s.completed()))
-            .collect();
+        let at_start: Vec<(u64, u64)> = states.iter().map(|s| (s.inflight(), s.completed())).collect();
         let mut timed_out = false;
         for s in &states {
             if !s.wait_idle(deadline).await {
@@ -344,9 +334,7 @@ impl Proxy {
         let finished = states
             .iter()
             .zip(&at_start)
-            .map(|(s, &(inflight, completed))| {
-                s.completed().saturating_sub(completed).min(inflight)
-            })
+            .map(|(s, &(inflight, completed))| s.completed().saturating_sub(completed).min(inflight))
             .sum();
         let mut cut = 0;
         if timed_out {
@@ -361,22 +349,14 @@ impl Proxy {
         for s in &states {
             s.pool.close_idle();
         }
-        let report = DrainReport {
-            finished,
-            cut,
-            elapsed: started.elapsed(),
-            timed_out,
-        };
+        let report = DrainReport { finished, cut, elapsed: started.elapsed(), timed_out };
         tracing::debug!(?backends, ?report, "drain done");
         report
     }
 
     /// Requests and upgraded connections in flight on one backend.
     pub fn inflight(&self, backend: &BackendId) -> u64 {
-        self.inner
-            .lock_registry()
-            .get(backend)
-            .map_or(0, |s| s.inflight())
+        self.inner.lock_registry().get(backend).map_or(0, |s| s.inflight())
     }
 
     /// Requests waiting for a backend now (none in rotation for their
@@ -387,10 +367,7 @@ impl Proxy {
 
     /// Idle pooled upstream connections to one backend now.
     pub fn idle_connections(&self, backend: &BackendId) -> usize {
-        self.inner
-            .lock_registry()
-            .get(backend)
-            .map_or(0, |s| s.pool.idle_count())
+        self.inner.lock_registry().get(backend).map_or(0, |s| s.pool.idle_count())
     }
 
     /// A snapshot of every counter.
@@ -413,10 +390,7 @@ impl Proxy {
             }
         }
         // Backends that left the table but still have something in flight.
-        let mut gone: Vec<&Arc<BackendState>> = registry
-            .values()
-            .filter(|s| !seen.contains(&s.id))
-            .collect();
+        let mut gone: Vec<&Arc<BackendState>> = registry.values().filter(|s| !seen.contains(&s.id)).collect();
         gone.sort_by(|a, b| a.id.cmp(&b.id));
         for s in gone {
             backends.push(BackendStats {

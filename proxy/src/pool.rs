@@ -99,10 +99,7 @@ impl Pool {
                 return None;
             }
             if !entry.sender.is_closed() {
-                return Some(Pooled {
-                    sender: entry.sender,
-                    generation,
-                });
+                return Some(Pooled { sender: entry.sender, generation });
             }
         }
         None
@@ -112,17 +109,11 @@ impl Pool {
     pub(crate) async fn connect(&self, cut: CancellationToken) -> Result<Pooled, ConnectError> {
         let generation = self.generation.load(Ordering::Acquire);
         let addr = self.addr;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        addr,
-                        timeout: self.connect_timeout,
-                    })
-                }
-            };
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Err(_) => return Err(ConnectError::Timeout { addr, timeout: self.connect_timeout }),
+        };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -170,10 +161,7 @@ impl Pool {
         let mut idle = self.lock();
         // Checked under the lock so that close_idle cannot slip in between.
         if idle.len() < self.max_idle && self.current(pooled.generation) {
-            idle.push(Idle {
-                sender: pooled.sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender: pooled.sender, since: Instant::now() });
         }
     }
 

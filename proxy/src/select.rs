@@ -94,32 +94,19 @@ impl Compiled {
             next: AtomicUsize::new(0),
         };
         let preview = table.preview.as_ref().and_then(|p| {
-            HeaderName::from_bytes(p.header.as_bytes())
-                .ok()
-                .map(|h| (h, p.cookie.clone().into_boxed_str()))
+            HeaderName::from_bytes(p.header.as_bytes()).ok().map(|h| (h, p.cookie.clone().into_boxed_str()))
         });
         let sticky = table.sticky.as_ref().and_then(|s| {
             let value = |c: Color| {
-                HeaderValue::from_str(&format!(
-                    "{}={}; Path=/; HttpOnly; SameSite=Lax",
-                    s.cookie,
-                    c.as_str()
-                ))
-                .ok()
+                HeaderValue::from_str(&format!("{}={}; Path=/; HttpOnly; SameSite=Lax", s.cookie, c.as_str()))
+                    .ok()
             };
             Some(Sticky {
                 cookie: s.cookie.clone().into_boxed_str(),
                 set_cookie: [value(Color::Blue)?, value(Color::Green)?],
             })
         });
-        Compiled {
-            weights: table.weights,
-            colors: [set(blue), set(green)],
-            preview,
-            sticky,
-            balance,
-            table,
-        }
+        Compiled { weights: table.weights, colors: [set(blue), set(green)], preview, sticky, balance, table }
     }
 
     fn has_backends(&self, color: Color) -> bool {
@@ -130,10 +117,7 @@ impl Compiled {
     pub(crate) fn choose(&self, headers: &HeaderMap, tried: &Tried) -> Choice {
         if let Some(color) = self.preview_color(headers) {
             if let Some(backend) = self.pick(color, tried) {
-                return Choice::Backend(Pick {
-                    backend,
-                    set_cookie: None,
-                });
+                return Choice::Backend(Pick { backend, set_cookie: None });
             }
         }
         let w = self.weights;
@@ -142,14 +126,7 @@ impl Compiled {
         }
         let split = w.blue > 0 && w.green > 0;
         let (primary, assigned) = if !split {
-            (
-                if w.blue > 0 {
-                    Color::Blue
-                } else {
-                    Color::Green
-                },
-                false,
-            )
+            (if w.blue > 0 { Color::Blue } else { Color::Green }, false)
         } else {
             match self.sticky_color(headers) {
                 Some(c) => (c, false),
@@ -164,21 +141,14 @@ impl Compiled {
                 // Tell the client its color when it was drawn now, or when it
                 // had to move off the one its cookie named.
                 let set_cookie = if split && (assigned || color != primary) {
-                    self.sticky
-                        .as_ref()
-                        .map(|s| s.set_cookie[idx(color)].clone())
+                    self.sticky.as_ref().map(|s| s.set_cookie[idx(color)].clone())
                 } else {
                     None
                 };
-                return Choice::Backend(Pick {
-                    backend,
-                    set_cookie,
-                });
+                return Choice::Backend(Pick { backend, set_cookie });
             }
         }
-        let any = [Color::Blue, Color::Green]
-            .into_iter()
-            .any(|c| w.of(c) > 0 && self.has_backends(c));
+        let any = [Color::Blue, Color::Green].into_iter().any(|c| w.of(c) > 0 && self.has_backends(c));
         if any {
             Choice::Exhausted(primary)
         } else {
@@ -188,10 +158,8 @@ impl Compiled {
 
     fn preview_color(&self, headers: &HeaderMap) -> Option<Color> {
         let (header, cookie_name) = self.preview.as_ref()?;
-        let from_header = headers
-            .get(header)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Color::parse(v.trim()));
+        let from_header =
+            headers.get(header).and_then(|v| v.to_str().ok()).and_then(|v| Color::parse(v.trim()));
         from_header.or_else(|| cookie(headers, cookie_name).and_then(Color::parse))
     }
 
@@ -261,13 +229,7 @@ mod tests {
         let config = ProxyConfig::default();
         let colors = [Arc::new(Counters::default()), Arc::new(Counters::default())];
         Compiled::new(Arc::new(table), Balance::RoundRobin, |b| {
-            Arc::new(BackendState::new(
-                b.id.clone(),
-                b.addr,
-                b.color,
-                colors[idx(b.color)].clone(),
-                &config,
-            ))
+            Arc::new(BackendState::new(b.id.clone(), b.addr, b.color, colors[idx(b.color)].clone(), &config))
         })
     }
 
@@ -315,10 +277,7 @@ mod tests {
         let (id, cookie) = pick(&c, &HeaderMap::new());
         let cookie = cookie.expect("a new client gets its color");
         let color = if id == "g1" { "green" } else { "blue" };
-        assert_eq!(
-            cookie,
-            format!("bg-color={color}; Path=/; HttpOnly; SameSite=Lax")
-        );
+        assert_eq!(cookie, format!("bg-color={color}; Path=/; HttpOnly; SameSite=Lax"));
         for _ in 0..20 {
             let (id, cookie) = pick(&c, &headers(&[("cookie", "bg-color=green")]));
             assert_eq!((id.as_str(), cookie), ("g1", None));
@@ -329,10 +288,7 @@ mod tests {
     fn preview_and_waiting_and_tried_backends() {
         let c = compile(table(Weights::all_to(Color::Blue)));
         assert_eq!(pick(&c, &headers(&[("x-bg-color", "green")])).0, "g1");
-        assert_eq!(
-            pick(&c, &headers(&[("cookie", "bg-preview=green")])).0,
-            "g1"
-        );
+        assert_eq!(pick(&c, &headers(&[("cookie", "bg-preview=green")])).0, "g1");
 
         let empty = compile(RouteTable::empty());
         assert_eq!(pick(&empty, &HeaderMap::new()).0, "wait");
@@ -344,10 +300,7 @@ mod tests {
                 _ => panic!("expected a backend"),
             }
         }
-        assert!(matches!(
-            c.choose(&HeaderMap::new(), &tried),
-            Choice::Exhausted(Color::Blue)
-        ));
+        assert!(matches!(c.choose(&HeaderMap::new(), &tried), Choice::Exhausted(Color::Blue)));
     }
 
     #[test]

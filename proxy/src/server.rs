@@ -41,12 +41,7 @@ fn is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),
-        ConnectionAborted
-            | ConnectionReset
-            | ConnectionRefused
-            | Interrupted
-            | WouldBlock
-            | TimedOut
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock | TimedOut
     ) || matches!(
         // ENOMEM, ENFILE, EMFILE, ENOBUFS: out of memory or descriptors.
         e.raw_os_error(),
@@ -60,19 +55,12 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     inner.start_reaper();
     let config = &inner.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -119,12 +107,9 @@ pub(crate) async fn serve(
                 if !wait_for_first_bytes(&stream, first_bytes).await {
                     return;
                 }
-                let service = hyper::service::service_fn(move |req| {
-                    forward::handle(inner.clone(), ctx.clone(), req)
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
+                let service =
+                    hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
@@ -138,10 +123,7 @@ pub(crate) async fn serve(
 
     drop(listener);
     let timeout = inner.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
     }
     hard_stop.cancel();

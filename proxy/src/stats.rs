@@ -119,9 +119,7 @@ impl TrafficStats {
     pub fn since(&self, earlier: &TrafficStats) -> TrafficStats {
         TrafficStats {
             requests: self.requests.saturating_sub(earlier.requests),
-            responses: std::array::from_fn(|i| {
-                self.responses[i].saturating_sub(earlier.responses[i])
-            }),
+            responses: std::array::from_fn(|i| self.responses[i].saturating_sub(earlier.responses[i])),
             latency: self.latency.since(&earlier.latency),
             inflight: self.inflight,
             upgraded: self.upgraded,
@@ -193,11 +191,7 @@ mod tests {
             counts[i] = n;
         }
         let count = counts.iter().sum();
-        LatencyHistogram {
-            counts,
-            sum: 0.0,
-            count,
-        }
+        LatencyHistogram { counts, sum: 0.0, count }
     }
 
     #[test]

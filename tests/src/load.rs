@@ -73,10 +73,7 @@ impl Load {
     /// `per_sec` requests a second, whatever the answers take (open loop),
     /// on a shared connection pool unless [`Load::fresh_connections`].
     pub fn rate(per_sec: u32) -> Load {
-        Load::new(Shape::Rate {
-            per_sec: per_sec.max(1),
-            fresh: false,
-        })
+        Load::new(Shape::Rate { per_sec: per_sec.max(1), fresh: false })
     }
 
     fn new(shape: Shape) -> Load {
@@ -94,10 +91,7 @@ impl Load {
     /// Open-loop requests each on a new connection (a new client).
     pub fn fresh_connections(mut self) -> Load {
         if let Shape::Rate { per_sec, .. } = self.shape {
-            self.shape = Shape::Rate {
-                per_sec,
-                fresh: true,
-            };
+            self.shape = Shape::Rate { per_sec, fresh: true };
         }
         self
     }
@@ -145,10 +139,7 @@ impl Load {
     /// Start sending. Panics without a loopback target.
     pub fn start(self) -> LoadHandle {
         let target = self.target.expect("Load::target is required");
-        assert!(
-            target.ip().is_loopback(),
-            "load only targets loopback addresses, not {target}"
-        );
+        assert!(target.ip().is_loopback(), "load only targets loopback addresses, not {target}");
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
@@ -169,21 +160,11 @@ impl Load {
         match self.shape {
             Shape::KeepAlive(n) => {
                 for _ in 0..n {
-                    workers.spawn(keepalive_worker(
-                        config.clone(),
-                        shared.clone(),
-                        stop.clone(),
-                    ));
+                    workers.spawn(keepalive_worker(config.clone(), shared.clone(), stop.clone()));
                 }
             }
             Shape::Rate { per_sec, fresh } => {
-                workers.spawn(rate_driver(
-                    config.clone(),
-                    shared.clone(),
-                    stop.clone(),
-                    per_sec,
-                    fresh,
-                ));
+                workers.spawn(rate_driver(config.clone(), shared.clone(), stop.clone(), per_sec, fresh));
             }
         }
         let timer_stop = stop.clone();
@@ -194,12 +175,7 @@ impl Load {
                 _ = timer_stop.cancelled() => {}
             }
         });
-        LoadHandle {
-            stop,
-            workers,
-            shared,
-            began,
-        }
+        LoadHandle { stop, workers, shared, began }
     }
 }
 
@@ -290,15 +266,11 @@ impl Tally {
         }
         let latency = sample.finished.duration_since(sample.started);
         if self.latencies_us.len() < MAX_SAMPLES {
-            self.latencies_us
-                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+            self.latencies_us.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
         }
         if record {
             let (status, version) = match sample.result {
-                Ok((s, v)) => (
-                    Some(s.as_u16()),
-                    v.and_then(|v| v.to_str().ok().map(str::to_owned)),
-                ),
+                Ok((s, v)) => (Some(s.as_u16()), v.and_then(|v| v.to_str().ok().map(str::to_owned))),
                 Err(_) => (None, None),
             };
             self.records.push(RequestRecord {
@@ -342,9 +314,7 @@ struct Sample {
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect(target: SocketAddr) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -361,18 +331,11 @@ async fn read_response(
     let resp = resp.map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
     let version = resp.headers().get("x-version").cloned();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?;
+    resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
     Ok((status, version))
 }
 
-async fn keepalive_worker(
-    config: Arc<Config>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) -> Tally {
+async fn keepalive_worker(config: Arc<Config>, shared: Arc<Shared>, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
     let mut sender: Option<Sender> = None;
     while !stop.is_cancelled() && shared.claim() {
@@ -393,14 +356,7 @@ async fn keepalive_worker(
             shared.failed.fetch_add(1, Ordering::Relaxed);
         }
         shared.done.fetch_add(1, Ordering::Relaxed);
-        tally.add(
-            Sample {
-                started,
-                finished: Instant::now(),
-                result,
-            },
-            config.record,
-        );
+        tally.add(Sample { started, finished: Instant::now(), result }, config.record);
     }
     tally
 }
@@ -500,9 +456,7 @@ impl LoadHandle {
 
     /// Whether it stopped by itself (max requests or duration reached).
     pub fn finished(&self) -> bool {
-        self.stop.is_cancelled()
-            || self.shared.stopped.load(Ordering::Relaxed)
-            || self.workers.is_empty()
+        self.stop.is_cancelled() || self.shared.stopped.load(Ordering::Relaxed) || self.workers.is_empty()
     }
 
     /// Stop sending, wait for the requests in flight (at most 30 s), and
@@ -517,10 +471,7 @@ impl LoadHandle {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(30), collect)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(30), collect).await.is_err() {
             self.workers.abort_all();
             tally.keep_error("load workers did not stop within 30s".into());
         }
@@ -594,9 +545,7 @@ impl LoadReport {
         }
         let rank = ((q.clamp(0.0, 1.0) * self.latencies_us.len() as f64).ceil() as usize)
             .clamp(1, self.latencies_us.len());
-        Some(Duration::from_micros(u64::from(
-            self.latencies_us[rank - 1],
-        )))
+        Some(Duration::from_micros(u64::from(self.latencies_us[rank - 1])))
     }
 
     /// Median latency.

@@ -23,10 +23,7 @@ use tokio::process::{Child, Command};
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The `websample` binary, built (debug) once per test process.
@@ -42,20 +39,10 @@ pub fn websample_bin() -> PathBuf {
             .arg(workspace.join("Cargo.toml"))
             .output()
             .expect("run cargo to build websample");
-        assert!(
-            out.status.success(),
-            "building websample failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "building websample failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|p| {
-                if p.is_relative() {
-                    workspace.join(p)
-                } else {
-                    p
-                }
-            })
+            .map(|p| if p.is_relative() { workspace.join(p) } else { p })
             .unwrap_or_else(|| workspace.join("target"));
         let bin = target.join("debug").join("websample");
         assert!(bin.exists(), "websample was built but {bin:?} is missing");
@@ -66,10 +53,7 @@ pub fn websample_bin() -> PathBuf {
 
 /// A free port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// A websample process to start.
@@ -130,12 +114,7 @@ impl Websample {
             let deadline = tokio::time::Instant::now() + START_TIMEOUT;
             loop {
                 if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    return RunningWebsample {
-                        child,
-                        addr,
-                        version,
-                        lines,
-                    };
+                    return RunningWebsample { child, addr, version, lines };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // Exited: most likely the port was taken; retry.
@@ -146,14 +125,8 @@ impl Websample {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let out = child
-                .wait_with_output()
-                .await
-                .expect("collect websample output");
-            eprintln!(
-                "websample on port {port} exited at start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = child.wait_with_output().await.expect("collect websample output");
+            eprintln!("websample on port {port} exited at start: {}", String::from_utf8_lossy(&out.stderr));
         }
         panic!("websample failed to start three times");
     }
@@ -191,11 +164,7 @@ impl RunningWebsample {
 
     /// Whether it logged an event starting with `event` (e.g. `sigterm`).
     pub fn logged(&self, event: &str) -> bool {
-        self.log_lines().iter().any(|l| {
-            l.splitn(3, ' ')
-                .nth(2)
-                .is_some_and(|e| e.starts_with(event))
-        })
+        self.log_lines().iter().any(|l| l.splitn(3, ' ').nth(2).is_some_and(|e| e.starts_with(event)))
     }
 
     /// Send it SIGTERM.
@@ -208,9 +177,7 @@ impl RunningWebsample {
 
     /// Wait for it to exit, at most `timeout`; returns whether it did.
     pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, self.child.wait()).await.is_ok()
     }
 }
 
@@ -245,9 +212,6 @@ pub fn ensure_image(tag: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "building {image} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("building {image} failed:\n{}", String::from_utf8_lossy(&out.stderr)))
     }
 }

@@ -19,21 +19,15 @@ async fn an_h2c_client_is_served_over_http11_upstream() {
     let (echo, _stop, _) = echo_upstream().await;
     let blue = Websample::new().version("v1").spawn().await;
     let p = TestProxy::default().await;
-    p.route(
-        vec![backend("blue-1", blue.addr(), Color::Blue)],
-        Color::Blue,
-    );
+    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
 
     let stream = TcpStream::connect(p.addr).await.expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake with prior knowledge");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2c handshake with prior knowledge");
     tokio::spawn(conn);
     for _ in 0..3 {
-        let req = Request::get(format!("http://{}/", p.addr))
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+        let req = Request::get(format!("http://{}/", p.addr)).body(Empty::<Bytes>::new()).expect("request");
         let resp = h2.send_request(req).await.expect("h2 response");
         assert_eq!(resp.version(), Version::HTTP_2);
         let a = proxy_support::read(resp).await;
@@ -44,9 +38,7 @@ async fn an_h2c_client_is_served_over_http11_upstream() {
 
     // The upstream sees HTTP/1.1 with Host taken from :authority.
     p.route(vec![backend("echo", echo, Color::Blue)], Color::Blue);
-    let req = Request::get("http://app.example:8080/x?y=1")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
+    let req = Request::get("http://app.example:8080/x?y=1").body(Empty::<Bytes>::new()).expect("request");
     let a = proxy_support::read(h2.send_request(req).await.expect("h2 response")).await;
     assert_eq!(a.version(), "echo");
     assert_eq!(echoed(&a.body, "host"), ["app.example:8080"]);
@@ -63,10 +55,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert_eq!(a.status, 200);
     assert_eq!(echoed(&a.body, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed(&a.body, "x-forwarded-proto"), ["http"]);
-    assert_eq!(
-        echoed(&a.body, "x-forwarded-host"),
-        [p.addr.to_string().as_str()]
-    );
+    assert_eq!(echoed(&a.body, "x-forwarded-host"), [p.addr.to_string().as_str()]);
     // The upstream's hop-by-hop header does not reach the client.
     assert!(a.headers.get("keep-alive").is_none());
 
@@ -87,9 +76,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert!(echoed(&a.body, "x-private").is_empty(), "{}", a.body);
     assert!(echoed(&a.body, "te").is_empty(), "{}", a.body);
     assert!(echoed(&a.body, "proxy-connection").is_empty(), "{}", a.body);
-    assert!(echoed(&a.body, "connection")
-        .iter()
-        .all(|v| !v.contains("x-private")));
+    assert!(echoed(&a.body, "connection").iter().all(|v| !v.contains("x-private")));
     assert_eq!(echoed(&a.body, "x-kept"), ["yes"]);
 }
 
@@ -101,18 +88,13 @@ async fn a_slowloris_client_is_dropped_after_the_header_read_timeout() {
         ..ProxyConfig::default()
     })
     .await;
-    p.route(
-        vec![backend("blue-1", blue.addr(), Color::Blue)],
-        Color::Blue,
-    );
+    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
 
     let started = Instant::now();
     // One client starts its headers and never finishes them; another never
     // says anything at all.
     let mut slow = TcpStream::connect(p.addr).await.expect("connect");
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .expect("write part of the headers");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write part of the headers");
     let mut silent = TcpStream::connect(p.addr).await.expect("connect");
 
     // Meanwhile others are served.
@@ -124,16 +106,10 @@ async fn a_slowloris_client_is_dropped_after_the_header_read_timeout() {
         let read = tokio::time::timeout(SECS_5, conn.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "the {name} client was not dropped");
         let text = String::from_utf8_lossy(&buf);
-        assert!(
-            buf.is_empty() || text.starts_with("HTTP/1.1 408"),
-            "the {name} client got {text:?}"
-        );
+        assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "the {name} client got {text:?}");
     }
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(450),
-        "dropped after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(450), "dropped after {waited:?}");
     let a = p.get("/").await;
     assert_eq!(a.version(), "v1");
 }
@@ -146,9 +122,7 @@ async fn shutdown_stops_accepting_and_lets_the_request_in_flight_finish() {
         vec![backend("blue-1", blue.addr(), Color::Blue)],
         bg_proxy::Weights::all_to(Color::Blue),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let serving = tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
@@ -168,10 +142,7 @@ async fn shutdown_stops_accepting_and_lets_the_request_in_flight_finish() {
     assert_eq!(a.status, 200);
     assert_eq!(a.body, "v1\n");
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
-    bg_tests::wait::eventually("no client connection left", SECS_5, || {
-        proxy.stats().connections == 0
-    })
-    .await;
+    bg_tests::wait::eventually("no client connection left", SECS_5, || proxy.stats().connections == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,10 +158,7 @@ async fn upstream_connections_are_pooled_and_reused() {
     // One, or two if a connection was handed back a moment after the next
     // request looked for it; never one per request.
     let upstream = accepted.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        (1..=2).contains(&upstream),
-        "{upstream} upstream connections for 50 requests"
-    );
+    assert!((1..=2).contains(&upstream), "{upstream} upstream connections for 50 requests");
     assert!((1..=2).contains(&p.proxy.idle_connections(&"echo".into())));
     let stats = p.proxy.stats();
     assert_eq!(stats.blue.requests, 50);

@@ -19,36 +19,23 @@ async fn fifty_switches_under_keepalive_load_lose_nothing_and_never_look_back() 
     let green = Websample::new().version("v2").spawn().await;
     let p = TestProxy::default().await;
     p.route(
-        vec![
-            backend("blue-1", blue.addr(), Color::Blue),
-            backend("green-1", green.addr(), Color::Green),
-        ],
+        vec![backend("blue-1", blue.addr(), Color::Blue), backend("green-1", green.addr(), Color::Green)],
         Color::Blue,
     );
 
-    let load = Load::keepalive(16)
-        .target(p.addr)
-        .record_requests()
-        .max_duration(Duration::from_secs(60))
-        .start();
+    let load =
+        Load::keepalive(16).target(p.addr).record_requests().max_duration(Duration::from_secs(60)).start();
     eventually("load is flowing", SECS_5, || load.completed() >= 200).await;
 
     // (called at, returned at, the version of the new color)
     let mut switches: Vec<(Instant, Instant, &str)> = Vec::new();
     for i in 0..50 {
-        let (color, version) = if i % 2 == 0 {
-            (Color::Green, "v2")
-        } else {
-            (Color::Blue, "v1")
-        };
+        let (color, version) = if i % 2 == 0 { (Color::Green, "v2") } else { (Color::Blue, "v1") };
         let called = Instant::now();
         p.switch_to(color);
         switches.push((called, Instant::now(), version));
         let seen = load.completed();
-        eventually("requests flow after the switch", SECS_5, || {
-            load.completed() >= seen + 64
-        })
-        .await;
+        eventually("requests flow after the switch", SECS_5, || load.completed() >= seen + 64).await;
     }
     let report = load.stop().await;
 
@@ -95,10 +82,7 @@ async fn a_slow_request_in_flight_finishes_on_the_old_color_and_the_drain_waits_
     let green = Websample::new().version("v2").spawn().await;
     let p = TestProxy::default().await;
     p.route(
-        vec![
-            backend("blue-1", blue.addr(), Color::Blue),
-            backend("green-1", green.addr(), Color::Green),
-        ],
+        vec![backend("blue-1", blue.addr(), Color::Blue), backend("green-1", green.addr(), Color::Green)],
         Color::Blue,
     );
     // Warm a pooled connection to blue so the drain has one to close.
@@ -113,10 +97,7 @@ async fn a_slow_request_in_flight_finishes_on_the_old_color_and_the_drain_waits_
 
     p.switch_to(Color::Green);
     assert_eq!(p.get("/").await.version(), "v2", "new requests go to green");
-    let report = p
-        .proxy
-        .drain(&["blue-1".into()], Duration::from_secs(10))
-        .await;
+    let report = p.proxy.drain(&["blue-1".into()], Duration::from_secs(10)).await;
 
     assert_eq!(report.cut, 0, "{report:?}");
     assert!(report.finished >= 1, "{report:?}");
@@ -139,17 +120,12 @@ async fn a_websocket_on_the_old_color_lives_through_the_drain_and_is_cut_at_its_
     let green = Websample::new().version("v2").spawn().await;
     let p = TestProxy::default().await;
     p.route(
-        vec![
-            backend("blue-1", blue.addr(), Color::Blue),
-            backend("green-1", green.addr(), Color::Green),
-        ],
+        vec![backend("blue-1", blue.addr(), Color::Blue), backend("green-1", green.addr(), Color::Green)],
         Color::Blue,
     );
 
     let url = format!("ws://{}/ws", p.addr);
-    let (mut old, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("websocket through the proxy");
+    let (mut old, _) = tokio_tungstenite::connect_async(&url).await.expect("websocket through the proxy");
     assert_eq!(next_text(&mut old).await, "hello v1");
     eventually("the tunnel is counted", SECS_5, || {
         let s = p.proxy.stats();
@@ -163,16 +139,12 @@ async fn a_websocket_on_the_old_color_lives_through_the_drain_and_is_cut_at_its_
     let drain = tokio::spawn(async move { proxy.drain(&["blue-1".into()], drain_timeout).await });
 
     // During the drain the old socket still echoes.
-    old.send(Message::text("during the drain"))
-        .await
-        .expect("send on the old socket");
+    old.send(Message::text("during the drain")).await.expect("send on the old socket");
     assert_eq!(next_text(&mut old).await, "during the drain");
     assert!(!drain.is_finished(), "the drain must hold the websocket");
 
     // A new socket lands on green.
-    let (mut new, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("second websocket");
+    let (mut new, _) = tokio_tungstenite::connect_async(&url).await.expect("second websocket");
     assert_eq!(next_text(&mut new).await, "hello v2");
 
     let report = drain.await.expect("drain task");

@@ -31,11 +31,7 @@ impl TestProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let shutdown = CancellationToken::new();
         tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
-        TestProxy {
-            proxy,
-            addr,
-            shutdown,
-        }
+        TestProxy { proxy, addr, shutdown }
     }
 
     /// Start a proxy with default settings.
@@ -45,14 +41,12 @@ impl TestProxy {
 
     /// Route everything to `active` among `backends`.
     pub fn route(&self, backends: Vec<Backend>, active: Color) {
-        self.proxy
-            .set_routes(RouteTable::new(backends, Weights::all_to(active)));
+        self.proxy.set_routes(RouteTable::new(backends, Weights::all_to(active)));
     }
 
     /// Send all traffic to `color`.
     pub fn switch_to(&self, color: Color) {
-        self.proxy
-            .update_routes(|t| t.weights = Weights::all_to(color));
+        self.proxy.update_routes(|t| t.weights = Weights::all_to(color));
     }
 
     /// One GET on a fresh connection.
@@ -83,28 +77,22 @@ pub struct Answer {
 impl Answer {
     /// Its `x-version` header, or "".
     pub fn version(&self) -> &str {
-        self.headers
-            .get("x-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get("x-version").and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 }
 
 /// One GET on a fresh HTTP/1.1 connection to `addr`.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let mut req = Request::get(path).header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
-        .await
-        .expect("response");
+    let resp =
+        sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
     read(resp).await
 }
 
@@ -112,11 +100,7 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answ
 pub async fn read(resp: Response<hyper::body::Incoming>) -> Answer {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 /// A backend on `addr`.
@@ -143,20 +127,17 @@ pub async fn echo_upstream() -> (SocketAddr, CancellationToken, Arc<AtomicU64>) 
             };
             counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let mut text = String::new();
-                        for (k, v) in req.headers() {
-                            text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-                        }
-                        let mut resp = Response::new(Full::new(Bytes::from(text)));
-                        resp.headers_mut()
-                            .insert("x-version", "echo".parse().expect("value"));
-                        // A hop-by-hop header the proxy must not pass on.
-                        resp.headers_mut()
-                            .insert("keep-alive", "timeout=5".parse().expect("value"));
-                        Ok::<_, Infallible>(resp)
-                    });
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let mut text = String::new();
+                    for (k, v) in req.headers() {
+                        text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+                    }
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
+                    resp.headers_mut().insert("x-version", "echo".parse().expect("value"));
+                    // A hop-by-hop header the proxy must not pass on.
+                    resp.headers_mut().insert("keep-alive", "timeout=5".parse().expect("value"));
+                    Ok::<_, Infallible>(resp)
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -168,11 +149,7 @@ pub async fn echo_upstream() -> (SocketAddr, CancellationToken, Arc<AtomicU64>) 
 
 /// A lowercase header line `name: value` from an echo answer's body.
 pub fn echoed<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
-    body.lines()
-        .filter_map(|l| l.split_once(": "))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .collect()
+    body.lines().filter_map(|l| l.split_once(": ")).filter(|(k, _)| *k == name).map(|(_, v)| v).collect()
 }
 
 /// Short test timeouts.
