@@ -375,11 +375,9 @@ impl Service {
             let mut m = self.lock();
             m.active = Some(new);
             m.weights = Some(Weights::all_to(new));
-            if let Some(old) = old {
-                for r in &mut m.color(old).replicas {
-                    r.state = ReplicaState::Draining;
-                }
-            }
+        }
+        if let Some(old) = old {
+            self.set_color_state(old, ReplicaState::Draining);
         }
         let before = self.proxy.stats().color(super::model::proxy_color(new)).clone();
         self.apply_routes();
@@ -500,11 +498,9 @@ impl Service {
             let mut m = self.lock();
             m.active = Some(back);
             m.weights = Some(Weights::all_to(back));
-            for r in &mut m.color(back).replicas {
-                r.state = ReplicaState::Serving;
-            }
             m.color(back).warm_until = None;
         }
+        self.set_color_state(back, ReplicaState::Serving);
         self.apply_routes();
         self.persist();
         self.emit_switched(Some(ctx.id));

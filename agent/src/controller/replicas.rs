@@ -224,12 +224,45 @@ impl Service {
         OpFailure::failed(message)
     }
 
-    /// Set the state of every replica of `color` that is not stopped.
-    pub(super) fn set_color_state(&self, color: Color, state: ReplicaState) {
-        let mut model = self.lock();
-        for r in &mut model.color(color).replicas {
-            r.state = state;
+    /// Set the traffic state of the replicas of `color` that `which`
+    /// selects, and report each change as an event. The route table is not
+    /// touched: callers apply it once their whole change is in the model.
+    /// Returns the backends of the selected replicas.
+    pub(super) fn set_state(
+        &self,
+        color: Color,
+        which: impl Fn(&ReplicaModel) -> bool,
+        state: ReplicaState,
+    ) -> Vec<BackendId> {
+        let (op, changed, backends) = {
+            let mut model = self.lock();
+            let op = model.operation.as_ref().map(|o| o.id);
+            let mut changed = Vec::new();
+            let mut backends = Vec::new();
+            for r in model.color(color).replicas.iter_mut().filter(|r| which(r)) {
+                backends.push(r.backend.clone());
+                if r.state != state {
+                    r.state = state;
+                    changed.push(EventKind::Replica {
+                        color,
+                        replica: r.number.to_string(),
+                        health: r.health,
+                        state,
+                        reason: None,
+                    });
+                }
+            }
+            (op, changed, backends)
+        };
+        for event in changed {
+            self.emit(op, event);
         }
+        backends
+    }
+
+    /// Set the state of every replica of `color`.
+    pub(super) fn set_color_state(&self, color: Color, state: ReplicaState) {
+        self.set_state(color, |_| true, state);
     }
 
     /// Drain the given backends, reporting in-flight counts as progress.
@@ -275,16 +308,8 @@ impl Service {
     /// Take `color` out of rotation, drain it, stop and remove its replicas,
     /// and forget its spec.
     pub(super) async fn retire_color(&self, color: Color, op: Option<u64>) {
-        let backends: Vec<BackendId> = {
-            let mut model = self.lock();
-            let c = model.color(color);
-            for r in &mut c.replicas {
-                if r.state != ReplicaState::Stopped {
-                    r.state = ReplicaState::Draining;
-                }
-            }
-            c.replicas.iter().map(|r| r.backend.clone()).collect()
-        };
+        self.set_state(color, |r| r.state != ReplicaState::Stopped, ReplicaState::Draining);
+        let backends = self.backends_of(color);
         self.apply_routes();
         self.drain_backends(color, backends, op).await;
         let replicas = {

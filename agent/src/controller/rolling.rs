@@ -136,6 +136,10 @@ impl Service {
                 .map(|r| r.number)
                 .collect()
         };
+        // A paused update may have left a slot empty: fill it first.
+        self.refill(ctx, color, &plan.target).await.map_err(|e| {
+            OpFailure::failed(format!("cannot bring {color} back to {} replicas: {e}", self.config.replicas))
+        })?;
         let batches: Vec<Vec<u32>> = todo.chunks(plan.parallelism as usize).map(<[u32]>::to_vec).collect();
         let total = batches.len().max(1);
         let mut failed = 0usize;
@@ -217,7 +221,6 @@ impl Service {
                             .map(|r| r.number)
                             .collect()
                     };
-                    let mut missing = self.missing_slots(color);
                     for chunk in back.chunks(plan.parallelism as usize) {
                         if let Err(e) = self
                             .replace_batch(ctx, color, chunk, &plan.previous, RollingOrder::StartFirst)
@@ -228,8 +231,10 @@ impl Service {
                             )));
                         }
                     }
-                    for number in missing.drain(..) {
-                        let _ = self.start_into_rotation(ctx, color, number, &plan.previous).await;
+                    if let Err(e) = self.refill(ctx, color, &plan.previous).await {
+                        return Err(OpFailure::failed(format!(
+                            "rollback of the rolling update failed too: {e}"
+                        )));
                     }
                     self.lock().color(color).spec = Some(plan.previous.clone());
                     self.persist();
@@ -255,12 +260,25 @@ impl Service {
         ))
     }
 
-    /// Slots (replica numbers up to `replicas`) that have no replica now.
-    fn missing_slots(&self, color: Color) -> Vec<u32> {
-        let m = self.lock();
-        let have: Vec<u32> =
-            m.colors.get(&color).map(|c| c.replicas.iter().map(|r| r.number).collect()).unwrap_or_default();
-        (1..=self.config.replicas).filter(|n| !have.contains(n)).collect()
+    /// Start replicas with `spec` until the color has `replicas` again
+    /// (a failed stop-first batch leaves its slot empty). New replicas take
+    /// the smallest free numbers.
+    async fn refill(self: &Arc<Self>, ctx: &OpCtx, color: Color, spec: &RevisionSpec) -> Result<(), String> {
+        loop {
+            let free = {
+                let m = self.lock();
+                let have: Vec<u32> = m
+                    .colors
+                    .get(&color)
+                    .map(|c| c.replicas.iter().map(|r| r.number).collect())
+                    .unwrap_or_default();
+                if have.len() as u32 >= self.config.replicas {
+                    return Ok(());
+                }
+                (1..).find(|n| !have.contains(n)).expect("a free number")
+            };
+            self.start_into_rotation(ctx, color, free, spec).await?;
+        }
     }
 
     /// Replace the given replicas with `spec`, in `order`.
@@ -326,18 +344,15 @@ impl Service {
 
     /// Take replicas out of rotation, drain them, stop and forget them.
     async fn retire_replicas(&self, ctx: &OpCtx, color: Color, numbers: &[u32]) {
-        let (backends, replicas) = {
-            let mut m = self.lock();
-            let c = m.color(color);
-            let mut backends = Vec::new();
-            let mut replicas = Vec::new();
-            for r in c.replicas.iter_mut().filter(|r| numbers.contains(&r.number)) {
-                r.state = ReplicaState::Draining;
-                backends.push(r.backend.clone());
-                replicas.push(r.clone());
-            }
-            (backends, replicas)
-        };
+        let backends = self.set_state(color, |r| numbers.contains(&r.number), ReplicaState::Draining);
+        let replicas: Vec<_> = self
+            .lock()
+            .color(color)
+            .replicas
+            .iter()
+            .filter(|r| numbers.contains(&r.number))
+            .cloned()
+            .collect();
         self.apply_routes();
         self.drain_backends(color, backends, Some(ctx.id)).await;
         self.stop_replicas(color, &replicas, Some(ctx.id)).await;
@@ -389,9 +404,7 @@ impl Service {
     }
 
     fn set_replica_state(&self, color: Color, number: u32, state: ReplicaState) {
-        if let Some(r) = self.lock().color(color).replicas.iter_mut().find(|r| r.number == number) {
-            r.state = state;
-        }
+        self.set_state(color, |r| r.number == number, state);
     }
 
     /// Resolve a replica id (`2` or `green-2`) within the active color.
@@ -417,20 +430,13 @@ impl Service {
         color: Color,
         number: u32,
     ) -> Result<String, OpFailure> {
-        let backend = {
-            let mut m = self.lock();
-            let r = m
-                .color(color)
-                .replicas
-                .iter_mut()
-                .find(|r| r.number == number)
-                .ok_or_else(|| OpFailure::failed("replica vanished"))?;
-            r.state = ReplicaState::Draining;
-            r.backend.clone()
-        };
+        let backends = self.set_state(color, |r| r.number == number, ReplicaState::Draining);
+        if backends.is_empty() {
+            return Err(OpFailure::failed("replica vanished"));
+        }
         self.apply_routes();
         self.phase(ctx, "draining", format!("draining replica {number} of {color}"));
-        let report = self.drain_backends(color, vec![backend], Some(ctx.id)).await;
+        let report = self.drain_backends(color, backends, Some(ctx.id)).await;
         self.set_replica_state(color, number, ReplicaState::Out);
         self.persist();
         Ok(format!(
