@@ -519,8 +519,12 @@ pub enum EventKind {
         /// How long it took, milliseconds.
         elapsed_ms: u64,
     },
-    /// An operation ended.
-    OperationFinished(Outcome),
+    /// An operation ended. (A struct variant: the outcome's own `operation`
+    /// and `at` would otherwise collide with the event's.)
+    OperationFinished {
+        /// How it ended.
+        result: Outcome,
+    },
     /// Something worth a line that fits nowhere else.
     Message {
         /// `info`, `warn` or `error`.
@@ -625,6 +629,31 @@ mod tests {
         assert_eq!(v["phase"], "draining");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn operation_finished_has_no_duplicate_keys() {
+        let outcome = Outcome {
+            operation: 4,
+            kind: OperationKind::Deploy,
+            outcome: OutcomeKind::Failed,
+            message: "m".into(),
+            revision: 2,
+            at: "2026-01-01T00:00:01Z".into(),
+        };
+        let e = Event {
+            seq: 9,
+            at: "2026-01-01T00:00:01Z".into(),
+            service: "web".into(),
+            operation: Some(4),
+            kind: EventKind::OperationFinished { result: outcome },
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text.matches("\"operation\"").count(), 2, "{text}");
+        assert_eq!(text.matches("\"at\"").count(), 2, "{text}");
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(serde_json::to_value(&e).unwrap()["result"]["outcome"], "failed");
     }
 
     #[test]

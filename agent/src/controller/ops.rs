@@ -263,7 +263,7 @@ impl Service {
         }
         *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.persist();
-        self.emit(Some(ctx.id), EventKind::OperationFinished(outcome));
+        self.emit(Some(ctx.id), EventKind::OperationFinished { result: outcome });
     }
 
     /// Move the operation to a new phase.

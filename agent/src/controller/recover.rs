@@ -128,7 +128,7 @@ impl Service {
                 m.end_operation(outcome.clone(), None);
             }
             tracing::warn!(service = %self.name, revision = op.revision, "{message}");
-            self.emit(Some(op.id), EventKind::OperationFinished(outcome));
+            self.emit(Some(op.id), EventKind::OperationFinished { result: outcome });
         }
 
         // An old color kept warm keeps its remaining time.
