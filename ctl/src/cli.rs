@@ -194,21 +194,21 @@ pub struct CanaryArgs {
     #[arg(long, value_name = "PCTS", value_parser = parse_steps)]
     pub steps: Option<Steps>,
     /// How long to hold each step before judging it, e.g. `30s`, `2m`.
-    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "steps")]
+    #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
     pub interval: Option<HumanDuration>,
     /// Abort when the new color's error rate (5xx and failed requests)
     /// passes this: `1%` or `0.01`.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate, requires = "steps")]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with = "weight")]
     pub max_error_rate: Option<f64>,
     /// Abort when the new color's p99 latency passes this, e.g. `300ms`.
-    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "steps")]
+    #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
     pub max_p99: Option<HumanDuration>,
     /// A step that saw fewer requests than this waits longer (up to another
     /// interval) before it is judged.
-    #[arg(long, value_name = "N", requires = "steps")]
+    #[arg(long, value_name = "N", conflicts_with = "weight")]
     pub min_requests: Option<u64>,
     /// Promote after the last step passed.
-    #[arg(long, requires = "steps")]
+    #[arg(long, conflicts_with = "weight")]
     pub promote: bool,
 }
 
