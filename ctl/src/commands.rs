@@ -9,11 +9,11 @@ use crate::cli::{
 use crate::client::{encode, AgentAddr, Client};
 use crate::error::{Error, EXIT_OK};
 use crate::fleet;
-use crate::follow::Progress;
+use crate::follow::{self, Progress};
 use crate::ops::{self, Op, Report};
 use crate::render;
 use bg_agent::api::{
-    CanaryRequest, DeployRequest, Event, History, RollingRequest, ServiceList, ServiceStatus,
+    CanaryRequest, DeployRequest, History, RollingRequest, ServiceList, ServiceStatus,
     SpecOverrides,
 };
 use clap::CommandFactory;
@@ -343,9 +343,9 @@ fn events_path(service: Option<&str>, since: Option<u64>, follow: bool) -> Strin
 
 /// One event as text; a line this bgctl cannot decode is shown raw.
 fn event_text(line: &str) -> String {
-    match serde_json::from_str::<Event>(line) {
-        Ok(e) => render::event_line(&e),
-        Err(_) => line.to_string(),
+    match follow::decode_event(line) {
+        Some(e) => render::event_line(&e),
+        None => line.to_string(),
     }
 }
 

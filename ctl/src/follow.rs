@@ -180,11 +180,16 @@ pub async fn wait(
                     Ok(Some(line)) => {
                         // Lines of a newer agent that this bgctl cannot read
                         // are skipped rather than fatal.
-                        let Ok(event) = serde_json::from_str::<Event>(&line) else {
+                        let Some(event) = decode_event(&line) else {
                             continue;
                         };
+                        if event.seq < since {
+                            // Replayed after a reconnect: already shown.
+                            continue;
+                        }
+                        // New events mean the stream works again.
                         failures = 0;
-                        since = since.max(event.seq + 1);
+                        since = event.seq + 1;
                         if event.operation != Some(accepted.operation) {
                             continue;
                         }
@@ -235,4 +240,75 @@ async fn finished_meanwhile(
     Ok(status
         .last_outcome
         .filter(|o| o.operation == accepted.operation))
+}
+
+/// Decodes one line of the event stream.
+///
+/// `operation_finished` needs care: [`Event`] flattens [`Outcome`], and both
+/// have `operation` and `at` fields, so serde writes those keys twice and
+/// cannot read such an event back with `Event`'s derived `Deserialize`
+/// ("duplicate field `operation`"). Reading the line as a JSON value first
+/// keeps one of each key (they carry the same operation id), and the event
+/// is then put together by hand.
+pub fn decode_event(line: &str) -> Option<Event> {
+    if let Ok(event) = serde_json::from_str::<Event>(line) {
+        return Some(event);
+    }
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("type")?.as_str()? != "operation_finished" {
+        return serde_json::from_value(value).ok();
+    }
+    let outcome: Outcome = serde_json::from_value(value.clone()).ok()?;
+    Some(Event {
+        seq: value.get("seq")?.as_u64()?,
+        at: value.get("at")?.as_str()?.to_string(),
+        service: value.get("service")?.as_str()?.to_string(),
+        operation: Some(outcome.operation),
+        kind: EventKind::OperationFinished(outcome),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bg_agent::api::{OperationKind, OutcomeKind};
+
+    #[test]
+    fn operation_finished_as_the_agent_serializes_it_is_read_back() {
+        let outcome = Outcome {
+            operation: 5,
+            kind: OperationKind::Deploy,
+            outcome: OutcomeKind::RolledBack,
+            message: "green unhealthy".into(),
+            revision: 8,
+            at: "2026-01-01T00:00:15Z".into(),
+        };
+        let event = Event {
+            seq: 15,
+            at: "2026-01-01T00:00:15Z".into(),
+            service: "web".into(),
+            operation: Some(5),
+            kind: EventKind::OperationFinished(outcome),
+        };
+        // The agent writes this line with serde_json, duplicate keys and all.
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(decode_event(&line), Some(event));
+    }
+
+    #[test]
+    fn other_events_decode_directly() {
+        let line = r#"{"seq":3,"at":"t","service":"web","operation":5,"type":"progress","healthy":1,"wanted":2,"inflight":0}"#;
+        let e = decode_event(line).unwrap();
+        assert_eq!(e.operation, Some(5));
+        assert!(matches!(
+            e.kind,
+            EventKind::Progress {
+                healthy: 1,
+                wanted: 2,
+                inflight: 0
+            }
+        ));
+        assert_eq!(decode_event(r#"{"seq":1,"type":"from_the_future"}"#), None);
+        assert_eq!(decode_event("not json"), None);
+    }
 }
