@@ -558,4 +558,24 @@ mod tests {
         ])
         .is_ok());
     }
+
+    #[test]
+    fn command_values_may_start_with_a_dash_without_eating_flags() {
+        let cli = Cli::try_parse_from([
+            "bgctl",
+            "deploy",
+            "web",
+            "--command",
+            "/opt/web/server",
+            "--command",
+            "--fast",
+            "--promote",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = cli.command else {
+            panic!("deploy expected");
+        };
+        assert_eq!(args.command, ["/opt/web/server", "--fast"]);
+        assert!(args.promote);
+    }
 }

@@ -167,6 +167,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bg_agent::api::OperationKind;
 
     #[test]
     fn paths_and_bodies_follow_the_api_table() {
@@ -185,5 +186,52 @@ mod tests {
             deploy.body(),
             serde_json::json!({"image": "websample:v2", "promote": false})
         );
+    }
+
+    fn done(kind: OperationKind, outcome: Option<OutcomeKind>) -> OpDone {
+        OpDone {
+            accepted: OperationAccepted {
+                operation: 9,
+                service: "web".into(),
+                kind,
+                revision: 4,
+                since: 120,
+            },
+            outcome: outcome.map(|outcome| Outcome {
+                operation: 9,
+                kind,
+                outcome,
+                message: "batch 2 unhealthy".into(),
+                revision: 4,
+                at: "2026-01-01T00:00:00Z".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_exit_codes_and_paused_says_how_to_resume() {
+        assert_eq!(done(OperationKind::Deploy, None).exit_code(), 0);
+        assert_eq!(
+            done(OperationKind::Deploy, Some(OutcomeKind::Succeeded)).exit_code(),
+            0
+        );
+        for bad in [
+            OutcomeKind::Failed,
+            OutcomeKind::RolledBack,
+            OutcomeKind::Aborted,
+            OutcomeKind::Paused,
+        ] {
+            assert_eq!(done(OperationKind::Rolling, Some(bad)).exit_code(), 1);
+        }
+        let paused = done(OperationKind::Rolling, Some(OutcomeKind::Paused)).report();
+        assert!(
+            paused.text.contains("bgctl rolling web --resume"),
+            "{}",
+            paused.text
+        );
+        assert_eq!(paused.json.unwrap()["outcome"], "paused");
+        let accepted = done(OperationKind::Deploy, None).report();
+        assert_eq!(accepted.json.unwrap()["since"], 120);
+        assert!(accepted.text.contains("--since 120"), "{}", accepted.text);
     }
 }
