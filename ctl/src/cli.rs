@@ -1,0 +1,581 @@
+//! The command line: clap types for every command and flag, and the value
+//! parsers that validate input locally (a bad `K=V`, duration, weight or
+//! rate is refused here with exit code 2, before any agent is contacted).
+
+use crate::client::AgentAddr;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
+/// The socket `bg-agent` listens on by default.
+pub const DEFAULT_AGENT: &str = "unix:///run/bg-agent/agent.sock";
+
+/// Drive bluegreen agents: blue/green deploys, canaries, rolling updates and
+/// rollbacks without downtime.
+///
+/// Exit codes: 0 done; 1 the operation failed (unhealthy, rolled back,
+/// aborted, paused); 2 usage or input error (also an unknown service);
+/// 3 agent unreachable or unauthorized; 4 conflict (another operation is
+/// running on the service). With several agents, the worst (highest) code.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bgctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Agent to talk to: `unix:///path/to/agent.sock` or `http://host:port`.
+    /// Repeat to act on a fleet: every command then runs on every agent.
+    /// Defaults to $BG_AGENT, else unix:///run/bg-agent/agent.sock.
+    #[arg(long = "agent", value_name = "ADDR", global = true, value_parser = AgentAddr::parse)]
+    pub agents: Vec<AgentAddr>,
+
+    /// Bearer token for agents reached over TCP (sent as
+    /// `Authorization: Bearer TOKEN`). Defaults to $BG_TOKEN.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        global = true,
+        env = "BG_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Output format on stdout. `json` prints exactly one JSON document for
+    /// every command, errors included (`events --follow` prints one JSON
+    /// object per line instead). Progress always goes to stderr.
+    #[arg(long, value_enum, global = true, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The format of what bgctl prints on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Tables and lines for people.
+    Text,
+    /// One JSON document for scripts.
+    Json,
+}
+
+/// Every bgctl command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show services: active color, weights, revision, running operation and
+    /// every replica.
+    Status {
+        /// Only this service (default: all services).
+        service: Option<String>,
+    },
+    /// Start the idle color with the service's spec plus these overrides and
+    /// wait until it is healthy (traffic does not move unless --promote).
+    Deploy(DeployArgs),
+    /// Switch all traffic to the new color, drain and stop the old one.
+    Promote(PromoteArgs),
+    /// Go back to the previous color and its exact previous spec.
+    Rollback {
+        /// The service.
+        service: String,
+    },
+    /// Stop the running operation and remove the new color; traffic stays
+    /// where it is.
+    Abort {
+        /// The service.
+        service: String,
+    },
+    /// Send part of the traffic to the new color: a fixed weight, or stepped
+    /// with automatic abort when the new color misbehaves.
+    Canary(CanaryArgs),
+    /// Replace the active color's replicas in batches (Swarm-style rolling
+    /// update).
+    Rolling(RollingArgs),
+    /// Act on one replica by hand: drain, update, enable, or list them.
+    Replica {
+        /// The replica action.
+        #[command(subcommand)]
+        action: ReplicaCommand,
+    },
+    /// Print the agent's events (retained ones, then new ones with --follow).
+    Events {
+        /// Only this service's events (default: every service).
+        service: Option<String>,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start at this event sequence number (default: every retained event).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
+    /// Print the past operations of a service, oldest first.
+    History {
+        /// The service.
+        service: String,
+    },
+    /// Print a shell completion script, e.g.
+    /// `bgctl completions bash > /etc/bash_completion.d/bgctl`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Spec overrides shared by `deploy`, `rolling` and `replica update`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OverrideArgs {
+    /// Image to run instead of the configured one (docker runtime).
+    #[arg(long, value_name = "IMG")]
+    pub image: Option<String>,
+    /// Add or replace an environment variable for this deploy only. Repeat
+    /// for several.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+}
+
+/// `bgctl deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The service.
+    pub service: String,
+    /// Spec overrides.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Command to run instead of the configured one. The value is split on
+    /// whitespace (no shell quoting): `--command "/opt/web/server --fast"`.
+    /// Repeat to append more words, e.g. an argument that itself starts
+    /// with a dash: `--command /opt/web/server --command=--fast`.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// Promote as soon as the new color is healthy. With several agents:
+    /// only after every agent's new color is healthy.
+    #[arg(long)]
+    pub promote: bool,
+    /// With --promote and several agents: promote this agent first and the
+    /// others only after its promote (including its monitor window)
+    /// succeeded. Must be one of the --agent values.
+    #[arg(long, value_name = "ADDR", value_parser = AgentAddr::parse, requires = "promote")]
+    pub canary_host: Option<AgentAddr>,
+    /// Return as soon as the agent accepted the deploy instead of waiting
+    /// for it to finish.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `bgctl promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The service.
+    pub service: String,
+    /// With several agents: promote this agent first and the others only
+    /// after its promote (including its monitor window) succeeded. Must be
+    /// one of the --agent values.
+    #[arg(long, value_name = "ADDR", value_parser = AgentAddr::parse)]
+    pub canary_host: Option<AgentAddr>,
+    /// Return as soon as the agent accepted the promote.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `bgctl canary`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["weight", "steps"])))]
+pub struct CanaryArgs {
+    /// The service.
+    pub service: String,
+    /// Send this percentage (0-100, `10` or `10%`) of new clients to the new
+    /// color and return.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub weight: Option<u8>,
+    /// Step through these percentages, e.g. `10,25,50`; each step is judged
+    /// after --interval.
+    #[arg(long, value_name = "PCTS", value_parser = parse_steps)]
+    pub steps: Option<Steps>,
+    /// How long to hold each step before judging it, e.g. `30s`, `2m`.
+    #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
+    pub interval: Option<HumanDuration>,
+    /// Abort when the new color's error rate (5xx and failed requests)
+    /// passes this: `1%` or `0.01`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with = "weight")]
+    pub max_error_rate: Option<f64>,
+    /// Abort when the new color's p99 latency passes this, e.g. `300ms`.
+    #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
+    pub max_p99: Option<HumanDuration>,
+    /// A step that saw fewer requests than this waits longer (up to another
+    /// interval) before it is judged.
+    #[arg(long, value_name = "N", conflicts_with = "weight")]
+    pub min_requests: Option<u64>,
+    /// Promote after the last step passed.
+    #[arg(long, conflicts_with = "weight")]
+    pub promote: bool,
+}
+
+/// `bgctl rolling`.
+#[derive(Debug, Args)]
+pub struct RollingArgs {
+    /// The service.
+    pub service: String,
+    /// Spec overrides.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Command to run instead of the configured one, split on whitespace
+    /// like `deploy --command`.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// Replicas replaced at once (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: Option<u32>,
+    /// Pause between batches, e.g. `10s`.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub delay: Option<HumanDuration>,
+    /// `start-first` starts the new replica before stopping the old one;
+    /// `stop-first` drains and stops the old one first.
+    #[arg(long, value_enum)]
+    pub order: Option<Order>,
+    /// What to do when a batch fails: stop and wait (`pause`), go on
+    /// (`continue`), or put every replica back (`rollback`).
+    #[arg(long, value_enum)]
+    pub failure_action: Option<FailureAction>,
+    /// Watch each batch this long after it is in, e.g. `30s`.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub monitor: Option<HumanDuration>,
+    /// Failed batches tolerated, as a fraction of all batches: `0.2` or
+    /// `20%`.
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub max_failure_ratio: Option<f64>,
+    /// Continue a paused rolling update instead of starting a new one.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// Rolling update order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// Start the new replica, then drain and stop the old one.
+    StartFirst,
+    /// Drain and stop the old replica, then start the new one.
+    StopFirst,
+}
+
+/// What a rolling update does when a batch fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureAction {
+    /// Stop where it is; `rolling --resume` or `abort` later.
+    Pause,
+    /// Go on with the next batch.
+    Continue,
+    /// Put every replaced replica back to the previous spec.
+    Rollback,
+}
+
+/// `bgctl replica ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Take a replica out of the proxy and wait until its in-flight
+    /// requests finished.
+    Drain {
+        /// The service.
+        service: String,
+        /// The replica id (see `replica list`).
+        replica: String,
+    },
+    /// Put a replica back into the proxy's rotation.
+    Enable {
+        /// The service.
+        service: String,
+        /// The replica id (see `replica list`).
+        replica: String,
+    },
+    /// Replace one replica with a new spec (drain it first).
+    Update {
+        /// The service.
+        service: String,
+        /// The replica id (see `replica list`).
+        replica: String,
+        /// Spec overrides.
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// List the replicas of both colors.
+    List {
+        /// The service.
+        service: String,
+    },
+}
+
+/// A duration as the user wrote it (sent to the agent as is) and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HumanDuration {
+    /// The text, e.g. `30s`.
+    pub text: String,
+    /// Its value.
+    pub value: Duration,
+}
+
+/// Canary steps in percent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<u8>);
+
+/// Parses `KEY=VALUE`; the key must be a non-empty environment variable name.
+pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (no '=')"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty variable name"));
+    }
+    let valid = k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Err(format!(
+            "{k:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses a humantime duration such as `30s`, `1m30s`, `300ms`.
+pub fn parse_duration(s: &str) -> Result<HumanDuration, String> {
+    let text = s.trim();
+    let value = humantime::parse_duration(text)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 300ms: {e}"))?;
+    Ok(HumanDuration {
+        text: text.to_string(),
+        value,
+    })
+}
+
+/// Parses a percentage 0-100, with or without a trailing `%`.
+pub fn parse_percent(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let t = t.strip_suffix('%').unwrap_or(t).trim();
+    let n: u64 = t
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole percentage between 0 and 100"))?;
+    if n > 100 {
+        return Err(format!("{s:?} is more than 100%"));
+    }
+    Ok(n as u8)
+}
+
+/// Parses a comma-separated list of percentages, e.g. `10,25,50`.
+pub fn parse_steps(s: &str) -> Result<Steps, String> {
+    let steps = s
+        .split(',')
+        .map(|p| {
+            let p = p.trim();
+            if p.is_empty() {
+                return Err(format!("{s:?} has an empty step"));
+            }
+            parse_percent(p).map_err(|e| format!("step {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if steps.contains(&0) {
+        return Err(format!("{s:?}: a step of 0% sends no traffic to judge"));
+    }
+    Ok(Steps(steps))
+}
+
+/// Parses a fraction between 0 and 1, written `0.01` or `1%`.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 1% or 0.01"))?;
+    let v = v / scale;
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err(format!(
+            "{s:?} is not between 0 and 1 (write a percentage with '%', e.g. 5%)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Splits `--command` values into words: each value on whitespace, values
+/// appended in order. `None` when no `--command` was given.
+pub fn command_words(values: &[String]) -> Result<Option<Vec<String>>, String> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let words: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(str::to_string)
+        .collect();
+    if words.is_empty() {
+        return Err("--command is empty".to_string());
+    }
+    Ok(Some(words))
+}
+
+impl Order {
+    /// The wire form, `start-first` or `stop-first`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::StartFirst => "start-first",
+            Order::StopFirst => "stop-first",
+        }
+    }
+}
+
+impl FailureAction {
+    /// The wire form, `pause`, `continue` or `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(
+            parse_env_pair("VERSION=v2").unwrap(),
+            ("VERSION".into(), "v2".into())
+        );
+        assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_env_pair("EMPTY=").unwrap(),
+            ("EMPTY".into(), "".into())
+        );
+        assert!(parse_env_pair("NOEQUALS").unwrap_err().contains("NOEQUALS"));
+        assert!(parse_env_pair("=v").is_err());
+        assert!(parse_env_pair("1X=v").is_err());
+        assert!(parse_env_pair("A-B=v").unwrap_err().contains("A-B"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("30s").unwrap().value,
+            Duration::from_secs(30)
+        );
+        assert_eq!(parse_duration("300ms").unwrap().text, "300ms");
+        assert!(parse_duration("30 parsecs")
+            .unwrap_err()
+            .contains("30 parsecs"));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn percents_and_steps() {
+        assert_eq!(parse_percent("10").unwrap(), 10);
+        assert_eq!(parse_percent("10%").unwrap(), 10);
+        assert_eq!(parse_percent("100").unwrap(), 100);
+        assert!(parse_percent("101").unwrap_err().contains("101"));
+        assert!(parse_percent("-1").is_err());
+        assert!(parse_percent("1.5").is_err());
+        assert_eq!(parse_steps("10,25, 50").unwrap(), Steps(vec![10, 25, 50]));
+        assert!(parse_steps("10,,50").is_err());
+        assert!(parse_steps("10,200").unwrap_err().contains("200"));
+        assert!(parse_steps("0,10").is_err());
+    }
+
+    #[test]
+    fn rates_accept_percent_and_fraction() {
+        assert_eq!(parse_rate("1%").unwrap(), 0.01);
+        assert_eq!(parse_rate("0.01").unwrap(), 0.01);
+        assert_eq!(parse_rate("0").unwrap(), 0.0);
+        assert_eq!(parse_rate("100%").unwrap(), 1.0);
+        assert!(parse_rate("5").unwrap_err().contains("5%"));
+        assert!(parse_rate("abc").is_err());
+        assert!(parse_rate("NaN").is_err());
+    }
+
+    #[test]
+    fn command_words_split_and_append() {
+        assert_eq!(command_words(&[]).unwrap(), None);
+        assert_eq!(
+            command_words(&["/bin/app  --a".into(), "--b".into()]).unwrap(),
+            Some(vec!["/bin/app".into(), "--a".into(), "--b".into()])
+        );
+        assert!(command_words(&["  ".into()]).is_err());
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "bgctl",
+            "status",
+            "web",
+            "--output",
+            "json",
+            "--agent",
+            "http://127.0.0.1:7070",
+            "--agent",
+            "unix:///tmp/a.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.agents.len(), 2);
+    }
+
+    #[test]
+    fn canary_needs_weight_or_steps_but_not_both() {
+        assert!(Cli::try_parse_from(["bgctl", "canary", "web"]).is_err());
+        assert!(
+            Cli::try_parse_from(["bgctl", "canary", "web", "--weight", "10", "--steps", "10"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "bgctl",
+            "canary",
+            "web",
+            "--weight",
+            "10",
+            "--interval",
+            "1s"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "bgctl",
+            "canary",
+            "web",
+            "--steps",
+            "10,50",
+            "--interval",
+            "1s",
+            "--max-error-rate",
+            "1%"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn command_values_may_start_with_a_dash_without_eating_flags() {
+        let cli = Cli::try_parse_from([
+            "bgctl",
+            "deploy",
+            "web",
+            "--command",
+            "/opt/web/server",
+            "--command",
+            "--fast",
+            "--promote",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = cli.command else {
+            panic!("deploy expected");
+        };
+        assert_eq!(args.command, ["/opt/web/server", "--fast"]);
+        assert!(args.promote);
+    }
+}

@@ -1,0 +1,314 @@
+//! Following an operation to its end: read the agent's event stream from the
+//! operation's first event, show progress (a live indicatif display on a
+//! terminal, timestamped lines otherwise, both on stderr), and return the
+//! operation's [`Outcome`].
+
+use crate::client::{encode, Client};
+use crate::error::Error;
+use crate::render;
+use bg_agent::api::{Event, EventKind, OperationAccepted, Outcome, ServiceStatus};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// How often a broken event stream is reopened before giving up (5 times,
+/// one second apart): enough to ride out an agent restart by systemd.
+const STREAM_RETRIES: u32 = 5;
+
+/// The pause between two attempts to reopen the event stream (1 second).
+const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Where progress goes: one display for all agents of a command.
+#[derive(Clone)]
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    fleet: bool,
+}
+
+impl Progress {
+    /// A live display when stderr is a terminal, plain lines otherwise.
+    /// `fleet` prefixes everything with the agent's address.
+    pub fn new(fleet: bool) -> Progress {
+        let multi = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Progress { multi, fleet }
+    }
+
+    /// Starts showing one operation on one agent.
+    pub fn track(&self, client: &Client, accepted: &OperationAccepted) -> Tracker {
+        let prefix = if self.fleet {
+            format!("[{}] ", client.addr())
+        } else {
+            String::new()
+        };
+        let label = format!(
+            "{} {} #{}",
+            accepted.service,
+            render::kind_name(accepted.kind),
+            accepted.operation
+        );
+        let bar = self.multi.as_ref().map(|m| {
+            let bar = m.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix}{wide_msg} {elapsed:>4}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(prefix.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let tracker = Tracker {
+            multi: self.multi.clone(),
+            bar,
+            prefix,
+            label,
+            phase: "accepted".into(),
+            healthy: None,
+            inflight: 0,
+        };
+        tracker.redraw();
+        tracker
+    }
+
+    /// Prints a note about the whole command above any live display.
+    pub fn note(&self, text: &str) {
+        print_line(self.multi.as_ref(), &format!("bgctl: {text}"));
+    }
+}
+
+fn print_line(multi: Option<&MultiProgress>, text: &str) {
+    match multi {
+        Some(m) => {
+            let _ = m.println(text);
+        }
+        None => eprintln!("{text}"),
+    }
+}
+
+/// The progress of one operation on one agent.
+pub struct Tracker {
+    multi: Option<MultiProgress>,
+    bar: Option<ProgressBar>,
+    prefix: String,
+    label: String,
+    phase: String,
+    healthy: Option<(u32, u32)>,
+    inflight: u64,
+}
+
+impl Tracker {
+    fn redraw(&self) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let mut msg = format!("{} · {}", self.label, self.phase);
+        if let Some((healthy, wanted)) = self.healthy {
+            msg.push_str(&format!(" · {healthy}/{wanted} healthy"));
+        }
+        if self.inflight > 0 || self.phase == "draining" {
+            msg.push_str(&format!(" · {} in flight to drain", self.inflight));
+        }
+        bar.set_message(msg);
+    }
+
+    /// Takes one event of the operation into account.
+    pub fn event(&mut self, e: &Event) {
+        let mut print = true;
+        match &e.kind {
+            EventKind::Phase { phase, .. } => self.phase = phase.clone(),
+            EventKind::Progress {
+                healthy,
+                wanted,
+                inflight,
+            } => {
+                let changed =
+                    self.healthy != Some((*healthy, *wanted)) || self.inflight != *inflight;
+                self.healthy = Some((*healthy, *wanted));
+                self.inflight = *inflight;
+                // The live display shows progress in place; plain lines only
+                // when it changed.
+                print = self.bar.is_none() && changed;
+            }
+            _ => {}
+        }
+        self.redraw();
+        if print {
+            let (ty, details) = render::event_details(&e.kind);
+            let line = if self.bar.is_some() {
+                format!("{}{}: {ty} {details}", self.prefix, self.label)
+            } else {
+                format!("{} {}{}: {ty} {details}", e.at, self.prefix, self.label)
+            };
+            print_line(self.multi.as_ref(), &line);
+        }
+    }
+
+    /// Removes the live display.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Follows operation `accepted` on `client` until its `operation_finished`
+/// event and returns its outcome. A broken stream is reopened from the last
+/// event seen; when the finish was missed (agent restarted), the service's
+/// `last_outcome` answers.
+pub async fn wait(
+    client: &Client,
+    accepted: &OperationAccepted,
+    tracker: &mut Tracker,
+) -> Result<Outcome, Error> {
+    let mut since = accepted.since;
+    let mut failures = 0;
+    loop {
+        let path = format!(
+            "/v1/events?service={}&since={since}&follow=true",
+            encode(&accepted.service)
+        );
+        let broke = match client.stream(&path).await {
+            Ok(mut stream) => loop {
+                match stream.next_line().await {
+                    Ok(Some(line)) => {
+                        // Lines of a newer agent that this bgctl cannot read
+                        // are skipped rather than fatal.
+                        let Some(event) = decode_event(&line) else {
+                            continue;
+                        };
+                        if event.seq < since {
+                            // Replayed after a reconnect: already shown.
+                            continue;
+                        }
+                        // New events mean the stream works again.
+                        failures = 0;
+                        since = event.seq + 1;
+                        if event.operation != Some(accepted.operation) {
+                            continue;
+                        }
+                        tracker.event(&event);
+                        if let EventKind::OperationFinished(outcome) = event.kind {
+                            return Ok(outcome);
+                        }
+                    }
+                    Ok(None) => {
+                        break Error::StreamEnded {
+                            addr: client.addr().to_string(),
+                            operation: accepted.operation,
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            },
+            Err(
+                e @ (Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. }),
+            ) => e,
+            Err(e) => return Err(e),
+        };
+        failures += 1;
+        if failures > STREAM_RETRIES {
+            return Err(broke);
+        }
+        tokio::time::sleep(STREAM_RETRY_DELAY).await;
+        if let Some(outcome) = finished_meanwhile(client, accepted).await? {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The operation's outcome when the service says it already ended.
+async fn finished_meanwhile(
+    client: &Client,
+    accepted: &OperationAccepted,
+) -> Result<Option<Outcome>, Error> {
+    let path = format!("/v1/services/{}", encode(&accepted.service));
+    let status: ServiceStatus = match client.get(&path).await {
+        Ok(s) => s,
+        // Still unreachable: let the stream retry count decide.
+        Err(Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. }) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(status
+        .last_outcome
+        .filter(|o| o.operation == accepted.operation))
+}
+
+/// Decodes one line of the event stream.
+///
+/// `operation_finished` needs care: [`Event`] flattens [`Outcome`], and both
+/// have `operation` and `at` fields, so serde writes those keys twice and
+/// cannot read such an event back with `Event`'s derived `Deserialize`
+/// ("duplicate field `operation`"). Reading the line as a JSON value first
+/// keeps one of each key (they carry the same operation id), and the event
+/// is then put together by hand.
+pub fn decode_event(line: &str) -> Option<Event> {
+    if let Ok(event) = serde_json::from_str::<Event>(line) {
+        return Some(event);
+    }
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("type")?.as_str()? != "operation_finished" {
+        return serde_json::from_value(value).ok();
+    }
+    let outcome: Outcome = serde_json::from_value(value.clone()).ok()?;
+    Some(Event {
+        seq: value.get("seq")?.as_u64()?,
+        at: value.get("at")?.as_str()?.to_string(),
+        service: value.get("service")?.as_str()?.to_string(),
+        operation: Some(outcome.operation),
+        kind: EventKind::OperationFinished(outcome),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bg_agent::api::{OperationKind, OutcomeKind};
+
+    #[test]
+    fn operation_finished_as_the_agent_serializes_it_is_read_back() {
+        let outcome = Outcome {
+            operation: 5,
+            kind: OperationKind::Deploy,
+            outcome: OutcomeKind::RolledBack,
+            message: "green unhealthy".into(),
+            revision: 8,
+            at: "2026-01-01T00:00:15Z".into(),
+        };
+        let event = Event {
+            seq: 15,
+            at: "2026-01-01T00:00:15Z".into(),
+            service: "web".into(),
+            operation: Some(5),
+            kind: EventKind::OperationFinished(outcome),
+        };
+        // The agent writes this line with serde_json, duplicate keys and all.
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(decode_event(&line), Some(event));
+    }
+
+    #[test]
+    fn other_events_decode_directly() {
+        let line = r#"{"seq":3,"at":"t","service":"web","operation":5,"type":"progress","healthy":1,"wanted":2,"inflight":0}"#;
+        let e = decode_event(line).unwrap();
+        assert_eq!(e.operation, Some(5));
+        assert!(matches!(
+            e.kind,
+            EventKind::Progress {
+                healthy: 1,
+                wanted: 2,
+                inflight: 0
+            }
+        ));
+        assert_eq!(decode_event(r#"{"seq":1,"type":"from_the_future"}"#), None);
+        assert_eq!(decode_event("not json"), None);
+    }
+}
