@@ -17,12 +17,7 @@ pub const DEFAULT_AGENT: &str = "unix:///run/bg-agent/agent.sock";
 /// 3 agent unreachable or unauthorized; 4 conflict (another operation is
 /// running on the service). With several agents, the worst (highest) code.
 #[derive(Debug, Parser)]
-#[command(
-    name = "bgctl",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "bgctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Agent to talk to: `unix:///path/to/agent.sock` or `http://host:port`.
     /// Repeat to act on a fleet: every command then runs on every agent.
@@ -32,13 +27,7 @@ pub struct Cli {
 
     /// Bearer token for agents reached over TCP (sent as
     /// `Authorization: Bearer TOKEN`). Defaults to $BG_TOKEN.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        global = true,
-        env = "BG_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", global = true, env = "BG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// Output format on stdout. `json` prints exactly one JSON document for
@@ -320,9 +309,7 @@ pub struct Steps(pub Vec<u8>);
 
 /// Parses `KEY=VALUE`; the key must be a non-empty environment variable name.
 pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (no '=')"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE (no '=')"))?;
     if k.is_empty() {
         return Err(format!("{s:?} has an empty variable name"));
     }
@@ -341,19 +328,14 @@ pub fn parse_duration(s: &str) -> Result<HumanDuration, String> {
     let text = s.trim();
     let value = humantime::parse_duration(text)
         .map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 300ms: {e}"))?;
-    Ok(HumanDuration {
-        text: text.to_string(),
-        value,
-    })
+    Ok(HumanDuration { text: text.to_string(), value })
 }
 
 /// Parses a percentage 0-100, with or without a trailing `%`.
 pub fn parse_percent(s: &str) -> Result<u8, String> {
     let t = s.trim();
     let t = t.strip_suffix('%').unwrap_or(t).trim();
-    let n: u64 = t
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole percentage between 0 and 100"))?;
+    let n: u64 = t.parse().map_err(|_| format!("{s:?} is not a whole percentage between 0 and 100"))?;
     if n > 100 {
         return Err(format!("{s:?} is more than 100%"));
     }
@@ -385,14 +367,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
         Some(n) => (n.trim(), 100.0),
         None => (t, 1.0),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate like 1% or 0.01"))?;
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a rate like 1% or 0.01"))?;
     let v = v / scale;
     if !v.is_finite() || !(0.0..=1.0).contains(&v) {
-        return Err(format!(
-            "{s:?} is not between 0 and 1 (write a percentage with '%', e.g. 5%)"
-        ));
+        return Err(format!("{s:?} is not between 0 and 1 (write a percentage with '%', e.g. 5%)"));
     }
     Ok(v)
 }
@@ -403,11 +381,7 @@ pub fn command_words(values: &[String]) -> Result<Option<Vec<String>>, String> {
     if values.is_empty() {
         return Ok(None);
     }
-    let words: Vec<String> = values
-        .iter()
-        .flat_map(|v| v.split_whitespace())
-        .map(str::to_string)
-        .collect();
+    let words: Vec<String> = values.iter().flat_map(|v| v.split_whitespace()).map(str::to_string).collect();
     if words.is_empty() {
         return Err("--command is empty".to_string());
     }
@@ -447,15 +421,9 @@ mod tests {
 
     #[test]
     fn env_pairs() {
-        assert_eq!(
-            parse_env_pair("VERSION=v2").unwrap(),
-            ("VERSION".into(), "v2".into())
-        );
+        assert_eq!(parse_env_pair("VERSION=v2").unwrap(), ("VERSION".into(), "v2".into()));
         assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
-        assert_eq!(
-            parse_env_pair("EMPTY=").unwrap(),
-            ("EMPTY".into(), "".into())
-        );
+        assert_eq!(parse_env_pair("EMPTY=").unwrap(), ("EMPTY".into(), "".into()));
         assert!(parse_env_pair("NOEQUALS").unwrap_err().contains("NOEQUALS"));
         assert!(parse_env_pair("=v").is_err());
         assert!(parse_env_pair("1X=v").is_err());
@@ -464,14 +432,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("30s").unwrap().value,
-            Duration::from_secs(30)
-        );
+        assert_eq!(parse_duration("30s").unwrap().value, Duration::from_secs(30));
         assert_eq!(parse_duration("300ms").unwrap().text, "300ms");
-        assert!(parse_duration("30 parsecs")
-            .unwrap_err()
-            .contains("30 parsecs"));
+        assert!(parse_duration("30 parsecs").unwrap_err().contains("30 parsecs"));
         assert!(parse_duration("").is_err());
     }
 
@@ -531,20 +494,10 @@ mod tests {
     #[test]
     fn canary_needs_weight_or_steps_but_not_both() {
         assert!(Cli::try_parse_from(["bgctl", "canary", "web"]).is_err());
+        assert!(Cli::try_parse_from(["bgctl", "canary", "web", "--weight", "10", "--steps", "10"]).is_err());
         assert!(
-            Cli::try_parse_from(["bgctl", "canary", "web", "--weight", "10", "--steps", "10"])
-                .is_err()
+            Cli::try_parse_from(["bgctl", "canary", "web", "--weight", "10", "--interval", "1s"]).is_err()
         );
-        assert!(Cli::try_parse_from([
-            "bgctl",
-            "canary",
-            "web",
-            "--weight",
-            "10",
-            "--interval",
-            "1s"
-        ])
-        .is_err());
         assert!(Cli::try_parse_from([
             "bgctl",
             "canary",

@@ -66,22 +66,15 @@ impl AgentAddr {
             if host.is_empty() || host.contains('/') {
                 return Err(format!("{s:?}: expected http://host:port"));
             }
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
-            return Ok(AgentAddr::Http {
-                host: host.to_string(),
-                port,
-            });
+            let port: u16 = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+            return Ok(AgentAddr::Http { host: host.to_string(), port });
         }
         if s.starts_with("https://") {
             return Err(format!(
                 "{s:?}: https is not supported; use the unix socket, or http:// on a trusted network or SSH tunnel"
             ));
         }
-        Err(format!(
-            "{s:?} is not an agent address: use unix:///path/to/agent.sock or http://host:port"
-        ))
+        Err(format!("{s:?} is not an agent address: use unix:///path/to/agent.sock or http://host:port"))
     }
 
     /// The `Host` header value for requests to this agent.
@@ -127,10 +120,7 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<Box<dyn Io>, Error> {
-        let unreachable = |source| Error::Unreachable {
-            addr: self.addr.to_string(),
-            source,
-        };
+        let unreachable = |source| Error::Unreachable { addr: self.addr.to_string(), source };
         let connect = async {
             Ok::<Box<dyn Io>, std::io::Error>(match &self.addr {
                 AgentAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
@@ -160,13 +150,9 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Error> {
         let io = self.connect().await?;
-        let transport = |source| Error::Transport {
-            addr: self.addr.to_string(),
-            source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(transport)?;
+        let transport = |source| Error::Transport { addr: self.addr.to_string(), source };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(transport)?;
         // The connection task ends when the answer's body is read or dropped.
         tokio::spawn(async move {
             let _ = conn.await;
@@ -175,10 +161,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header(header::HOST, self.addr.host_header())
-            .header(
-                header::USER_AGENT,
-                concat!("bgctl/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(header::USER_AGENT, concat!("bgctl/", env!("CARGO_PKG_VERSION")))
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -206,9 +189,8 @@ impl Client {
         let (code, message) = match serde_json::from_slice::<bg_agent::api::ErrorBody>(&body) {
             Ok(e) => (e.error.code, e.error.message),
             Err(_) => {
-                let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)])
-                    .trim()
-                    .to_string();
+                let text =
+                    String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).trim().to_string();
                 let text = if text.is_empty() {
                     status.canonical_reason().unwrap_or("error").to_string()
                 } else {
@@ -219,46 +201,28 @@ impl Client {
         };
         let addr = self.addr.to_string();
         match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Error::Unauthorized { addr, message }
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Unauthorized { addr, message },
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
                 Error::Rejected { code, message }
             }
             StatusCode::CONFLICT => Error::Conflict { message },
-            _ => Error::Agent {
-                addr,
-                status: status.as_u16(),
-                code,
-                message,
-            },
+            _ => Error::Agent { addr, status: status.as_u16(), code, message },
         }
     }
 
     /// Sends a request with a time limit and reads the whole answer.
-    async fn exchange(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, Error> {
+    async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, Error> {
         let work = async {
             let resp = self.send(method, path, body).await?;
             resp.into_body()
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .map_err(|source| Error::Transport {
-                    addr: self.addr.to_string(),
-                    source,
-                })
+                .map_err(|source| Error::Transport { addr: self.addr.to_string(), source })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, work)
             .await
-            .map_err(|_| Error::Timeout {
-                addr: self.addr.to_string(),
-                secs: REQUEST_TIMEOUT.as_secs(),
-            })?
+            .map_err(|_| Error::Timeout { addr: self.addr.to_string(), secs: REQUEST_TIMEOUT.as_secs() })?
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8], what: &str) -> Result<T, Error> {
@@ -276,11 +240,7 @@ impl Client {
     }
 
     /// `POST path` with a JSON body, the answer decoded as `T`.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, Error> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
         let body = serde_json::to_vec(body).map_err(|source| Error::Decode {
             addr: self.addr.to_string(),
             what: "request body".into(),
@@ -294,16 +254,8 @@ impl Client {
     pub async fn stream(&self, path: &str) -> Result<LineStream, Error> {
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None))
             .await
-            .map_err(|_| Error::Timeout {
-                addr: self.addr.to_string(),
-                secs: REQUEST_TIMEOUT.as_secs(),
-            })??;
-        Ok(LineStream {
-            body: resp.into_body(),
-            buf: Vec::new(),
-            addr: self.addr.to_string(),
-            done: false,
-        })
+            .map_err(|_| Error::Timeout { addr: self.addr.to_string(), secs: REQUEST_TIMEOUT.as_secs() })??;
+        Ok(LineStream { body: resp.into_body(), buf: Vec::new(), addr: self.addr.to_string(), done: false })
     }
 }
 
@@ -340,19 +292,12 @@ impl LineStream {
                 return Ok(Some(line));
             }
             if self.done {
-                let rest = String::from_utf8_lossy(&std::mem::take(&mut self.buf))
-                    .trim()
-                    .to_string();
+                let rest = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).trim().to_string();
                 return Ok((!rest.is_empty()).then_some(rest));
             }
             match self.body.frame().await {
                 None => self.done = true,
-                Some(Err(source)) => {
-                    return Err(Error::Transport {
-                        addr: self.addr.clone(),
-                        source,
-                    })
-                }
+                Some(Err(source)) => return Err(Error::Transport { addr: self.addr.clone(), source }),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
@@ -391,18 +336,11 @@ mod tests {
         ] {
             assert_eq!(AgentAddr::parse(s).unwrap().to_string(), s);
         }
-        assert_eq!(
-            AgentAddr::parse("/tmp/a.sock").unwrap(),
-            AgentAddr::Unix("/tmp/a.sock".into())
-        );
+        assert_eq!(AgentAddr::parse("/tmp/a.sock").unwrap(), AgentAddr::Unix("/tmp/a.sock".into()));
         assert!(AgentAddr::parse("unix://relative.sock").is_err());
-        assert!(AgentAddr::parse("http://host")
-            .unwrap_err()
-            .contains("port"));
+        assert!(AgentAddr::parse("http://host").unwrap_err().contains("port"));
         assert!(AgentAddr::parse("http://host:99999").is_err());
-        assert!(AgentAddr::parse("https://host:1")
-            .unwrap_err()
-            .contains("https"));
+        assert!(AgentAddr::parse("https://host:1").unwrap_err().contains("https"));
         assert!(AgentAddr::parse("agent:7070").is_err());
     }
 

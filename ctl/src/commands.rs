@@ -3,8 +3,7 @@
 //! one flag at a time (the canary host, `--no-wait` in a fleet) lives here.
 
 use crate::cli::{
-    self, CanaryArgs, Cli, Command, DeployArgs, OutputFormat, PromoteArgs, ReplicaCommand,
-    RollingArgs,
+    self, CanaryArgs, Cli, Command, DeployArgs, OutputFormat, PromoteArgs, ReplicaCommand, RollingArgs,
 };
 use crate::client::{encode, AgentAddr, Client};
 use crate::error::{Error, EXIT_OK};
@@ -13,8 +12,7 @@ use crate::follow::{self, Progress};
 use crate::ops::{self, Op, Report};
 use crate::render;
 use bg_agent::api::{
-    CanaryRequest, DeployRequest, History, RollingRequest, ServiceList, ServiceStatus,
-    SpecOverrides,
+    CanaryRequest, DeployRequest, History, RollingRequest, ServiceList, ServiceStatus, SpecOverrides,
 };
 use clap::CommandFactory;
 use serde_json::{json, Value};
@@ -27,8 +25,9 @@ pub fn agents(cli: &Cli) -> Result<Vec<AgentAddr>, Error> {
     let mut agents = cli.agents.clone();
     if agents.is_empty() {
         match std::env::var("BG_AGENT") {
-            Ok(v) if !v.trim().is_empty() => agents
-                .push(AgentAddr::parse(&v).map_err(|e| Error::Usage(format!("$BG_AGENT: {e}")))?),
+            Ok(v) if !v.trim().is_empty() => {
+                agents.push(AgentAddr::parse(&v).map_err(|e| Error::Usage(format!("$BG_AGENT: {e}")))?)
+            }
             _ => agents.push(AgentAddr::parse(cli::DEFAULT_AGENT).map_err(Error::Usage)?),
         }
     }
@@ -46,10 +45,7 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
     if let Command::Completions { shell } = &cli.command {
         return Ok(completions(*shell));
     }
-    let clients: Vec<Client> = agents(&cli)?
-        .into_iter()
-        .map(|a| Client::new(a, cli.token.clone()))
-        .collect();
+    let clients: Vec<Client> = agents(&cli)?.into_iter().map(|a| Client::new(a, cli.token.clone())).collect();
     let progress = Progress::new(clients.len() > 1);
     let clients = &clients[..];
     let progress = &progress;
@@ -78,46 +74,25 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
             ReplicaCommand::Enable { service, replica } => {
                 op(clients, &service, Op::Enable(replica), true, progress).await
             }
-            ReplicaCommand::Update {
-                service,
-                replica,
-                overrides,
-            } => {
+            ReplicaCommand::Update { service, replica, overrides } => {
                 let overrides = SpecOverrides {
                     image: overrides.image,
                     command: None,
                     env: overrides.env.into_iter().collect(),
                 };
-                op(
-                    clients,
-                    &service,
-                    Op::Update(replica, overrides),
-                    true,
-                    progress,
-                )
-                .await
+                op(clients, &service, Op::Update(replica, overrides), true, progress).await
             }
             ReplicaCommand::List { service } => {
                 let service = &service;
-                fleet::combine(
-                    clients,
-                    fleet::each(clients, |c| replica_list(c, service)).await,
-                )
+                fleet::combine(clients, fleet::each(clients, |c| replica_list(c, service)).await)
             }
         },
-        Command::Events {
-            service,
-            follow,
-            since,
-        } => {
+        Command::Events { service, follow, since } => {
             let service = service.as_deref();
             if follow {
                 events_follow(clients, service, since, cli.output).await
             } else {
-                fleet::combine(
-                    clients,
-                    fleet::each(clients, |c| events_once(c, service, since)).await,
-                )
+                fleet::combine(clients, fleet::each(clients, |c| events_once(c, service, since)).await)
             }
         }
         Command::History { service } => {
@@ -150,9 +125,7 @@ async fn op(
 ) -> Result<Report, Error> {
     let op = &op;
     let results = fleet::each(clients, |c| async move {
-        ops::run(c, service, op, wait, progress)
-            .await
-            .map(|done| done.report())
+        ops::run(c, service, op, wait, progress).await.map(|done| done.report())
     })
     .await;
     fleet::combine(clients, results)
@@ -162,33 +135,17 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest, Error> {
     Ok(DeployRequest {
         image: args.overrides.image.clone(),
         command: cli::command_words(&args.command).map_err(Error::Usage)?,
-        env: args
-            .overrides
-            .env
-            .iter()
-            .cloned()
-            .collect::<BTreeMap<_, _>>(),
+        env: args.overrides.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         promote: args.promote.then_some(true),
     })
 }
 
-async fn deploy(
-    clients: &[Client],
-    args: DeployArgs,
-    progress: &Progress,
-) -> Result<Report, Error> {
+async fn deploy(clients: &[Client], args: DeployArgs, progress: &Progress) -> Result<Report, Error> {
     let request = deploy_request(&args)?;
     let canary = fleet::canary_index(clients, args.canary_host.as_ref())?;
     if clients.len() == 1 {
         // One agent runs deploy and promote as one operation.
-        return op(
-            clients,
-            &args.service,
-            Op::Deploy(request),
-            !args.no_wait,
-            progress,
-        )
-        .await;
+        return op(clients, &args.service, Op::Deploy(request), !args.no_wait, progress).await;
     }
     if args.no_wait {
         if args.promote {
@@ -200,22 +157,10 @@ async fn deploy(
         request.promote = Some(false);
         return op(clients, &args.service, Op::Deploy(request), false, progress).await;
     }
-    Ok(fleet::deploy(
-        clients,
-        &args.service,
-        request,
-        args.promote,
-        canary,
-        progress,
-    )
-    .await)
+    Ok(fleet::deploy(clients, &args.service, request, args.promote, canary, progress).await)
 }
 
-async fn promote(
-    clients: &[Client],
-    args: PromoteArgs,
-    progress: &Progress,
-) -> Result<Report, Error> {
+async fn promote(clients: &[Client], args: PromoteArgs, progress: &Progress) -> Result<Report, Error> {
     let canary = fleet::canary_index(clients, args.canary_host.as_ref())?;
     if args.no_wait && canary.is_some() && clients.len() > 1 {
         return Err(Error::Usage(
@@ -257,11 +202,7 @@ fn rolling_request(args: RollingArgs) -> Result<(String, RollingRequest), Error>
     Ok((args.service, request))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    client: &Client,
-    value: &Value,
-    what: &str,
-) -> Result<T, Error> {
+fn decode<T: serde::de::DeserializeOwned>(client: &Client, value: &Value, what: &str) -> Result<T, Error> {
     serde_json::from_value(value.clone()).map_err(|source| Error::Decode {
         addr: client.addr().to_string(),
         what: what.to_string(),
@@ -276,11 +217,7 @@ async fn status(client: &Client, service: Option<&str>) -> Result<Report, Error>
             let path = format!("/v1/services/{}", encode(name));
             let raw: Value = client.get(&path).await?;
             let status: ServiceStatus = decode(client, &raw, &path)?;
-            Ok(Report {
-                json: Some(raw),
-                text: render::services(&[status]),
-                exit_code: EXIT_OK,
-            })
+            Ok(Report { json: Some(raw), text: render::services(&[status]), exit_code: EXIT_OK })
         }
         None => {
             let raw: Value = client.get("/v1/services").await?;
@@ -290,11 +227,7 @@ async fn status(client: &Client, service: Option<&str>) -> Result<Report, Error>
             } else {
                 render::services(&list.services)
             };
-            Ok(Report {
-                json: Some(raw),
-                text,
-                exit_code: EXIT_OK,
-            })
+            Ok(Report { json: Some(raw), text, exit_code: EXIT_OK })
         }
     }
 }
@@ -323,11 +256,7 @@ async fn history(client: &Client, service: &str) -> Result<Report, Error> {
     let path = format!("/v1/services/{}/history", encode(service));
     let raw: Value = client.get(&path).await?;
     let history: History = decode(client, &raw, &path)?;
-    Ok(Report {
-        json: Some(raw),
-        text: render::history(&history),
-        exit_code: EXIT_OK,
-    })
+    Ok(Report { json: Some(raw), text: render::history(&history), exit_code: EXIT_OK })
 }
 
 fn events_path(service: Option<&str>, since: Option<u64>, follow: bool) -> String {
@@ -350,11 +279,7 @@ fn event_text(line: &str) -> String {
 }
 
 /// `events` without `--follow`: the retained events, as a JSON array.
-async fn events_once(
-    client: &Client,
-    service: Option<&str>,
-    since: Option<u64>,
-) -> Result<Report, Error> {
+async fn events_once(client: &Client, service: Option<&str>, since: Option<u64>) -> Result<Report, Error> {
     let mut stream = client.stream(&events_path(service, since, false)).await?;
     let mut events = Vec::new();
     let mut text = String::new();
@@ -363,11 +288,7 @@ async fn events_once(
         text.push('\n');
         events.push(serde_json::from_str::<Value>(&line).unwrap_or(Value::String(line)));
     }
-    Ok(Report {
-        json: Some(Value::Array(events)),
-        text,
-        exit_code: EXIT_OK,
-    })
+    Ok(Report { json: Some(Value::Array(events)), text, exit_code: EXIT_OK })
 }
 
 /// `events --follow`: prints as events come, NDJSON in JSON mode (with an
@@ -402,19 +323,12 @@ async fn events_follow(
                 stdout.flush()?;
             }
             eprintln!("bgctl: agent at {} ended the event stream", c.addr());
-            Ok(Report {
-                json: None,
-                text: String::new(),
-                exit_code: EXIT_OK,
-            })
+            Ok(Report { json: None, text: String::new(), exit_code: EXIT_OK })
         }
     })
     .await;
     if !fleet {
-        return results
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Err(Error::Usage("no agent".into())));
+        return results.into_iter().next().unwrap_or_else(|| Err(Error::Usage("no agent".into())));
     }
     let mut worst = EXIT_OK;
     for (c, r) in clients.iter().zip(results) {
@@ -423,9 +337,5 @@ async fn events_follow(
             worst = worst.max(e.exit_code());
         }
     }
-    Ok(Report {
-        json: None,
-        text: String::new(),
-        exit_code: worst,
-    })
+    Ok(Report { json: None, text: String::new(), exit_code: worst })
 }

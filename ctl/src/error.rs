@@ -137,9 +137,7 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::Usage(_) => "usage",
-            Error::Unreachable { .. } | Error::Transport { .. } | Error::StreamEnded { .. } => {
-                "unreachable"
-            }
+            Error::Unreachable { .. } | Error::Transport { .. } | Error::StreamEnded { .. } => "unreachable",
             Error::Timeout { .. } => "timeout",
             Error::Unauthorized { .. } => "unauthorized",
             Error::Rejected { code, .. } | Error::Agent { code, .. } => code,
@@ -156,9 +154,9 @@ impl Error {
                 Some("is bg-agent running? set --agent or $BG_AGENT")
             }
             Error::Unauthorized { .. } => Some("set --token or $BG_TOKEN to the agent's token"),
-            Error::Conflict { .. } => {
-                Some("wait for it to finish (bgctl events SERVICE --follow) or stop it with bgctl abort SERVICE")
-            }
+            Error::Conflict { .. } => Some(
+                "wait for it to finish (bgctl events SERVICE --follow) or stop it with bgctl abort SERVICE",
+            ),
             _ => None,
         }
     }
@@ -220,14 +218,9 @@ mod tests {
 
     #[test]
     fn agent_answers_map_to_documented_codes() {
-        let conflict = Error::Conflict {
-            message: "web: deploy #3 is running".into(),
-        };
+        let conflict = Error::Conflict { message: "web: deploy #3 is running".into() };
         assert_eq!(conflict.exit_code(), 4);
-        let not_found = Error::Rejected {
-            code: "not_found".into(),
-            message: "no service \"api\"".into(),
-        };
+        let not_found = Error::Rejected { code: "not_found".into(), message: "no service \"api\"".into() };
         assert_eq!(not_found.exit_code(), 2);
         assert_eq!(not_found.code(), "not_found");
     }

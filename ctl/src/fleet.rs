@@ -30,10 +30,7 @@ where
 
 /// Puts per-agent results together: one agent's result as it is, several
 /// as the fleet document.
-pub fn combine(
-    clients: &[Client],
-    mut results: Vec<Result<Report, Error>>,
-) -> Result<Report, Error> {
+pub fn combine(clients: &[Client], mut results: Vec<Result<Report, Error>>) -> Result<Report, Error> {
     if clients.len() == 1 && results.len() == 1 {
         return results.remove(0);
     }
@@ -62,11 +59,7 @@ pub fn combine(
             }
         }
     }
-    Ok(Report {
-        json: Some(json!({"agents": agents, "exit_code": worst})),
-        text,
-        exit_code: worst,
-    })
+    Ok(Report { json: Some(json!({"agents": agents, "exit_code": worst})), text, exit_code: worst })
 }
 
 fn agent_error(addr: &str, e: &Error) -> Value {
@@ -94,10 +87,7 @@ impl Steps {
                 self.exit_code = self.exit_code.max(done.exit_code());
             }
             Err(e) => {
-                self.json.insert(
-                    step.into(),
-                    json!({"error": {"code": e.code(), "message": e.one_line()}}),
-                );
+                self.json.insert(step.into(), json!({"error": {"code": e.code(), "message": e.one_line()}}));
                 self.text.push(format!("{step}: error: {}", e.one_line()));
                 self.exit_code = self.exit_code.max(e.exit_code());
             }
@@ -124,11 +114,7 @@ fn steps_report(clients: &[Client], steps: Vec<Steps>, floor: u8) -> Report {
     // `combine` only fails for a single agent's error, never here.
     let mut report = match combine(clients, results) {
         Ok(r) => r,
-        Err(e) => Report {
-            json: Some(e.to_json()),
-            text: e.one_line(),
-            exit_code: e.exit_code(),
-        },
+        Err(e) => Report { json: Some(e.to_json()), text: e.one_line(), exit_code: e.exit_code() },
     };
     if report.exit_code < floor {
         report.exit_code = floor;
@@ -157,12 +143,7 @@ pub async fn deploy(
     // Never let an agent's `auto_promote` flip traffic before all are healthy.
     request.promote = Some(false);
     let op = Op::Deploy(request);
-    let deployed = join_all(
-        clients
-            .iter()
-            .map(|c| ops::run(c, service, &op, true, progress)),
-    )
-    .await;
+    let deployed = join_all(clients.iter().map(|c| ops::run(c, service, &op, true, progress))).await;
     let mut steps: Vec<Steps> = clients.iter().map(|_| Steps::default()).collect();
     for (s, r) in steps.iter_mut().zip(&deployed) {
         s.record("deploy", r);
@@ -252,9 +233,5 @@ pub fn canary_index(
         .iter()
         .position(|c| c.addr() == addr)
         .map(Some)
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "--canary-host {addr} is not one of the --agent addresses"
-            ))
-        })
+        .ok_or_else(|| Error::Usage(format!("--canary-host {addr} is not one of the --agent addresses")))
 }

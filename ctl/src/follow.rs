@@ -37,17 +37,9 @@ impl Progress {
 
     /// Starts showing one operation on one agent.
     pub fn track(&self, client: &Client, accepted: &OperationAccepted) -> Tracker {
-        let prefix = if self.fleet {
-            format!("[{}] ", client.addr())
-        } else {
-            String::new()
-        };
-        let label = format!(
-            "{} {} #{}",
-            accepted.service,
-            render::kind_name(accepted.kind),
-            accepted.operation
-        );
+        let prefix = if self.fleet { format!("[{}] ", client.addr()) } else { String::new() };
+        let label =
+            format!("{} {} #{}", accepted.service, render::kind_name(accepted.kind), accepted.operation);
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
             bar.set_style(
@@ -117,13 +109,8 @@ impl Tracker {
         let mut print = true;
         match &e.kind {
             EventKind::Phase { phase, .. } => self.phase = phase.clone(),
-            EventKind::Progress {
-                healthy,
-                wanted,
-                inflight,
-            } => {
-                let changed =
-                    self.healthy != Some((*healthy, *wanted)) || self.inflight != *inflight;
+            EventKind::Progress { healthy, wanted, inflight } => {
+                let changed = self.healthy != Some((*healthy, *wanted)) || self.inflight != *inflight;
                 self.healthy = Some((*healthy, *wanted));
                 self.inflight = *inflight;
                 // The live display shows progress in place; plain lines only
@@ -170,10 +157,7 @@ pub async fn wait(
     let mut since = accepted.since;
     let mut failures = 0;
     loop {
-        let path = format!(
-            "/v1/events?service={}&since={since}&follow=true",
-            encode(&accepted.service)
-        );
+        let path = format!("/v1/events?service={}&since={since}&follow=true", encode(&accepted.service));
         let broke = match client.stream(&path).await {
             Ok(mut stream) => loop {
                 match stream.next_line().await {
@@ -194,7 +178,7 @@ pub async fn wait(
                             continue;
                         }
                         tracker.event(&event);
-                        if let EventKind::OperationFinished(outcome) = event.kind {
+                        if let EventKind::OperationFinished { result: outcome } = event.kind {
                             return Ok(outcome);
                         }
                     }
@@ -207,9 +191,7 @@ pub async fn wait(
                     Err(e) => break e,
                 }
             },
-            Err(
-                e @ (Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. }),
-            ) => e,
+            Err(e @ (Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. })) => e,
             Err(e) => return Err(e),
         };
         failures += 1;
@@ -224,48 +206,21 @@ pub async fn wait(
 }
 
 /// The operation's outcome when the service says it already ended.
-async fn finished_meanwhile(
-    client: &Client,
-    accepted: &OperationAccepted,
-) -> Result<Option<Outcome>, Error> {
+async fn finished_meanwhile(client: &Client, accepted: &OperationAccepted) -> Result<Option<Outcome>, Error> {
     let path = format!("/v1/services/{}", encode(&accepted.service));
     let status: ServiceStatus = match client.get(&path).await {
         Ok(s) => s,
         // Still unreachable: let the stream retry count decide.
-        Err(Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. }) => {
-            return Ok(None)
-        }
+        Err(Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(status
-        .last_outcome
-        .filter(|o| o.operation == accepted.operation))
+    Ok(status.last_outcome.filter(|o| o.operation == accepted.operation))
 }
 
-/// Decodes one line of the event stream.
-///
-/// `operation_finished` needs care: [`Event`] flattens [`Outcome`], and both
-/// have `operation` and `at` fields, so serde writes those keys twice and
-/// cannot read such an event back with `Event`'s derived `Deserialize`
-/// ("duplicate field `operation`"). Reading the line as a JSON value first
-/// keeps one of each key (they carry the same operation id), and the event
-/// is then put together by hand.
+/// Decodes one line of the event stream; `None` for a line this bgctl does
+/// not understand (an event type from a newer agent).
 pub fn decode_event(line: &str) -> Option<Event> {
-    if let Ok(event) = serde_json::from_str::<Event>(line) {
-        return Some(event);
-    }
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("type")?.as_str()? != "operation_finished" {
-        return serde_json::from_value(value).ok();
-    }
-    let outcome: Outcome = serde_json::from_value(value.clone()).ok()?;
-    Some(Event {
-        seq: value.get("seq")?.as_u64()?,
-        at: value.get("at")?.as_str()?.to_string(),
-        service: value.get("service")?.as_str()?.to_string(),
-        operation: Some(outcome.operation),
-        kind: EventKind::OperationFinished(outcome),
-    })
+    serde_json::from_str::<Event>(line).ok()
 }
 
 #[cfg(test)]
@@ -288,9 +243,8 @@ mod tests {
             at: "2026-01-01T00:00:15Z".into(),
             service: "web".into(),
             operation: Some(5),
-            kind: EventKind::OperationFinished(outcome),
+            kind: EventKind::OperationFinished { result: outcome },
         };
-        // The agent writes this line with serde_json, duplicate keys and all.
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(decode_event(&line), Some(event));
     }
@@ -300,14 +254,7 @@ mod tests {
         let line = r#"{"seq":3,"at":"t","service":"web","operation":5,"type":"progress","healthy":1,"wanted":2,"inflight":0}"#;
         let e = decode_event(line).unwrap();
         assert_eq!(e.operation, Some(5));
-        assert!(matches!(
-            e.kind,
-            EventKind::Progress {
-                healthy: 1,
-                wanted: 2,
-                inflight: 0
-            }
-        ));
+        assert!(matches!(e.kind, EventKind::Progress { healthy: 1, wanted: 2, inflight: 0 }));
         assert_eq!(decode_event(r#"{"seq":1,"type":"from_the_future"}"#), None);
         assert_eq!(decode_event("not json"), None);
     }

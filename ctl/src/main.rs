@@ -36,10 +36,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e, wants_json(&args)),
     };
     let format = cli.output;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Io(e), format),
     };
@@ -65,9 +62,7 @@ fn main() -> ExitCode {
             };
             match written {
                 // A closed pipe (`bgctl events | head`) is not an error.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    ExitCode::from(report.exit_code)
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(report.exit_code),
                 Err(e) => fail(&Error::Io(e), format),
                 Ok(()) => ExitCode::from(report.exit_code),
             }
@@ -99,12 +94,7 @@ fn usage_error(e: clap::Error, json: bool) -> ExitCode {
     }
     let _ = e.print();
     let rendered = e.render().to_string();
-    let message = rendered
-        .lines()
-        .next()
-        .unwrap_or("usage error")
-        .trim_start_matches("error: ")
-        .to_string();
+    let message = rendered.lines().next().unwrap_or("usage error").trim_start_matches("error: ").to_string();
     let doc = serde_json::json!({
         "error": {"code": "usage", "message": message},
         "exit_code": EXIT_USAGE,

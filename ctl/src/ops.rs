@@ -7,8 +7,7 @@ use crate::error::{Error, EXIT_FAILED, EXIT_OK};
 use crate::follow::{self, Progress};
 use crate::render;
 use bg_agent::api::{
-    CanaryRequest, DeployRequest, OperationAccepted, Outcome, OutcomeKind, RollingRequest,
-    SpecOverrides,
+    CanaryRequest, DeployRequest, OperationAccepted, Outcome, OutcomeKind, RollingRequest, SpecOverrides,
 };
 use serde_json::Value;
 
@@ -132,11 +131,7 @@ impl OpDone {
             ),
             Some(o) => format!("{}\n", render::outcome_line(service, o)),
         };
-        Report {
-            json: Some(self.json()),
-            text,
-            exit_code: self.exit_code(),
-        }
+        Report { json: Some(self.json()), text, exit_code: self.exit_code() }
     }
 }
 
@@ -150,18 +145,12 @@ pub async fn run(
 ) -> Result<OpDone, Error> {
     let accepted: OperationAccepted = client.post(&op.path(service), &op.body()).await?;
     if !wait {
-        return Ok(OpDone {
-            accepted,
-            outcome: None,
-        });
+        return Ok(OpDone { accepted, outcome: None });
     }
     let mut tracker = progress.track(client, &accepted);
     let outcome = follow::wait(client, &accepted, &mut tracker).await;
     tracker.finish();
-    Ok(OpDone {
-        accepted,
-        outcome: Some(outcome?),
-    })
+    Ok(OpDone { accepted, outcome: Some(outcome?) })
 }
 
 #[cfg(test)]
@@ -182,10 +171,7 @@ mod tests {
             promote: Some(false),
             ..Default::default()
         });
-        assert_eq!(
-            deploy.body(),
-            serde_json::json!({"image": "websample:v2", "promote": false})
-        );
+        assert_eq!(deploy.body(), serde_json::json!({"image": "websample:v2", "promote": false}));
     }
 
     fn done(kind: OperationKind, outcome: Option<OutcomeKind>) -> OpDone {
@@ -211,24 +197,12 @@ mod tests {
     #[test]
     fn outcomes_map_to_exit_codes_and_paused_says_how_to_resume() {
         assert_eq!(done(OperationKind::Deploy, None).exit_code(), 0);
-        assert_eq!(
-            done(OperationKind::Deploy, Some(OutcomeKind::Succeeded)).exit_code(),
-            0
-        );
-        for bad in [
-            OutcomeKind::Failed,
-            OutcomeKind::RolledBack,
-            OutcomeKind::Aborted,
-            OutcomeKind::Paused,
-        ] {
+        assert_eq!(done(OperationKind::Deploy, Some(OutcomeKind::Succeeded)).exit_code(), 0);
+        for bad in [OutcomeKind::Failed, OutcomeKind::RolledBack, OutcomeKind::Aborted, OutcomeKind::Paused] {
             assert_eq!(done(OperationKind::Rolling, Some(bad)).exit_code(), 1);
         }
         let paused = done(OperationKind::Rolling, Some(OutcomeKind::Paused)).report();
-        assert!(
-            paused.text.contains("bgctl rolling web --resume"),
-            "{}",
-            paused.text
-        );
+        assert!(paused.text.contains("bgctl rolling web --resume"), "{}", paused.text);
         assert_eq!(paused.json.unwrap()["outcome"], "paused");
         let accepted = done(OperationKind::Deploy, None).report();
         assert_eq!(accepted.json.unwrap()["since"], 120);

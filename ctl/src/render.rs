@@ -3,8 +3,7 @@
 //! output reads the same in a terminal, a pipe or a CI log.
 
 use bg_agent::api::{
-    Color, EventKind, History, OperationKind, Outcome, OutcomeKind, ReplicaState, ServiceStatus,
-    Spec,
+    Color, EventKind, History, OperationKind, Outcome, OutcomeKind, ReplicaState, ServiceStatus, Spec,
 };
 
 /// A plain text table: a header row and rows, columns separated by two
@@ -17,9 +16,7 @@ pub struct Table {
 impl Table {
     /// A table with these column titles.
     pub fn new<S: AsRef<str>>(header: &[S]) -> Table {
-        Table {
-            rows: vec![header.iter().map(|s| s.as_ref().to_string()).collect()],
-        }
+        Table { rows: vec![header.iter().map(|s| s.as_ref().to_string()).collect()] }
     }
 
     /// Adds a row.
@@ -31,14 +28,7 @@ impl Table {
     pub fn lines(&self, indent: &str) -> Vec<String> {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
             .collect();
         self.rows
             .iter()
@@ -188,10 +178,7 @@ fn service_detail(s: &ServiceStatus) -> Vec<String> {
             }
             None => out.push(format!("{title}:")),
             Some(spec) => {
-                let rev = c
-                    .revision
-                    .map(|r| format!("revision {r}, "))
-                    .unwrap_or_default();
+                let rev = c.revision.map(|r| format!("revision {r}, ")).unwrap_or_default();
                 out.push(format!("{title}: {rev}{}", spec_summary(spec)));
             }
         }
@@ -220,9 +207,8 @@ fn service_detail(s: &ServiceStatus) -> Vec<String> {
 
 /// Every replica of a service in one table.
 pub fn replicas(s: &ServiceStatus) -> String {
-    let mut t = Table::new(&[
-        "COLOR", "REPLICA", "HEALTH", "STATE", "INFLIGHT", "ADDRESS", "REVISION", "RUNTIME",
-    ]);
+    let mut t =
+        Table::new(&["COLOR", "REPLICA", "HEALTH", "STATE", "INFLIGHT", "ADDRESS", "REVISION", "RUNTIME"]);
     for color in Color::ALL {
         let Some(c) = s.colors.get(&color) else {
             continue;
@@ -235,9 +221,7 @@ pub fn replicas(s: &ServiceStatus) -> String {
                 state_name(r.state).to_string(),
                 r.inflight.to_string(),
                 r.addr.clone(),
-                r.revision
-                    .or(c.revision)
-                    .map_or("-".into(), |r| r.to_string()),
+                r.revision.or(c.revision).map_or("-".into(), |r| r.to_string()),
                 r.runtime_id.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
@@ -250,9 +234,7 @@ pub fn history(h: &History) -> String {
     if h.entries.is_empty() {
         return format!("{}: no operations yet\n", h.service);
     }
-    let mut t = Table::new(&[
-        "OP", "KIND", "OUTCOME", "REVISION", "STARTED", "ENDED", "SPEC", "MESSAGE",
-    ]);
+    let mut t = Table::new(&["OP", "KIND", "OUTCOME", "REVISION", "STARTED", "ENDED", "SPEC", "MESSAGE"]);
     for e in &h.entries {
         let o = &e.outcome;
         t.row(vec![
@@ -291,41 +273,23 @@ pub fn paused_hint(service: &str, o: &Outcome) -> String {
         OperationKind::Rolling => format!(
             "paused: resume with `bgctl rolling {service} --resume`, or stop with `bgctl abort {service}`"
         ),
-        _ => format!(
-            "paused: finish with `bgctl promote {service}`, or stop with `bgctl abort {service}`"
-        ),
+        _ => format!("paused: finish with `bgctl promote {service}`, or stop with `bgctl abort {service}`"),
     }
 }
 
 /// An event's type name and a short description of its details.
 pub fn event_details(kind: &EventKind) -> (&'static str, String) {
     match kind {
-        EventKind::OperationStarted { kind, revision } => (
-            "operation_started",
-            format!("{} revision {revision}", kind_name(*kind)),
-        ),
+        EventKind::OperationStarted { kind, revision } => {
+            ("operation_started", format!("{} revision {revision}", kind_name(*kind)))
+        }
         EventKind::Phase { phase, detail } if detail.is_empty() => ("phase", phase.clone()),
         EventKind::Phase { phase, detail } => ("phase", format!("{phase}: {detail}")),
-        EventKind::Progress {
-            healthy,
-            wanted,
-            inflight,
-        } => (
-            "progress",
-            format!("{healthy}/{wanted} healthy, {inflight} in flight"),
-        ),
-        EventKind::Replica {
-            color,
-            replica,
-            health,
-            state,
-            reason,
-        } => {
-            let mut d = format!(
-                "{color} {replica} {} {}",
-                health_name(*health),
-                state_name(*state)
-            );
+        EventKind::Progress { healthy, wanted, inflight } => {
+            ("progress", format!("{healthy}/{wanted} healthy, {inflight} in flight"))
+        }
+        EventKind::Replica { color, replica, health, state, reason } => {
+            let mut d = format!("{color} {replica} {} {}", health_name(*health), state_name(*state));
             if let Some(r) = reason {
                 d.push_str(&format!(" ({r})"));
             }
@@ -340,16 +304,10 @@ pub fn event_details(kind: &EventKind) -> (&'static str, String) {
                 weights.green
             ),
         ),
-        EventKind::Drained {
-            color,
-            finished,
-            cut,
-            elapsed_ms,
-        } => (
-            "drained",
-            format!("{color}: {finished} finished, {cut} cut, in {elapsed_ms}ms"),
-        ),
-        EventKind::OperationFinished(o) => {
+        EventKind::Drained { color, finished, cut, elapsed_ms } => {
+            ("drained", format!("{color}: {finished} finished, {cut} cut, in {elapsed_ms}ms"))
+        }
+        EventKind::OperationFinished { result: o } => {
             let mut d = format!("{} {}", kind_name(o.kind), outcome_name(o.outcome));
             if !o.message.is_empty() {
                 d.push_str(&format!(": {}", o.message));
@@ -373,13 +331,7 @@ mod tests {
     use bg_agent::api::{ColorStatus, Health, OperationStatus, ReplicaStatus, Weights};
     use std::collections::BTreeMap;
 
-    fn replica(
-        id: &str,
-        addr: &str,
-        health: Health,
-        state: ReplicaState,
-        inflight: u64,
-    ) -> ReplicaStatus {
+    fn replica(id: &str, addr: &str, health: Health, state: ReplicaState, inflight: u64) -> ReplicaStatus {
         ReplicaStatus {
             id: id.into(),
             addr: addr.into(),
@@ -404,39 +356,17 @@ mod tests {
                 }),
                 revision: Some(7),
                 replicas: vec![
-                    replica(
-                        "1",
-                        "127.0.0.1:32768",
-                        Health::Healthy,
-                        ReplicaState::Serving,
-                        3,
-                    ),
-                    replica(
-                        "2",
-                        "127.0.0.1:32769",
-                        Health::Healthy,
-                        ReplicaState::Serving,
-                        12,
-                    ),
+                    replica("1", "127.0.0.1:32768", Health::Healthy, ReplicaState::Serving, 3),
+                    replica("2", "127.0.0.1:32769", Health::Healthy, ReplicaState::Serving, 12),
                 ],
             },
         );
         colors.insert(
             Color::Green,
             ColorStatus {
-                spec: Some(Spec {
-                    image: Some("websample:v2".into()),
-                    command: None,
-                    env: BTreeMap::new(),
-                }),
+                spec: Some(Spec { image: Some("websample:v2".into()), command: None, env: BTreeMap::new() }),
                 revision: Some(8),
-                replicas: vec![replica(
-                    "1",
-                    "127.0.0.1:32770",
-                    Health::Starting,
-                    ReplicaState::Out,
-                    0,
-                )],
+                replicas: vec![replica("1", "127.0.0.1:32770", Health::Starting, ReplicaState::Out, 0)],
             },
         );
         ServiceStatus {
@@ -471,24 +401,12 @@ mod tests {
         );
         assert_eq!(lines[2], "");
         assert_eq!(lines[3], "web (listening on 0.0.0.0:8080)");
-        assert_eq!(
-            lines[4],
-            "  blue (active): revision 7, websample:v1, env VERSION=v1"
-        );
+        assert_eq!(lines[4], "  blue (active): revision 7, websample:v1, env VERSION=v1");
         assert_eq!(lines[5], "    REPLICA  HEALTH   STATE    INFLIGHT  ADDRESS");
-        assert_eq!(
-            lines[6],
-            "    1        healthy  serving  3         127.0.0.1:32768"
-        );
-        assert_eq!(
-            lines[7],
-            "    2        healthy  serving  12        127.0.0.1:32769"
-        );
+        assert_eq!(lines[6], "    1        healthy  serving  3         127.0.0.1:32768");
+        assert_eq!(lines[7], "    2        healthy  serving  12        127.0.0.1:32769");
         assert_eq!(lines[8], "  green: revision 8, websample:v2");
-        assert_eq!(
-            lines[10],
-            "    1        starting  out    0         127.0.0.1:32770"
-        );
+        assert_eq!(lines[10], "    1        starting  out    0         127.0.0.1:32770");
         assert!(!text.contains('\x1b'), "no color codes");
     }
 
@@ -522,16 +440,13 @@ mod tests {
             revision: 8,
             at: "2026-01-01T00:01:00Z".into(),
         };
-        assert_eq!(
-            outcome_line("web", &o),
-            "web: deploy #12 rolled-back (revision 8): green unhealthy"
-        );
+        assert_eq!(outcome_line("web", &o), "web: deploy #12 rolled-back (revision 8): green unhealthy");
         let e = bg_agent::api::Event {
             seq: 4,
             at: "2026-01-01T00:01:00Z".into(),
             service: "web".into(),
             operation: Some(12),
-            kind: EventKind::OperationFinished(o),
+            kind: EventKind::OperationFinished { result: o },
         };
         assert_eq!(
             event_line(&e),

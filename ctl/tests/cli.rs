@@ -101,22 +101,10 @@ fn usage_errors_exit_2_and_name_the_bad_value() {
         (&["deploy", "web", "--env", "NOEQUALS"], "NOEQUALS"),
         (&["deploy", "web", "--env", "=v"], "=v"),
         (&["canary", "web", "--weight", "101"], "101"),
-        (
-            &["canary", "web", "--steps", "10,250", "--interval", "1s"],
-            "250",
-        ),
-        (
-            &["canary", "web", "--steps", "10", "--interval", "soon"],
-            "soon",
-        ),
-        (
-            &["canary", "web", "--steps", "10", "--max-error-rate", "7"],
-            "7",
-        ),
-        (
-            &["rolling", "web", "--delay", "3 fortnights"],
-            "3 fortnights",
-        ),
+        (&["canary", "web", "--steps", "10,250", "--interval", "1s"], "250"),
+        (&["canary", "web", "--steps", "10", "--interval", "soon"], "soon"),
+        (&["canary", "web", "--steps", "10", "--max-error-rate", "7"], "7"),
+        (&["rolling", "web", "--delay", "3 fortnights"], "3 fortnights"),
         (&["rolling", "web", "--order", "sideways"], "sideways"),
         (&["rolling", "web", "--parallelism", "0"], "0"),
         (&["status", "--agent", "tcp://host:1"], "tcp://host:1"),
@@ -126,20 +114,13 @@ fn usage_errors_exit_2_and_name_the_bad_value() {
     for (args, bad) in cases {
         let run = Bgctl::new().args(*args).output();
         run.assert_exit_code(2);
-        assert!(
-            run.stderr().contains(bad),
-            "bgctl {args:?}: stderr should name {bad:?}:\n{}",
-            run.stderr()
-        );
+        assert!(run.stderr().contains(bad), "bgctl {args:?}: stderr should name {bad:?}:\n{}", run.stderr());
     }
 }
 
 #[test]
 fn bad_agent_env_is_a_usage_error() {
-    let run = Bgctl::new()
-        .env("BG_AGENT", "nonsense")
-        .args(["status"])
-        .output();
+    let run = Bgctl::new().env("BG_AGENT", "nonsense").args(["status"]).output();
     run.assert_exit_code(2);
     assert!(run.stderr().contains("BG_AGENT"), "{}", run.stderr());
 }
@@ -151,10 +132,7 @@ fn missing_unix_socket_exits_3_with_one_line() {
     run.assert_exit_code(3);
     let stderr = run.stderr();
     assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot reach agent at {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot reach agent at {addr}")), "{stderr}");
     assert!(stderr.contains("is bg-agent running?"), "{stderr}");
     assert!(run.stdout().is_empty());
 }
@@ -162,9 +140,7 @@ fn missing_unix_socket_exits_3_with_one_line() {
 #[test]
 fn closed_tcp_port_exits_3_with_one_line() {
     let addr = closed_tcp_port();
-    let run = Bgctl::new()
-        .args(["--agent", &addr, "--token", "secret", "deploy", "web"])
-        .output();
+    let run = Bgctl::new().args(["--agent", &addr, "--token", "secret", "deploy", "web"]).output();
     run.assert_exit_code(3);
     let stderr = run.stderr();
     assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
@@ -174,10 +150,7 @@ fn closed_tcp_port_exits_3_with_one_line() {
 #[test]
 fn agent_from_environment_is_used() {
     let (_dir, addr) = missing_socket();
-    let run = Bgctl::new()
-        .env("BG_AGENT", &addr)
-        .args(["status"])
-        .output();
+    let run = Bgctl::new().env("BG_AGENT", &addr).args(["status"]).output();
     run.assert_exit_code(3);
     assert!(run.stderr().contains(&addr), "{}", run.stderr());
 }
@@ -185,18 +158,14 @@ fn agent_from_environment_is_used() {
 #[test]
 fn json_errors_are_one_document() {
     let (_dir, addr) = missing_socket();
-    let run = Bgctl::new()
-        .args(["promote", "web", "--agent", &addr, "--output", "json"])
-        .output();
+    let run = Bgctl::new().args(["promote", "web", "--agent", &addr, "--output", "json"]).output();
     run.assert_exit_code(3);
     let doc = run.stdout_json();
     assert_eq!(doc["exit_code"], 3);
     assert_eq!(doc["error"]["code"], "unreachable");
     assert!(doc["error"]["message"].as_str().unwrap().contains(&addr));
 
-    let run = Bgctl::new()
-        .args(["--output=json", "canary", "web", "--weight", "101"])
-        .output();
+    let run = Bgctl::new().args(["--output=json", "canary", "web", "--weight", "101"]).output();
     run.assert_exit_code(2);
     let doc = run.stdout_json();
     assert_eq!(doc["exit_code"], 2);
@@ -208,9 +177,7 @@ fn json_errors_are_one_document() {
 fn fleet_reports_every_agent_with_the_worst_code() {
     let (_dir, a) = missing_socket();
     let b = closed_tcp_port();
-    let run = Bgctl::new()
-        .args(["status", "--agent", &a, "--agent", &b, "--output", "json"])
-        .output();
+    let run = Bgctl::new().args(["status", "--agent", &a, "--agent", &b, "--output", "json"]).output();
     run.assert_exit_code(3);
     let doc = run.stdout_json();
     assert_eq!(doc["exit_code"], 3);
@@ -240,24 +207,16 @@ fn completions_are_printed_for_every_shell() {
         run.assert_exit_code(0);
         let script = run.stdout();
         assert!(script.contains("bgctl"), "{shell}");
-        assert!(
-            script.contains("deploy") && script.contains("canary"),
-            "{shell}"
-        );
+        assert!(script.contains("deploy") && script.contains("canary"), "{shell}");
     }
-    Bgctl::new()
-        .args(["completions", "tcsh"])
-        .output()
-        .assert_exit_code(2);
+    Bgctl::new().args(["completions", "tcsh"]).output().assert_exit_code(2);
 }
 
 #[test]
 fn global_flags_are_accepted_after_the_command() {
     let (_dir, addr) = missing_socket();
     let run = Bgctl::new()
-        .args([
-            "replica", "list", "web", "--output", "json", "--agent", &addr,
-        ])
+        .args(["replica", "list", "web", "--output", "json", "--agent", &addr])
         .args(["--token", "t"])
         .output();
     run.assert_exit_code(3);
@@ -269,18 +228,7 @@ fn help_explains_flags_and_exits_0() {
     let run = Bgctl::new().args(["deploy", "--help"]).output();
     run.assert_exit_code(0);
     let help = run.stdout();
-    for flag in [
-        "--image",
-        "--env",
-        "--command",
-        "--promote",
-        "--no-wait",
-        "--agent",
-        "--output",
-    ] {
-        assert!(
-            help.contains(flag),
-            "deploy --help mentions {flag}:\n{help}"
-        );
+    for flag in ["--image", "--env", "--command", "--promote", "--no-wait", "--agent", "--output"] {
+        assert!(help.contains(flag), "deploy --help mentions {flag}:\n{help}");
     }
 }
