@@ -41,7 +41,7 @@ cleanup() {
     done
   else
     for f in /proc/[0-9]*/environ; do
-      if tr '\0' '\n' < "$f" 2>/dev/null | grep -qx "BG_QUICKSTART=$marker"; then
+      if { tr '\0' '\n' < "$f"; } 2>/dev/null | grep -qx "BG_QUICKSTART=$marker"; then
         pid=${f#/proc/}; kill -9 "${pid%/environ}" 2>/dev/null || true
       fi
     done

@@ -308,10 +308,14 @@ impl Service {
     /// Take `color` out of rotation, drain it, stop and remove its replicas,
     /// and forget its spec.
     pub(super) async fn retire_color(&self, color: Color, op: Option<u64>) {
-        self.set_state(color, |r| r.state != ReplicaState::Stopped, ReplicaState::Draining);
+        // Replicas already out of rotation were drained when they left it;
+        // drain again only what was serving or still has work.
+        let serving = self.set_state(color, |r| r.state == ReplicaState::Serving, ReplicaState::Draining);
         let backends = self.backends_of(color);
         self.apply_routes();
-        self.drain_backends(color, backends, op).await;
+        if !serving.is_empty() || backends.iter().any(|b| self.proxy.inflight(b) > 0) {
+            self.drain_backends(color, backends, op).await;
+        }
         let replicas = {
             let mut model = self.lock();
             let c = model.color(color);
