@@ -579,7 +579,8 @@ pub struct EventsQuery {
     /// Only this service's events.
     #[serde(default)]
     pub service: Option<String>,
-    /// Replay retained events with `seq >= since` first.
+    /// Replay retained events with `seq >= since` first (all retained
+    /// events when absent).
     #[serde(default)]
     pub since: Option<u64>,
     /// Keep the stream open for new events (`true`) or end after the

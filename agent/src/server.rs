@@ -182,7 +182,7 @@ impl ControlApi {
         if let Some(name) = &q.service {
             self.service(name)?;
         }
-        let mut sub = self.events.subscribe(Some(q.since.unwrap_or(u64::MAX)));
+        let mut sub = self.events.subscribe(Some(q.since.unwrap_or(0)));
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
         let shutdown = self.shutdown.clone();
         let wanted = move |e: &crate::api::Event| q.service.as_ref().is_none_or(|s| *s == e.service);
