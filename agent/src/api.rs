@@ -341,7 +341,8 @@ pub struct CanaryRequest {
     /// Time at each step before judging it, humantime (`30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
-    /// Abort when the new color's error rate passes this fraction (0.01).
+    /// Abort when the new color's 5xx rate exceeds the stable color's (over
+    /// the same step) by more than this fraction (default 0.01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_error_rate: Option<f64>,
     /// Abort when the new color's p99 latency passes this, humantime.

@@ -209,7 +209,7 @@ impl Compiled {
                 Balance::RoundRobin => return Some(b.clone()),
                 Balance::LeastInflight => {
                     let load = b.inflight();
-                    if best.map_or(true, |(_, l)| load < l) {
+                    if best.is_none_or(|(_, l)| load < l) {
                         best = Some((b, load));
                     }
                 }

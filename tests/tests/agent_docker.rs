@@ -87,6 +87,10 @@ async fn docker_bad_release_fails_by_deadline_and_its_containers_are_gone() {
     let (result, message) = outcome(&status);
     assert_eq!(result, "failed", "{status}");
     assert!(message.contains("not healthy within 3s"), "{message}");
+    assert!(
+        message.contains("last log lines") && message.contains("websample"),
+        "the app's own output is quoted: {message}"
+    );
     assert!(took >= Duration::from_millis(2900), "{took:?}");
     assert_eq!(status["active"], "blue");
     assert_eq!(containers(&name).len(), 1, "the bad release's containers are removed");

@@ -250,6 +250,20 @@ async fn a_canary_with_errors_is_aborted_at_its_first_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_too_few_requests_is_not_judged_healthy() {
+    let agent = Agent::process().service(Svc::new("web")).start().await;
+    agent.op("web", "deploy", json!({}), OP).await;
+    agent.op("web", "deploy", json!({"env": {"VERSION": "v2"}}), OP).await;
+    // No load at all: the step waits one more interval, then fails.
+    let canary = json!({"steps": [10], "interval": "500ms", "min_requests": 50, "promote": true});
+    let status = agent.op("web", "canary", canary, OP).await;
+    let (result, message) = outcome(&status);
+    assert_eq!(result, "failed", "{status}");
+    assert!(message.contains("min_requests 50"), "{message}");
+    assert_eq!(status["active"], "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_steps_to_100_and_is_promoted() {
     let agent = Agent::process().service(Svc::new("web").replicas(2)).start().await;
     agent.op("web", "deploy", json!({}), OP).await;

@@ -30,6 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
+/// How long a request waits for an operation that has reported its end to
+/// release the service (or for a warm old color to finish stopping).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the controller refused or could not do what was asked. The control
 /// API maps each variant to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -284,15 +288,27 @@ impl Service {
         if matches!(request, OpRequest::Abort) {
             self.cancel_running().await;
         }
-        let guard = self.op_lock.clone().try_lock_owned().map_err(|_| ControlError::Conflict {
+        let conflict = || ControlError::Conflict {
             service: self.name.clone(),
             running: self
                 .lock()
                 .operation
                 .as_ref()
                 .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
-                .unwrap_or_else(|| "another operation".into()),
-        })?;
+                .unwrap_or_else(|| "stopping an old color kept warm".into()),
+        };
+        let guard = match self.op_lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            // The last operation has already reported its end and is
+            // releasing the service: a script that acts on that report at
+            // once must not see a conflict.
+            Err(_) if self.lock().operation.is_none() => {
+                tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
+                    .await
+                    .map_err(|_| conflict())?
+            }
+            Err(_) => return Err(conflict()),
+        };
         let plan = self.plan(&request)?;
         let kind = request.kind();
         let id = self.shared.next_op_id();

@@ -584,14 +584,20 @@ impl Service {
                         canary.requests, plan.min_requests
                     ));
                 }
+                // Judged against the stable color over the same window: a
+                // canary may not do worse than it by more than the limit (so
+                // a fix for an already failing service is not refused).
                 let rate = canary.error_rate();
-                if rate > plan.max_error_rate {
+                let allowed = base.error_rate() + plan.max_error_rate;
+                if rate > allowed {
                     break Err(format!(
-                        "error rate of {new} {:.2}% over {} requests is above {:.2}% (stable color: {:.2}%)",
+                        "error rate of {new} {:.2}% over {} requests is above {:.2}% \
+                         (stable color {:.2}% + max_error_rate {:.2}%)",
                         rate * 100.0,
                         canary.requests,
-                        plan.max_error_rate * 100.0,
-                        base.error_rate() * 100.0
+                        allowed * 100.0,
+                        base.error_rate() * 100.0,
+                        plan.max_error_rate * 100.0
                     ));
                 }
                 if let (Some(max), Some(p99)) = (plan.max_p99, canary.latency.quantile(0.99)) {

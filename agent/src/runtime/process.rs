@@ -353,7 +353,7 @@ impl Runtime for ProcessRuntime {
             let procs = self.procs.lock().expect("process table lock");
             let mut out: Vec<ReplicaHandle> = procs
                 .values()
-                .filter(|p| service.map_or(true, |s| p.record.service == s))
+                .filter(|p| service.is_none_or(|s| p.record.service == s))
                 .map(Proc::handle)
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
