@@ -214,3 +214,62 @@ async fn the_canary_cutover_script_aborts_a_release_that_errors() {
     assert_eq!(st["weights"]["blue"], 100);
     assert!(st["colors"]["green"]["replicas"].as_array().unwrap().is_empty(), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_live_on_a_terminal_and_plain_timestamped_lines_otherwise() {
+    let agent = live_agent(Svc::new("web").replicas(2)).await;
+    // A real pseudo-terminal through util-linux `script`.
+    let cmd = format!(
+        "{} --agent {} deploy web --env VERSION=v2 --promote",
+        cargo_bin("bgctl", "bgctl").display(),
+        agent.agent_arg()
+    );
+    let tty = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("run script(1)");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(screen.contains('\r') || screen.contains("\x1b["), "the display redraws in place: {screen:?}");
+    assert!(screen.contains("succeeded"), "{screen}");
+
+    // Not a terminal: one timestamped line per step on stderr.
+    let plain = agent.bgctl(&["deploy", "web", "--env", "VERSION=v3", "--promote"]);
+    plain.assert_exit_code(0);
+    assert!(!plain.stderr.contains("\x1b["), "no escape codes off a terminal");
+    let phases: Vec<&str> = plain.stderr.lines().filter(|l| l.contains("phase")).collect();
+    assert!(phases.len() >= 3, "{}", plain.stderr);
+    assert!(phases.iter().all(|l| l.starts_with("20") && l.contains('T')), "timestamped: {phases:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_streams_new_events_as_they_happen() {
+    use std::io::{BufRead, BufReader};
+    let agent = live_agent(Svc::new("web")).await;
+    let mut child = Command::new(cargo_bin("bgctl", "bgctl"))
+        .args(["--agent", &agent.agent_arg(), "events", "web", "--follow", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("bgctl events --follow");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("NDJSON line");
+            let done = v["type"] == "operation_finished" && v["result"]["revision"] == 2;
+            seen.push(v);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    agent.bgctl(&["deploy", "web", "--env", "VERSION=v2", "--promote"]).assert_exit_code(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "events --follow never showed the deploy's end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = reader.join().unwrap();
+    assert!(seen.iter().any(|e| e["type"] == "switched" && e["active"] == "green"), "{seen:?}");
+}
