@@ -287,7 +287,9 @@ where
     };
     match (probe_fn().await, native) {
         (Err(reason), _) => Outcome::Fail(reason),
-        (Ok(()), Some(false)) => Outcome::Fail("the container's own HEALTHCHECK reports unhealthy".into()),
+        (Ok(()), Some(false)) => {
+            Outcome::Fail("the container's own HEALTHCHECK has not passed (starting or unhealthy)".into())
+        }
         (Ok(()), _) => Outcome::Pass,
     }
 }

@@ -4,6 +4,7 @@
 #
 #   examples/scripts/build-websample-image.sh            # websample:v1, websample:v2
 #   examples/scripts/build-websample-image.sh v3         # websample:v3
+#   examples/scripts/build-websample-image.sh v1-hc      # with a Docker HEALTHCHECK
 #
 # The tags share one binary: the version an instance reports comes from its
 # VERSION environment variable, which bluegreen sets per deploy. Each tag
@@ -21,7 +22,11 @@ ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
 cp "$root/target/$target/release/websample" "$ctx/websample"
 cp "$root/examples/websample/docker/Dockerfile" "$ctx/Dockerfile"
 for tag in "${tags[@]}"; do
-  printf '\nLABEL org.bluegreen.websample.tag=%s\nENV VERSION=%s\n' "$tag" "$tag" > "$ctx/Dockerfile.tag"
+  printf '\nLABEL org.bluegreen.websample.tag=%s\nENV VERSION=%s\n' "$tag" "${tag%-hc}" > "$ctx/Dockerfile.tag"
+  # Tags ending in -hc carry the image's own HEALTHCHECK (checked every second).
+  case "$tag" in
+    *-hc) printf 'HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/websample", "--healthcheck"]\n' >> "$ctx/Dockerfile.tag" ;;
+  esac
   cat "$ctx/Dockerfile" "$ctx/Dockerfile.tag" > "$ctx/Dockerfile.full"
   DOCKER_BUILDKIT=0 docker build -q -f "$ctx/Dockerfile.full" -t "websample:$tag" "$ctx" >&2
   echo "websample:$tag"

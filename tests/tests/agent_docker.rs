@@ -157,3 +157,28 @@ async fn docker_old_color_is_stopped_only_after_in_flight_requests_finished() {
         events.iter().find(|e| e["type"] == "replica" && e["state"] == "stopped").expect("stop event");
     assert!(drained["seq"].as_u64() < stopped["seq"].as_u64(), "stop came after the drain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_image_healthcheck_must_pass_too() {
+    let name = unique_service("hc");
+    if !docker_available("docker_image_healthcheck") {
+        return;
+    }
+    bg_tests::websample::ensure_image("v1-hc").expect("websample:v1-hc image");
+    // The agent's own check is a TCP connect, which an UNHEALTHY=1 app
+    // passes; only the image's HEALTHCHECK (GET /healthz) can fail it.
+    let svc = Svc::new(&name)
+        .image("websample:v1-hc")
+        .set("health", "kind", "\"tcp\"")
+        .set("health", "deadline", "\"8s\"");
+    let Some(agent) = docker_agent("docker_image_healthcheck", svc).await else { return };
+    let good = agent.op(&name, "deploy", json!({}), OP).await;
+    assert_eq!(outcome(&good).0, "succeeded", "{good}");
+    let bad = agent
+        .op(&name, "deploy", json!({"env": {"VERSION": "v2", "UNHEALTHY": "1"}, "promote": true}), OP)
+        .await;
+    let (result, message) = outcome(&bad);
+    assert_eq!(result, "failed", "the image's HEALTHCHECK kept it out: {bad}");
+    assert!(message.contains("not healthy within 8s"), "{message}");
+    assert_eq!(bad["active"], "blue");
+}

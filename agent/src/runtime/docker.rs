@@ -457,7 +457,9 @@ impl DockerRuntime {
         if state.running.unwrap_or(false) {
             let native_health = state.health.and_then(|h| h.status).and_then(|s| match s {
                 HealthStatusEnum::HEALTHY => Some(true),
-                HealthStatusEnum::UNHEALTHY => Some(false),
+                // Still starting: the image's own check has not passed yet,
+                // so it must not count as passing.
+                HealthStatusEnum::UNHEALTHY | HealthStatusEnum::STARTING => Some(false),
                 _ => None,
             });
             Ok(RunState::Running { native_health })

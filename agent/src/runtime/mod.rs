@@ -102,9 +102,9 @@ pub struct ReplicaHandle {
 pub enum RunState {
     /// Running. `native_health` is the container's own HEALTHCHECK verdict
     /// where the image has one (`Some(true)` healthy, `Some(false)`
-    /// unhealthy, `None` no healthcheck or still starting).
+    /// unhealthy or not passed yet, `None` no healthcheck).
     Running {
-        /// The image's own health verdict, if it has one and it is settled.
+        /// The image's own health verdict, where the image has a healthcheck.
         native_health: Option<bool>,
     },
     /// Exited with this code (or killed by a signal: `128 + signo`).

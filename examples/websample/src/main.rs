@@ -6,6 +6,9 @@
 //! 500, for canary tests), `BIND` (default `0.0.0.0`), `EVENT_LOG` (a file
 //! the lifecycle lines below are appended to as well).
 //!
+//! `websample --healthcheck` checks a running instance instead (for a Docker
+//! HEALTHCHECK in an image with no shell or curl).
+//!
 //! Routes: `GET /` → `VERSION\n` with `x-version`; `GET /sleep/N` → the same
 //! after N seconds (fractions allowed); `GET /healthz` → 200 or 503;
 //! `GET /ws` → WebSocket echo. Every answer carries `x-version`.
@@ -56,8 +59,35 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false)
 }
 
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--healthcheck") {
+        std::process::exit(healthcheck());
+    }
+    serve();
+}
+
+/// `websample --healthcheck`: `GET /healthz` on the local `PORT`, exit 0
+/// on 200 and 1 otherwise. It lets an image built `FROM scratch` (no curl)
+/// declare a Docker HEALTHCHECK.
+fn healthcheck() -> i32 {
+    use std::io::{Read, Write};
+    let port = std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()).unwrap_or(5000);
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 1 };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return 1;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    if answer.starts_with("HTTP/1.1 200") {
+        0
+    } else {
+        1
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn serve() {
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => match p.parse() {
             Ok(p) => p,
