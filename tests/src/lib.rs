@@ -8,5 +8,6 @@ pub mod api;
 pub mod bins;
 pub mod docker;
 pub mod load;
+pub mod status;
 pub mod wait;
 pub mod websample;

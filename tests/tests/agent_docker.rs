@@ -5,18 +5,12 @@
 use bg_tests::agent::{unique_service, Agent, RunningAgent, Svc};
 use bg_tests::docker::docker_available;
 use bg_tests::load::Load;
+use bg_tests::status::outcome;
 use bg_tests::wait::eventually;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime};
 
 const OP: Duration = Duration::from_secs(90);
-
-fn outcome(status: &Value) -> (&str, &str) {
-    (
-        status["last_outcome"]["outcome"].as_str().unwrap_or("none"),
-        status["last_outcome"]["message"].as_str().unwrap_or(""),
-    )
-}
 
 fn containers(service: &str) -> Vec<String> {
     let out = std::process::Command::new("docker")

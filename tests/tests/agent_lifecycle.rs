@@ -5,22 +5,12 @@
 
 use bg_tests::agent::{Agent, Svc};
 use bg_tests::load::Load;
+use bg_tests::status::{outcome, replica_count};
 use bg_tests::wait::eventually;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const OP: Duration = Duration::from_secs(60);
-
-fn outcome(status: &Value) -> (&str, &str) {
-    (
-        status["last_outcome"]["outcome"].as_str().unwrap_or("none"),
-        status["last_outcome"]["message"].as_str().unwrap_or(""),
-    )
-}
-
-fn replicas(status: &Value, color: &str) -> usize {
-    status["colors"][color]["replicas"].as_array().map(Vec::len).unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_old_makes_rollback_one_instant_swap() {
@@ -31,7 +21,7 @@ async fn keep_old_makes_rollback_one_instant_swap() {
     let promoted = agent.op("web", "deploy", json!({"env": {"VERSION": "v2"}, "promote": true}), OP).await;
     assert_eq!(outcome(&promoted).0, "succeeded", "{promoted}");
     assert!(outcome(&promoted).1.contains("kept warm"), "{promoted}");
-    assert_eq!(replicas(&promoted, "blue"), 2, "blue kept running, out of rotation");
+    assert_eq!(replica_count(&promoted, "blue"), 2, "blue kept running, out of rotation");
     let states: Vec<&str> = promoted["colors"]["blue"]["replicas"]
         .as_array()
         .unwrap()
@@ -81,7 +71,7 @@ async fn a_failing_monitor_window_rolls_back_to_the_warm_color() {
     assert_eq!(result, "rolled-back", "{status}");
     assert!(message.contains("error rate"), "{message}");
     assert_eq!(status["active"], "blue");
-    assert_eq!(replicas(&status, "green"), 0);
+    assert_eq!(replica_count(&status, "green"), 0);
     assert!(report.version("v2") > 0, "v2 took traffic before the monitor caught it");
     let after = agent.wait_idle("web", OP).await;
     assert_eq!(after["weights"]["blue"], 100);
@@ -98,7 +88,7 @@ async fn auto_promote_switches_as_soon_as_healthy() {
     // An explicit promote: false wins over the config.
     let status = agent.op("web", "deploy", json!({"env": {"VERSION": "v3"}, "promote": false}), OP).await;
     assert_eq!(status["active"], "green");
-    assert_eq!(replicas(&status, "blue"), 1, "v3 waits in blue");
+    assert_eq!(replica_count(&status, "blue"), 1, "v3 waits in blue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +124,7 @@ async fn a_promote_cut_short_by_a_crash_is_completed_on_restart() {
 
     let status = agent.wait_idle("web", OP).await;
     assert_eq!(status["active"], "green", "{status}");
-    assert_eq!(replicas(&status, "blue"), 0, "the promote was completed: {status}");
+    assert_eq!(replica_count(&status, "blue"), 0, "the promote was completed: {status}");
     let (result, message) = outcome(&status);
     assert_eq!(result, "aborted", "{status}");
     assert!(message.contains("completed"), "{message}");

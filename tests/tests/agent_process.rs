@@ -3,22 +3,12 @@
 
 use bg_tests::agent::{Agent, Svc};
 use bg_tests::load::Load;
+use bg_tests::status::{outcome, replica_count};
 use bg_tests::wait::eventually;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const OP: Duration = Duration::from_secs(60);
-
-fn outcome(status: &Value) -> (&str, &str) {
-    (
-        status["last_outcome"]["outcome"].as_str().unwrap_or("none"),
-        status["last_outcome"]["message"].as_str().unwrap_or(""),
-    )
-}
-
-fn replicas(status: &Value, color: &str) -> usize {
-    status["colors"][color]["replicas"].as_array().map(Vec::len).unwrap_or(0)
-}
 
 /// Lines `websample <ms> <event>` of an EVENT_LOG file: (ms, event).
 fn event_log(path: &std::path::Path) -> Vec<(u128, String)> {
@@ -54,8 +44,8 @@ async fn deploy_and_promote_under_load_loses_nothing_and_stops_the_old_color() {
 
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     assert!(report.version("v1") > 0 && report.version("v2") > 0, "{:?}", report.by_version);
-    assert_eq!(replicas(&promoted, "blue"), 0, "old color removed: {promoted}");
-    assert_eq!(replicas(&promoted, "green"), 2);
+    assert_eq!(replica_count(&promoted, "blue"), 0, "old color removed: {promoted}");
+    assert_eq!(replica_count(&promoted, "green"), 2);
     let alive: Vec<i32> = agent.processes_with("VERSION=v1");
     assert!(alive.is_empty(), "v1 processes {v1_pids:?} are stopped, still alive: {alive:?}");
 }
@@ -84,7 +74,7 @@ async fn a_bad_release_fails_by_its_deadline_and_traffic_never_moves() {
     );
     assert!(took >= Duration::from_millis(1900), "failed before its deadline: {took:?}");
     assert_eq!(status["active"], "blue");
-    assert_eq!(replicas(&status, "green"), 0, "failed color removed");
+    assert_eq!(replica_count(&status, "green"), 0, "failed color removed");
     eventually("v2 processes are gone", Duration::from_secs(10), || {
         agent.processes_with("VERSION=v2").is_empty()
     })
@@ -195,7 +185,7 @@ async fn an_agent_killed_mid_deploy_recovers_and_a_restart_adopts_replicas() {
     let status = agent.status("web").await;
     assert_eq!(status["active"], "blue", "{status}");
     assert!(status["operation"].is_null(), "{status}");
-    assert_eq!(replicas(&status, "green"), 0, "half-started color removed: {status}");
+    assert_eq!(replica_count(&status, "green"), 0, "half-started color removed: {status}");
     assert_eq!(outcome(&status).0, "aborted", "{status}");
     eventually("v2 processes are gone", Duration::from_secs(20), || {
         agent.processes_with("VERSION=v2").is_empty()

@@ -4,6 +4,7 @@
 
 use bg_tests::agent::{Agent, RunningAgent, Svc};
 use bg_tests::load::Load;
+use bg_tests::status::{outcome, replicas};
 use bg_tests::wait::eventually;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,17 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 const OP: Duration = Duration::from_secs(90);
-
-fn outcome(status: &Value) -> (&str, &str) {
-    (
-        status["last_outcome"]["outcome"].as_str().unwrap_or("none"),
-        status["last_outcome"]["message"].as_str().unwrap_or(""),
-    )
-}
-
-fn replicas(status: &Value, color: &str) -> Vec<Value> {
-    status["colors"][color]["replicas"].as_array().cloned().unwrap_or_default()
-}
 
 /// Samples the active color during an operation: (max replicas not
 /// serving-and-healthy out of `wanted`, min serving-and-healthy, max replicas).
