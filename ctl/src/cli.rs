@@ -185,8 +185,8 @@ pub struct CanaryArgs {
     /// How long to hold each step before judging it, e.g. `30s`, `2m`.
     #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
     pub interval: Option<HumanDuration>,
-    /// Abort when the new color's error rate (5xx and failed requests)
-    /// passes this: `1%` or `0.01`.
+    /// Abort when the new color's 5xx rate exceeds the stable color's over
+    /// the same step by more than this: `1%` or `0.01` (default 1%).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with = "weight")]
     pub max_error_rate: Option<f64>,
     /// Abort when the new color's p99 latency passes this, e.g. `300ms`.
