@@ -32,6 +32,12 @@ struct Args {
     /// Skip the throughput cells (switching and drain only).
     #[arg(long)]
     no_throughput: bool,
+    /// Skip switching and drain (throughput only).
+    #[arg(long)]
+    no_switching: bool,
+    /// Only these peers (direct, bg-proxy, nginx, haproxy), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
 }
 
 /// Run this process again under `taskset -c 0`, so the load generator has
@@ -90,7 +96,10 @@ fn main() {
     for m in &missing {
         eprintln!("skipped {m}");
     }
-    let peers: Vec<Peer> = Peer::ALL.into_iter().filter(|p| tools.has(*p)).collect();
+    let peers: Vec<Peer> = Peer::ALL
+        .into_iter()
+        .filter(|p| tools.has(*p) && (args.peers.is_empty() || args.peers.iter().any(|n| n == p.name())))
+        .collect();
     let machine = Machine::read(tools.version(Peer::Nginx), tools.version(Peer::Haproxy), pinned_ok);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -103,6 +112,20 @@ fn main() {
             if args.no_throughput { Vec::new() } else { cells::all(&tools, &plan, &peers, up_addr).await };
         drop(upstream);
 
+        if args.no_switching {
+            return Results {
+                mode: if args.quick { "quick" } else { "full" },
+                machine,
+                missing,
+                cell_seconds: plan.cell.as_secs_f64(),
+                rounds: plan.rounds,
+                clients: plan.clients,
+                medians: medians(&cells),
+                cells,
+                switching: Vec::new(),
+                inprocess: None,
+            };
+        }
         let (v1, v2) = (websample(&tools, "v1"), websample(&tools, "v2"));
         let ups = [(addr_of(&v1), "v1".to_string()), (addr_of(&v2), "v2".to_string())];
         let mut runs = Vec::new();
