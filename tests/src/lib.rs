@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod bins;
 pub mod docker;
 pub mod load;

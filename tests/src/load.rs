@@ -48,7 +48,7 @@ const MAX_OUTSTANDING: usize = 10_000;
 
 #[derive(Debug, Clone, Copy)]
 enum Shape {
-    KeepAlive(usize),
+    KeepAlive { clients: usize, fresh: bool },
     Rate { per_sec: u32, fresh: bool },
 }
 
@@ -67,7 +67,7 @@ pub struct Load {
 impl Load {
     /// `clients` keep-alive connections in a closed loop.
     pub fn keepalive(clients: usize) -> Load {
-        Load::new(Shape::KeepAlive(clients.max(1)))
+        Load::new(Shape::KeepAlive { clients: clients.max(1), fresh: false })
     }
 
     /// `per_sec` requests a second, whatever the answers take (open loop),
@@ -88,11 +88,14 @@ impl Load {
         }
     }
 
-    /// Open-loop requests each on a new connection (a new client).
+    /// Every request on a new connection (a new client): open-loop
+    /// requests each connect; closed-loop clients send `Connection: close`
+    /// and connect again for their next request.
     pub fn fresh_connections(mut self) -> Load {
-        if let Shape::Rate { per_sec, .. } = self.shape {
-            self.shape = Shape::Rate { per_sec, fresh: true };
-        }
+        self.shape = match self.shape {
+            Shape::Rate { per_sec, .. } => Shape::Rate { per_sec, fresh: true },
+            Shape::KeepAlive { clients, .. } => Shape::KeepAlive { clients, fresh: true },
+        };
         self
     }
 
@@ -158,9 +161,9 @@ impl Load {
         let began = Instant::now();
         let mut workers = JoinSet::new();
         match self.shape {
-            Shape::KeepAlive(n) => {
-                for _ in 0..n {
-                    workers.spawn(keepalive_worker(config.clone(), shared.clone(), stop.clone()));
+            Shape::KeepAlive { clients, fresh } => {
+                for _ in 0..clients {
+                    workers.spawn(keepalive_worker(config.clone(), shared.clone(), stop.clone(), fresh));
                 }
             }
             Shape::Rate { per_sec, fresh } => {
@@ -335,7 +338,12 @@ async fn read_response(
     Ok((status, version))
 }
 
-async fn keepalive_worker(config: Arc<Config>, shared: Arc<Shared>, stop: CancellationToken) -> Tally {
+async fn keepalive_worker(
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    fresh: bool,
+) -> Tally {
     let mut tally = Tally::default();
     let mut sender: Option<Sender> = None;
     while !stop.is_cancelled() && shared.claim() {
@@ -346,10 +354,14 @@ async fn keepalive_worker(config: Arc<Config>, shared: Arc<Shared>, stop: Cancel
                 None => sender.insert(connect(config.target).await?),
             };
             s.ready().await.map_err(|e| format!("connection: {e}"))?;
-            read_response(s.send_request(config.request()).await).await
+            let mut req = config.request();
+            if fresh {
+                req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            read_response(s.send_request(req).await).await
         }
         .await;
-        if result.is_err() {
+        if result.is_err() || fresh {
             sender = None;
         }
         if result.as_ref().is_ok_and(|(s, _)| s.is_server_error()) || result.is_err() {

@@ -1,0 +1,61 @@
+//! The benchmark behind `cargo run --release -p bg-tests --bin bench`:
+//! bg-proxy against nginx and HAProxy on one pinned core each, the client
+//! straight to the upstream as the physical limit, plus switching, drain
+//! and switch-latency measurements. Each submodule has one job.
+
+pub mod cells;
+pub mod inprocess;
+pub mod peers;
+pub mod procs;
+pub mod report;
+pub mod svg;
+pub mod switching;
+
+use std::time::Duration;
+
+/// How long and how often each measurement runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Rounds over all peers (the median round is reported).
+    pub rounds: usize,
+    /// Measured time per cell.
+    pub cell: Duration,
+    /// Unmeasured warm-up before each cell.
+    pub warmup: Duration,
+    /// Concurrent clients per cell.
+    pub clients: usize,
+    /// Route switches per peer in the switching test.
+    pub switches: usize,
+    /// Time between two switches.
+    pub switch_every: Duration,
+    /// Seconds the slow request of the drain test takes.
+    pub drain_sleep: f64,
+}
+
+impl Plan {
+    /// A few seconds per cell, to check that everything runs.
+    pub fn quick() -> Plan {
+        Plan {
+            rounds: 3,
+            cell: Duration::from_secs(2),
+            warmup: Duration::from_millis(300),
+            clients: 32,
+            switches: 20,
+            switch_every: Duration::from_millis(100),
+            drain_sleep: 1.0,
+        }
+    }
+
+    /// The numbers BENCHMARKS.md reports.
+    pub fn full() -> Plan {
+        Plan {
+            rounds: 5,
+            cell: Duration::from_secs(8),
+            warmup: Duration::from_secs(1),
+            clients: 32,
+            switches: 20,
+            switch_every: Duration::from_millis(250),
+            drain_sleep: 2.0,
+        }
+    }
+}

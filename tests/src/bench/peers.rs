@@ -1,0 +1,284 @@
+//! The proxies under test and how to start and switch each: bg-proxy (its
+//! bench server binary), nginx and HAProxy from generated configs in a
+//! temporary directory, all on one pinned core; and "direct", the client
+//! straight to the upstream.
+
+use super::procs::{free_addr, on_path, pinned, Proc};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The core every proxy is pinned to (the load generator gets core 0).
+pub const PROXY_CORE: usize = 1;
+
+/// One column of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// No proxy: the client straight to the upstream.
+    Direct,
+    /// bg-proxy in its own process, one thread.
+    BgProxy,
+    /// nginx, one worker.
+    Nginx,
+    /// HAProxy, one thread.
+    Haproxy,
+}
+
+impl Peer {
+    /// Every peer, in the order of the report.
+    pub const ALL: [Peer; 4] = [Peer::Direct, Peer::BgProxy, Peer::Nginx, Peer::Haproxy];
+
+    /// Its name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::BgProxy => "bg-proxy",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// Where the programs are.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `bg-proxy-bench-server`.
+    pub bg_proxy: PathBuf,
+    /// `bench-upstream`.
+    pub upstream: PathBuf,
+    /// The release `websample`.
+    pub websample: PathBuf,
+    /// nginx, when installed.
+    pub nginx: Option<PathBuf>,
+    /// haproxy, when installed.
+    pub haproxy: Option<PathBuf>,
+}
+
+impl Tools {
+    /// Find everything next to the running binary and on `PATH`.
+    pub fn find(bin_dir: &Path) -> Tools {
+        Tools {
+            bg_proxy: bin_dir.join("bg-proxy-bench-server"),
+            upstream: bin_dir.join("bench-upstream"),
+            websample: bin_dir.join("websample"),
+            nginx: on_path("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists())),
+            haproxy: on_path("haproxy")
+                .or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.exists())),
+        }
+    }
+
+    /// Whether `peer` can run here.
+    pub fn has(&self, peer: Peer) -> bool {
+        match peer {
+            Peer::Direct | Peer::BgProxy => true,
+            Peer::Nginx => self.nginx.is_some(),
+            Peer::Haproxy => self.haproxy.is_some(),
+        }
+    }
+
+    /// `nginx -v` / `haproxy -v`, first line.
+    pub fn version(&self, peer: Peer) -> Option<String> {
+        let (path, arg) = match peer {
+            Peer::Nginx => (self.nginx.as_ref()?, "-v"),
+            Peer::Haproxy => (self.haproxy.as_ref()?, "-v"),
+            _ => return None,
+        };
+        let out = Command::new(path).arg(arg).output().ok()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        text.lines().next().map(|l| l.trim().to_string())
+    }
+}
+
+/// A running peer: where to send, and the process to measure.
+pub struct RunningPeer {
+    /// The peer.
+    pub peer: Peer,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The proxy process (none for direct).
+    pub proc: Option<Proc>,
+    dir: tempfile::TempDir,
+    upstreams: Vec<SocketAddr>,
+    nginx: Option<PathBuf>,
+    active: usize,
+}
+
+impl RunningPeer {
+    /// Start `peer` in front of `upstreams` (the first takes the traffic;
+    /// a second one is where [`RunningPeer::switch`] sends it).
+    pub fn start(tools: &Tools, peer: Peer, upstreams: &[SocketAddr]) -> RunningPeer {
+        let dir = tempfile::Builder::new().prefix("bg-bench-").tempdir().expect("temp dir");
+        let log = dir.path().join("out.log");
+        let (addr, proc) = match peer {
+            Peer::Direct => (upstreams[0], None),
+            Peer::BgProxy => {
+                let addr = free_addr();
+                let mut cmd = pinned(PROXY_CORE, &tools.bg_proxy);
+                cmd.arg(addr.to_string()).args(upstreams.iter().map(|u| u.to_string()));
+                (addr, Some(Proc::start("bg-proxy", cmd, addr, Some(&log))))
+            }
+            Peer::Nginx => {
+                let addr = free_addr();
+                let conf = write_nginx(dir.path(), addr, upstreams[0]);
+                let mut cmd = pinned(PROXY_CORE, tools.nginx.as_ref().expect("nginx is installed"));
+                cmd.arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(dir.path().join("error.log"));
+                (addr, Some(Proc::start("nginx", cmd, addr, Some(&log))))
+            }
+            Peer::Haproxy => {
+                let addr = free_addr();
+                let conf = write_haproxy(dir.path(), addr, upstreams);
+                let mut cmd = pinned(PROXY_CORE, tools.haproxy.as_ref().expect("haproxy is installed"));
+                cmd.arg("-db").arg("-f").arg(&conf);
+                (addr, Some(Proc::start("haproxy", cmd, addr, Some(&log))))
+            }
+        };
+        RunningPeer {
+            peer,
+            addr,
+            proc,
+            dir,
+            upstreams: upstreams.to_vec(),
+            nginx: tools.nginx.clone(),
+            active: 0,
+        }
+    }
+
+    /// Peak RSS of the proxy process(es) in KiB (0 for direct).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc.as_ref().map_or(0, Proc::peak_rss_kib)
+    }
+
+    /// Send all new traffic to the other upstream, the way an operator of
+    /// this proxy would: SIGUSR1 to bg-proxy (an atomic route swap), the
+    /// runtime API of HAProxy, an upstream edit plus `nginx -s reload`.
+    pub fn switch(&mut self) -> Result<(), String> {
+        let next = (self.active + 1) % self.upstreams.len();
+        match self.peer {
+            Peer::Direct => return Err("direct has nothing to switch".into()),
+            Peer::BgProxy => {
+                self.proc.as_ref().expect("bg-proxy runs").signal(nix::sys::signal::Signal::SIGUSR1)
+            }
+            Peer::Haproxy => {
+                let (to, from) = (format!("s{}", next + 1), format!("s{}", self.active + 1));
+                let answer = haproxy_command(
+                    &self.dir.path().join("admin.sock"),
+                    &format!("set server be/{to} state ready; set server be/{from} state drain"),
+                )?;
+                if !answer.trim().is_empty() {
+                    return Err(format!("haproxy said: {answer}"));
+                }
+            }
+            Peer::Nginx => {
+                std::fs::write(self.dir.path().join("upstream.conf"), upstream_line(self.upstreams[next]))
+                    .map_err(|e| e.to_string())?;
+                let out = Command::new(self.nginx.as_ref().expect("nginx is installed"))
+                    .arg("-p")
+                    .arg(self.dir.path())
+                    .arg("-c")
+                    .arg(self.dir.path().join("nginx.conf"))
+                    .arg("-e")
+                    .arg(self.dir.path().join("error.log"))
+                    .args(["-s", "reload"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!("nginx -s reload: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+        }
+        self.active = next;
+        Ok(())
+    }
+}
+
+fn upstream_line(addr: SocketAddr) -> String {
+    format!("server {addr};\n")
+}
+
+fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf {
+    std::fs::create_dir_all(dir.join("tmp")).expect("nginx temp dir");
+    std::fs::write(dir.join("upstream.conf"), upstream_line(upstream)).expect("write upstream.conf");
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream app {{
+        include {d}/upstream.conf;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    path
+}
+
+fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
+    let servers: String = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("    server s{} {u}{}\n", i + 1, if i == 0 { "" } else { " disabled" }))
+        .collect();
+    let conf = format!(
+        "global
+    nbthread 1
+    stats socket {sock} mode 600 level admin
+defaults
+    mode http
+    timeout connect 3s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind {listen}
+    default_backend be
+backend be
+{servers}",
+        sock = dir.join("admin.sock").display()
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).expect("write haproxy.cfg");
+    path
+}
+
+/// One command over HAProxy's stats socket; its answer.
+fn haproxy_command(socket: &Path, command: &str) -> Result<String, String> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("haproxy socket: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.write_all(format!("{command}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok(answer)
+}

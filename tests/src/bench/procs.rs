@@ -1,0 +1,147 @@
+//! Child processes of the benchmark: pinned to a core with `taskset` when
+//! it exists, started until they print (or accept on) their address,
+//! killed on drop, and their peak memory read from `/proc`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether `program` is found on `PATH`.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// `program args` pinned to `core` (through `taskset -c`, when present).
+pub fn pinned(core: usize, program: &Path) -> Command {
+    match on_path("taskset") {
+        Some(taskset) => {
+            let mut c = Command::new(taskset);
+            c.arg("-c").arg(core.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    /// The address it was started for.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Proc {
+    /// Start `cmd` (output to `log`, or discarded) and wait until `addr`
+    /// accepts connections, at most 10 s.
+    pub fn start(name: &str, mut cmd: Command, addr: SocketAddr, log: Option<&Path>) -> Proc {
+        let out = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("create log file")),
+            None => Stdio::null(),
+        };
+        let err = match log {
+            Some(p) => Stdio::from(std::fs::OpenOptions::new().append(true).open(p).expect("open log file")),
+            None => Stdio::null(),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut proc = Proc { name: name.into(), addr, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = log.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+                panic!("{name} exited at start ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "{name} did not listen on {addr} within 10s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        proc
+    }
+
+    /// Its pid (the pinned program itself: `taskset` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory in KiB of it and its children (nginx workers),
+    /// from `VmHWM`.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let mut pids = vec![self.pid()];
+        pids.extend(children(self.pid()));
+        pids.iter().map(|p| vm_hwm_kib(*p)).sum()
+    }
+
+    /// CPU time (user + system) it and its children used so far, in
+    /// clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let mut pids = vec![self.pid()];
+        pids.extend(children(self.pid()));
+        pids.iter().map(|p| cpu_ticks(*p)).sum()
+    }
+
+    /// Send a signal to it.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let kids = children(self.pid());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for k in kids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(k as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// Direct children of `pid` (scanning `/proc/*/stat`).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Fields after the command name: state, ppid, ...
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                .is_some_and(|ppid| ppid == pid)
+        })
+        .collect()
+}

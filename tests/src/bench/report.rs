@@ -1,0 +1,195 @@
+//! The results of a run: the JSON document, and the Markdown tables printed
+//! to stdout (and pasted into BENCHMARKS.md).
+
+use super::cells::{median, Cell, Mode};
+use super::inprocess::InProcess;
+use super::peers::Peer;
+use super::switching::SwitchRun;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// The machine and programs a run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Processors in /proc/cpuinfo (`nproc` of an unpinned shell).
+    pub cores: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// `nginx -v`, when installed.
+    pub nginx: Option<String>,
+    /// `haproxy -v`, when installed.
+    pub haproxy: Option<String>,
+    /// Whether `taskset` pinned the processes.
+    pub pinned: bool,
+}
+
+impl Machine {
+    /// Read what describes this machine.
+    pub fn read(nginx: Option<String>, haproxy: Option<String>, pinned: bool) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+            .unwrap_or("unknown")
+            .to_string();
+        let kernel =
+            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        // Count the machine's processors, not this (pinned) process's.
+        let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
+        Machine { cores, cpu, kernel, nginx, haproxy, pinned }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// `quick` or `full`.
+    pub mode: &'static str,
+    /// Where it ran.
+    pub machine: Machine,
+    /// Peers that could not run, and why.
+    pub missing: Vec<String>,
+    /// Seconds measured per cell, and rounds.
+    pub cell_seconds: f64,
+    /// Rounds over all peers.
+    pub rounds: usize,
+    /// Clients per cell.
+    pub clients: usize,
+    /// Every cell of every round.
+    pub cells: Vec<Cell>,
+    /// The median per peer and mode (`round` holds the number of rounds).
+    pub medians: Vec<Cell>,
+    /// Switching runs per proxy.
+    pub switching: Vec<SwitchRun>,
+    /// The in-process switch and drain figures of bg-proxy.
+    pub inprocess: Option<InProcess>,
+}
+
+/// The medians of every peer and mode, in report order.
+pub fn medians(cells: &[Cell]) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for mode in Mode::ALL {
+        for peer in Peer::ALL {
+            out.extend(median(cells, peer.name(), mode));
+        }
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "Machine: {} cores, {}, Linux {}; {}; {}; pinned with taskset: {}.\n",
+        m.cores,
+        m.cpu,
+        m.kernel,
+        m.nginx.as_deref().unwrap_or("nginx missing"),
+        m.haproxy.as_deref().unwrap_or("haproxy missing"),
+        m.pinned
+    );
+    let _ = writeln!(
+        s,
+        "Mode `{}`: {} rounds × {:.0} s per cell, {} clients, medians over rounds.\n",
+        r.mode, r.rounds, r.cell_seconds, r.clients
+    );
+    for missing in &r.missing {
+        let _ = writeln!(s, "- skipped: {missing}");
+    }
+    for mode in Mode::ALL {
+        let rows: Vec<&Cell> = r.medians.iter().filter(|c| c.mode == mode).collect();
+        let direct = rows.iter().find(|c| c.peer == "direct").map_or(0.0, |c| c.rps);
+        let peers = rows.iter().filter(|c| c.peer == "nginx" || c.peer == "haproxy");
+        let best_rps = peers.clone().map(|c| c.rps).fold(0.0, f64::max);
+        let best_p99 = peers.map(|c| c.p99_us as f64).fold(f64::INFINITY, f64::min);
+        let _ = writeln!(s, "\n### HTTP/1.1, {}\n", mode.name());
+        let _ = writeln!(
+            s,
+            "| peer | req/s | p50 µs | p99 µs | peak RSS MiB | proxy CPU µs/req | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for c in rows {
+            let proxied = c.peer != "direct";
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.peer,
+                c.rps,
+                c.p50_us,
+                c.p99_us,
+                if proxied { format!("{:.1}", c.peak_rss_kib as f64 / 1024.0) } else { "–".into() },
+                if proxied { format!("{:.1}", c.cpu_us_per_req) } else { "–".into() },
+                ratio(c.rps, direct),
+                ratio(c.rps, best_rps),
+                if best_p99.is_finite() { ratio(c.p99_us as f64, best_p99) } else { "–".into() },
+                c.failed
+            );
+        }
+    }
+    if !r.switching.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Switching under load (16 keep-alive clients + 200 req/s on fresh connections)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| proxy | switches | how | requests | failed | switch → first new answer, median | max | switch command errors |"
+        );
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|");
+        for w in &r.switching {
+            let how = match w.peer {
+                "bg-proxy" => "atomic route swap (SIGUSR1 → update_routes)",
+                "haproxy" => "runtime API: set server state ready/drain",
+                "nginx" => "upstream edit + nginx -s reload",
+                _ => "",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.2} ms | {:.2} ms | {} |",
+                w.peer,
+                w.switches,
+                how,
+                w.requests,
+                w.failed,
+                w.to_new_median_us as f64 / 1e3,
+                w.to_new_max_us as f64 / 1e3,
+                w.switch_errors
+            );
+        }
+        for w in r.switching.iter().filter(|w| !w.errors.is_empty()) {
+            let _ = writeln!(s, "\n{} errors, e.g.: {:?}", w.peer, w.errors);
+        }
+    }
+    if let Some(p) = &r.inprocess {
+        let _ = writeln!(s, "\n### bg-proxy in process\n");
+        let _ = writeln!(s, "| figure | value |\n|---|---:|");
+        let _ =
+            writeln!(s, "| `update_routes` call, median of {} | {:.1} µs |", p.switches, p.call_median_us);
+        let _ = writeln!(s, "| `update_routes` call, max | {:.1} µs |", p.call_max_us);
+        let _ =
+            writeln!(s, "| call → first answer of the new version, median | {:.0} µs |", p.to_new_median_us);
+        let _ = writeln!(s, "| call → first answer of the new version, max | {:.0} µs |", p.to_new_max_us);
+        let _ = writeln!(s, "| failed requests during the switches | {} |", p.failed);
+        let _ = writeln!(
+            s,
+            "| slow request `/sleep/{}`, as the client saw it | {:.0} ms |",
+            p.drain_sleep_s, p.slow_request_ms
+        );
+        let _ = writeln!(s, "| its time left at the switch | {:.0} ms |", p.slow_left_at_switch_ms);
+        let _ = writeln!(s, "| `drain()` elapsed after the switch | {:.0} ms |", p.drain_ms);
+        let _ = writeln!(s, "| requests cut by the drain | {} |", p.drain_cut);
+    }
+    s
+}

@@ -1,0 +1,40 @@
+//! A minimal HTTP/1.1 upstream for the benchmark: `GET` anything answers
+//! `VERSION\n` with an `x-version` header, on one thread. It stands in for
+//! the app so that the numbers measure the proxies, not websample.
+//!
+//! Usage: `bench-upstream ADDR [VERSION]` (prints `listening ADDR`).
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
+    let version = args.next().unwrap_or_else(|| "v1".into());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind upstream address");
+        println!("listening {}", listener.local_addr().expect("local addr"));
+        let body = Bytes::from(format!("{version}\n"));
+        let version = http::HeaderValue::from_str(&version).expect("version is a header value");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let (body, version) = (body.clone(), version.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let mut resp = Response::new(Full::new(body.clone()));
+                    resp.headers_mut().insert("x-version", version.clone());
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

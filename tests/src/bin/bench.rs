@@ -1,0 +1,175 @@
+//! The benchmark: bg-proxy against nginx and HAProxy (each on one pinned
+//! core), with the client straight to the upstream as the limit; then
+//! switching under load, switch latency and drain time.
+//!
+//! `cargo run --release -p bg-tests --bin bench -- [--quick] [--json PATH] [--svg PATH]`
+//!
+//! It installs nothing: nginx and haproxy are used when on `PATH` and
+//! skipped (with a note) when not. See BENCHMARKS.md.
+#![forbid(unsafe_code)]
+
+use bg_tests::bench::peers::{Peer, Tools};
+use bg_tests::bench::procs::{free_addr, on_path, pinned, Proc};
+use bg_tests::bench::report::{markdown, medians, Machine, Results};
+use bg_tests::bench::{cells, inprocess, svg, switching, Plan};
+use clap::Parser;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Benchmark bg-proxy against nginx and HAProxy.
+#[derive(Parser, Debug)]
+struct Args {
+    /// A few seconds per cell instead of the full run.
+    #[arg(long)]
+    quick: bool,
+    /// Where the results JSON goes.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Where the SVG plot goes.
+    #[arg(long, default_value = "target/bench/bench.svg")]
+    svg: PathBuf,
+    /// Skip the throughput cells (switching and drain only).
+    #[arg(long)]
+    no_throughput: bool,
+    /// Skip switching and drain (throughput only).
+    #[arg(long)]
+    no_switching: bool,
+    /// Only these peers (direct, bg-proxy, nginx, haproxy), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+}
+
+/// Run this process again under `taskset -c 0`, so the load generator has
+/// core 0 and the proxies core 1.
+fn pin_self() -> bool {
+    if std::env::var_os("BG_BENCH_PINNED").is_some() {
+        return true;
+    }
+    let Some(taskset) = on_path("taskset") else {
+        eprintln!("taskset not found (util-linux): processes are not pinned");
+        return false;
+    };
+    let exe = std::env::current_exe().expect("current exe");
+    let err = Command::new(taskset)
+        .arg("-c")
+        .arg("0")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("BG_BENCH_PINNED", "1")
+        .exec();
+    eprintln!("could not pin with taskset: {err}; running unpinned");
+    false
+}
+
+/// Build the helper binaries (release) next to this one.
+fn build_helpers() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-q", "-p", "bg-tests", "-p", "websample", "--bins", "--manifest-path"])
+        .arg(bg_tests::bins::workspace_root().join("Cargo.toml"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the benchmark helpers failed");
+}
+
+fn websample(tools: &Tools, version: &str) -> Proc {
+    let addr = free_addr();
+    let mut cmd = Command::new(&tools.websample);
+    cmd.env("PORT", addr.port().to_string()).env("BIND", "127.0.0.1").env("VERSION", version);
+    Proc::start(&format!("websample {version}"), cmd, addr, None)
+}
+
+fn main() {
+    let args = Args::parse();
+    let pinned_ok = pin_self();
+    build_helpers();
+    let bin_dir = std::env::current_exe().expect("current exe").parent().expect("bin dir").to_path_buf();
+    let tools = Tools::find(&bin_dir);
+    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let mut missing = Vec::new();
+    for (peer, package) in [(Peer::Nginx, "nginx"), (Peer::Haproxy, "haproxy")] {
+        if !tools.has(peer) {
+            missing.push(format!("{package}: not on PATH (Debian: apt-get install -y {package})"));
+        }
+    }
+    for m in &missing {
+        eprintln!("skipped {m}");
+    }
+    let peers: Vec<Peer> = Peer::ALL
+        .into_iter()
+        .filter(|p| tools.has(*p) && (args.peers.is_empty() || args.peers.iter().any(|n| n == p.name())))
+        .collect();
+    let machine = Machine::read(tools.version(Peer::Nginx), tools.version(Peer::Haproxy), pinned_ok);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let results = rt.block_on(async {
+        let up_addr = free_addr();
+        let mut cmd = pinned(0, &tools.upstream);
+        cmd.arg(up_addr.to_string());
+        let upstream = Proc::start("bench-upstream", cmd, up_addr, None);
+        let cells =
+            if args.no_throughput { Vec::new() } else { cells::all(&tools, &plan, &peers, up_addr).await };
+        drop(upstream);
+
+        if args.no_switching {
+            return Results {
+                mode: if args.quick { "quick" } else { "full" },
+                machine,
+                missing,
+                cell_seconds: plan.cell.as_secs_f64(),
+                rounds: plan.rounds,
+                clients: plan.clients,
+                medians: medians(&cells),
+                cells,
+                switching: Vec::new(),
+                inprocess: None,
+            };
+        }
+        let (v1, v2) = (websample(&tools, "v1"), websample(&tools, "v2"));
+        let ups = [(addr_of(&v1), "v1".to_string()), (addr_of(&v2), "v2".to_string())];
+        let mut runs = Vec::new();
+        for peer in peers.iter().copied().filter(|p| *p != Peer::Direct) {
+            let run = switching::run(&tools, &plan, peer, &ups).await;
+            eprintln!("switching {}: {} requests, {} failed", run.peer, run.requests, run.failed);
+            runs.push(run);
+        }
+        let inproc = inprocess::run(&plan, ups[0].0, ups[1].0).await;
+        Results {
+            mode: if args.quick { "quick" } else { "full" },
+            machine,
+            missing,
+            cell_seconds: plan.cell.as_secs_f64(),
+            rounds: plan.rounds,
+            clients: plan.clients,
+            medians: medians(&cells),
+            cells,
+            switching: runs,
+            inprocess: Some(inproc),
+        }
+    });
+
+    let text = markdown(&results);
+    println!("{text}");
+    for (path, contents) in [
+        (&args.json, serde_json::to_string_pretty(&results).expect("results are JSON")),
+        (&args.svg, svg::render(&results.medians, &caption(&results))),
+    ] {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+fn addr_of(p: &Proc) -> std::net::SocketAddr {
+    p.addr
+}
+
+fn caption(r: &Results) -> String {
+    format!(
+        "{} cores, {}; {} clients; median of {} rounds x {:.0} s; proxies pinned to one core",
+        r.machine.cores, r.machine.cpu, r.clients, r.rounds, r.cell_seconds
+    )
+}
