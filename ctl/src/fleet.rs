@@ -131,7 +131,8 @@ fn ok(result: &Result<OpDone, Error>) -> bool {
 
 /// Two-phase deploy on several agents: deploy without promote everywhere
 /// and wait; if any agent failed, abort where the deploy succeeded and exit
-/// 1; else, with `promote`, promote (canary host first when given).
+/// 1; else, with `promote`, promote (canary host first when given; if its
+/// promote fails, the candidate is aborted on the other agents).
 pub async fn deploy(
     clients: &[Client],
     service: &str,
@@ -169,6 +170,24 @@ pub async fn deploy(
         return steps_report(clients, steps, EXIT_OK);
     }
     let floor = promote_steps(clients, service, canary_host, progress, &mut steps).await;
+    if floor != EXIT_OK {
+        // The canary host failed and rolled back: this one command deployed
+        // the candidate everywhere, so it takes it back everywhere too.
+        progress.note("removing the candidate from the other agents");
+        let aborts = join_all(clients.iter().enumerate().map(|(j, c)| async move {
+            if Some(j) == canary_host {
+                None
+            } else {
+                Some(ops::run(c, service, &Op::Abort, true, progress).await)
+            }
+        }))
+        .await;
+        for (s, a) in steps.iter_mut().zip(aborts) {
+            if let Some(a) = a {
+                s.record("abort", &a);
+            }
+        }
+    }
     steps_report(clients, steps, floor)
 }
 

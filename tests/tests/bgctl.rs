@@ -273,3 +273,73 @@ async fn events_follow_streams_new_events_as_they_happen() {
     let seen = reader.join().unwrap();
     assert!(seen.iter().any(|e| e["type"] == "switched" && e["active"] == "green"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_host_that_fails_its_monitor_stops_the_fleet_rollout() {
+    // The canary host's configured spec errors on half the requests; its
+    // first deploy overrides that, the fleet deploy does not. Its monitor
+    // window catches the error rate and rolls back.
+    let canary_svc = Svc::new("web")
+        .env("ERROR_RATE", "0.5")
+        .set("deploy", "monitor", "\"3s\"")
+        .set("deploy", "failure_action", "\"rollback\"")
+        .set("deploy", "max_error_rate", "0.05");
+    let canary = Agent::process().service(canary_svc).start().await;
+    canary.bgctl(&["deploy", "web", "--env", "ERROR_RATE=0"]).assert_exit_code(0);
+    let other = live_agent(Svc::new("web")).await;
+
+    let load = Load::keepalive(4).target(canary.listen("web")).max_duration(Duration::from_secs(60)).start();
+    let args: Vec<String> = [
+        "--agent",
+        &canary.agent_arg(),
+        "--agent",
+        &other.agent_arg(),
+        "deploy",
+        "web",
+        "--env",
+        "VERSION=v2",
+        "--promote",
+        "--canary-host",
+        &canary.agent_arg(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = bgctl(&args);
+    load.stop().await;
+    out.assert_exit_code(1);
+    for agent in [&canary, &other] {
+        let st = agent.wait_idle("web", Duration::from_secs(30)).await;
+        assert_eq!(st["active"], "blue", "{st}");
+        assert!(st["colors"]["green"]["replicas"].as_array().unwrap().is_empty(), "{st}");
+    }
+    let canary_outcome = canary.status("web").await["last_outcome"]["outcome"].clone();
+    assert_eq!(canary_outcome, "rolled-back");
+    let other_outcome = other.status("web").await["last_outcome"]["kind"].clone();
+    assert_eq!(other_outcome, "abort", "the other host's candidate was removed, never promoted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgctl_drives_a_docker_agent() {
+    if !bg_tests::docker::docker_available("bgctl_drives_a_docker_agent") {
+        return;
+    }
+    for tag in ["v1", "v2"] {
+        bg_tests::websample::ensure_image(tag).expect("websample image");
+    }
+    let name = bg_tests::agent::unique_service("ctl");
+    let agent = Agent::docker().service(Svc::new(&name)).start().await;
+    agent.bgctl(&["deploy", &name]).assert_exit_code(0);
+    let load = Load::keepalive(8).target(agent.listen(&name)).start();
+    agent
+        .bgctl(&["deploy", &name, "--image", "websample:v2", "--env", "VERSION=v2", "--promote"])
+        .assert_exit_code(0);
+    let bad = agent.bgctl(&["deploy", &name, "--image", "websample:v1", "--env", "UNHEALTHY=1", "--promote"]);
+    let report = load.stop().await;
+    bad.assert_exit_code(1);
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let st = agent.bgctl(&["status", &name, "--output", "json"]).assert_exit_code(0).stdout_json();
+    assert_eq!(st["active"], "green");
+    assert_eq!(st["colors"]["green"]["spec"]["image"], "websample:v2");
+    agent.bgctl(&["deploy", &name, "--image", "websample:missing-tag"]).assert_exit_code(1);
+}
