@@ -6,15 +6,17 @@
 use crate::forward::{self, ConnCtx};
 use crate::{Inner, ProxyError};
 use http::HeaderValue;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The HTTP/2 connection preface a cleartext h2 client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -59,13 +61,19 @@ pub(crate) async fn serve(
     inner.start_reaper();
     let config = &inner.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    // Fires when the graceful period is over: whatever is left is dropped.
+    // The protocol is known from the first bytes, so each connection is
+    // served by its own protocol's builder: no second detection read and no
+    // rewind layer on every read and write of the connection.
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let builders = Arc::new((h1, h2));
+    // Fires when shutdown starts: connections finish their current request
+    // and close. `hard_stop` fires when the graceful period is over.
+    let graceful = CancellationToken::new();
     let hard_stop = CancellationToken::new();
+    let connections = TaskTracker::new();
 
     let result = loop {
         let permit = tokio::select! {
@@ -90,27 +98,35 @@ pub(crate) async fn serve(
             _ = shutdown.cancelled() => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnCtx {
-            client_ip: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            shutdown: hard_stop.clone(),
-        });
         let inner = inner.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let graceful = graceful.clone();
         let hard_stop = hard_stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _gauge = ConnGauge::new(inner.clone());
             let first_bytes = inner.config.header_read_timeout;
+            let ctx = Arc::new(ConnCtx {
+                client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+                shutdown: hard_stop.clone(),
+            });
             let conn = async move {
-                if !wait_for_first_bytes(&stream, first_bytes).await {
-                    return;
-                }
+                let Some(protocol) = wait_for_first_bytes(&stream, first_bytes).await else { return };
                 let service =
                     hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
+                let io = TokioIo::new(stream);
+                let result = match protocol {
+                    Protocol::Http1 => {
+                        let conn = builders.0.serve_connection(io, service).with_upgrades();
+                        until_done_or_drained(conn, &graceful, |c| c.graceful_shutdown()).await
+                    }
+                    Protocol::Http2 => {
+                        let conn = builders.1.serve_connection(io, service);
+                        until_done_or_drained(conn, &graceful, |c| c.graceful_shutdown()).await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
             };
@@ -122,29 +138,56 @@ pub(crate) async fn serve(
     };
 
     drop(listener);
+    graceful.cancel();
+    connections.close();
     let timeout = inner.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(timeout, connections.wait()).await.is_err() {
         tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
     }
     hard_stop.cancel();
     result
 }
 
+/// Drive a connection to its end; once `graceful` fires, ask it to finish
+/// the request in flight and close, then keep driving it until it has.
+async fn until_done_or_drained<C: Future>(
+    conn: C,
+    graceful: &CancellationToken,
+    start_graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        output = conn.as_mut() => output,
+        _ = graceful.cancelled() => {
+            start_graceful_shutdown(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
+/// The protocol a client speaks, told by its first bytes.
+enum Protocol {
+    Http1,
+    Http2,
+}
+
 /// Wait until the client sent enough to tell HTTP/1.1 from h2c, for at most
-/// `timeout`. hyper's own header timeout only starts once the protocol is
-/// known, so without this a silent client would hold its slot for ever.
-async fn wait_for_first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
+/// `timeout`; `None` when it closed or stayed silent. hyper's own header
+/// timeout only starts once a protocol is chosen, so without this a silent
+/// client would hold its slot for ever.
+async fn wait_for_first_bytes(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
     let mut buf = [0u8; H2_PREFACE.len()];
     let wait = async {
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if buf[..n] != H2_PREFACE[..n] => return Some(Protocol::Http1),
+                Ok(n) if n >= H2_PREFACE.len() => return Some(Protocol::Http2),
                 // A partial h2 preface: peek would return at once again, so
                 // give the client a moment (rare path, bounded by timeout).
                 Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    tokio::time::timeout(timeout, wait).await.ok().flatten()
 }
