@@ -73,6 +73,10 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
 /// Default time open client connections get to finish their current
 /// request when a listener shuts down (10 seconds).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an HTTP/1.1 keep-alive connection stays open once its
+/// listener shuts down, so that its client's next request is still answered,
+/// with `Connection: close` (1 second).
+pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Default time a backend whose connect failed is tried last (2 seconds).
 pub const DEFAULT_UNHEALTHY_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -106,6 +110,11 @@ pub struct ProxyConfig {
     /// How long a listener's open connections may take to finish once its
     /// shutdown token fired; what is left then is closed.
     pub shutdown_timeout: Duration,
+    /// Once a listener shuts down, how long its HTTP/1.1 keep-alive
+    /// connections stay open: requests that arrive meanwhile are answered
+    /// with `Connection: close`, so clients in a request loop reconnect
+    /// instead of racing an idle close. Idle connections close after it.
+    pub close_linger: Duration,
     /// How long a backend whose connect failed is only tried when no other
     /// backend of its color is left (passive health check).
     pub unhealthy_backoff: Duration,
@@ -123,6 +132,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            close_linger: DEFAULT_CLOSE_LINGER,
             unhealthy_backoff: DEFAULT_UNHEALTHY_BACKOFF,
             balance: Balance::RoundRobin,
         }

@@ -1,13 +1,17 @@
 //! The accept loop of one listener: a connection limit (a semaphore; over
 //! it the loop stops accepting and clients wait in the kernel backlog), a
 //! deadline for the first bytes and for request headers, HTTP/1.1 and h2c
-//! on the same port, and a graceful shutdown bounded by a timeout.
+//! on the same port, and a graceful shutdown bounded by a timeout: HTTP/1.1
+//! keep-alive connections linger a moment and answer with `Connection:
+//! close`, h2 connections get GOAWAY, in-flight requests finish.
 
 use crate::forward::{self, ConnCtx};
 use crate::{Inner, ProxyError};
-use http::HeaderValue;
+use http::header::CONNECTION;
+use http::{HeaderValue, StatusCode};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -65,7 +69,13 @@ pub(crate) async fn serve(
     // served by its own protocol's builder: no second detection read and no
     // rewind layer on every read and write of the connection.
     let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+    // half_close: a client that shuts down its write side after its request
+    // (`curl`'s --no-keepalive style, some load balancers) still gets the
+    // answer instead of a closed connection.
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        .half_close(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let builders = Arc::new((h1, h2));
@@ -106,6 +116,7 @@ pub(crate) async fn serve(
             let _permit = permit;
             let _gauge = ConnGauge::new(inner.clone());
             let first_bytes = inner.config.header_read_timeout;
+            let linger = inner.config.close_linger;
             let ctx = Arc::new(ConnCtx {
                 client_ip: HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
@@ -113,17 +124,37 @@ pub(crate) async fn serve(
             });
             let conn = async move {
                 let Some(protocol) = wait_for_first_bytes(&stream, first_bytes).await else { return };
-                let service =
-                    hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
                 let io = TokioIo::new(stream);
                 let result = match protocol {
                     Protocol::Http1 => {
+                        let closing = graceful.clone();
+                        let service = hyper::service::service_fn(move |req| {
+                            let response = forward::handle(inner.clone(), ctx.clone(), req);
+                            let closing = closing.clone();
+                            async move {
+                                let mut response = response.await?;
+                                if closing.is_cancelled()
+                                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                                {
+                                    response
+                                        .headers_mut()
+                                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                                }
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
                         let conn = builders.0.serve_connection(io, service).with_upgrades();
-                        until_done_or_drained(conn, &graceful, |c| c.graceful_shutdown()).await
+                        until_done_or_drained(conn, &graceful, linger, |c| c.graceful_shutdown()).await
                     }
                     Protocol::Http2 => {
+                        // GOAWAY at once: h2 clients retry what it did not
+                        // take, so there is nothing to linger for.
+                        let service = hyper::service::service_fn(move |req| {
+                            forward::handle(inner.clone(), ctx.clone(), req)
+                        });
                         let conn = builders.1.serve_connection(io, service);
-                        until_done_or_drained(conn, &graceful, |c| c.graceful_shutdown()).await
+                        until_done_or_drained(conn, &graceful, Duration::ZERO, |c| c.graceful_shutdown())
+                            .await
                     }
                 };
                 if let Err(e) = result {
@@ -148,21 +179,26 @@ pub(crate) async fn serve(
     result
 }
 
-/// Drive a connection to its end; once `graceful` fires, ask it to finish
-/// the request in flight and close, then keep driving it until it has.
+/// Drive a connection to its end. Once `graceful` fires it keeps serving
+/// for `linger` (its responses then say `Connection: close`), then it is
+/// asked to finish the request in flight and close, and driven until it has.
 async fn until_done_or_drained<C: Future>(
     conn: C,
     graceful: &CancellationToken,
+    linger: Duration,
     start_graceful_shutdown: impl FnOnce(Pin<&mut C>),
 ) -> C::Output {
     tokio::pin!(conn);
     tokio::select! {
-        output = conn.as_mut() => output,
-        _ = graceful.cancelled() => {
-            start_graceful_shutdown(conn.as_mut());
-            conn.await
-        }
+        output = conn.as_mut() => return output,
+        _ = graceful.cancelled() => {}
     }
+    tokio::select! {
+        output = conn.as_mut() => return output,
+        _ = tokio::time::sleep(linger) => {}
+    }
+    start_graceful_shutdown(conn.as_mut());
+    conn.await
 }
 
 /// The protocol a client speaks, told by its first bytes.

@@ -328,14 +328,22 @@ async fn connect(target: SocketAddr) -> Result<Sender, String> {
     Ok(sender)
 }
 
+/// A response read to its end: status, `x-version`, and whether the server
+/// said it closes the connection (`Connection: close`).
+type Answer = (StatusCode, Option<HeaderValue>, bool);
+
 async fn read_response(
     resp: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
-) -> Result<(StatusCode, Option<HeaderValue>), String> {
+) -> Result<Answer, String> {
     let resp = resp.map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
     let version = resp.headers().get("x-version").cloned();
+    let closing = resp
+        .headers()
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
-    Ok((status, version))
+    Ok((status, version, closing))
 }
 
 async fn keepalive_worker(
@@ -358,7 +366,13 @@ async fn keepalive_worker(
             if fresh {
                 req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            read_response(s.send_request(req).await).await
+            let (status, version, closing) = read_response(s.send_request(req).await).await?;
+            // Like any HTTP/1.1 client: a connection the server said it
+            // closes is not used again.
+            if closing {
+                sender = None;
+            }
+            Ok((status, version))
         }
         .await;
         if result.is_err() || fresh {
@@ -375,7 +389,8 @@ async fn keepalive_worker(
 
 async fn one_fresh(config: &Config) -> Result<(StatusCode, Option<HeaderValue>), String> {
     let mut sender = connect(config.target).await?;
-    read_response(sender.send_request(config.request()).await).await
+    let (status, version, _) = read_response(sender.send_request(config.request()).await).await?;
+    Ok((status, version))
 }
 
 async fn rate_driver(

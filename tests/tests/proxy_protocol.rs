@@ -1,5 +1,7 @@
 //! The proxy at the HTTP level: h2c clients, forwarding headers, hop-by-hop
-//! headers, and slow clients cut off by the header read timeout.
+//! headers, and hostile or odd clients (slowloris, oversized headers,
+//! half-closed connections) that must not affect anyone else; and what
+//! keep-alive clients see when a listener shuts down.
 
 mod proxy_support;
 
@@ -165,4 +167,119 @@ async fn upstream_connections_are_pooled_and_reused() {
     assert_eq!(stats.blue.responses[1], 50);
     assert_eq!(stats.blue.inflight, 0);
     assert_eq!(stats.blue.latency.count, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_starts_keepalive_clients_are_answered_with_connection_close() {
+    let blue = Websample::new().version("v1").spawn().await;
+    let proxy = bg_proxy::Proxy::new(ProxyConfig {
+        close_linger: Duration::from_millis(800),
+        ..ProxyConfig::default()
+    });
+    proxy.set_routes(bg_proxy::RouteTable::new(
+        vec![backend("blue-1", blue.addr(), Color::Blue)],
+        bg_proxy::Weights::all_to(Color::Blue),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
+
+    let mut busy = keepalive_client(addr).await;
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.expect("first answer on the idle connection");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let resp = busy.send_request(get_request(addr)).await.expect("before shutdown");
+    assert!(resp.headers().get("connection").is_none(), "{:?}", resp.headers());
+    proxy_support::read(resp).await;
+
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A request on a kept-alive connection within the linger is served, and
+    // told that the connection closes: the client reconnects, no race.
+    busy.ready().await.expect("the connection is still open during the linger");
+    let resp = busy.send_request(get_request(addr)).await.expect("during the linger");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    proxy_support::read(resp).await;
+    bg_tests::wait::eventually("the answered connection is closed", SECS_5, || busy.is_closed()).await;
+
+    // The idle connection is closed once the linger is over, not before.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(SECS_5, idle.read_to_end(&mut rest)).await.expect("idle connection closed").ok();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "idle connection closed after only {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_and_other_clients_are_unaffected() {
+    let blue = Websample::new().version("v1").spawn().await;
+    let p = TestProxy::default().await;
+    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+    let mut other = keepalive_client(p.addr).await;
+
+    let mut big = TcpStream::connect(p.addr).await.expect("connect");
+    let huge = "a".repeat(1024 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n");
+    // The proxy may close before it read everything: a failed write is fine.
+    let _ = big.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(SECS_5, big.read_to_end(&mut answer)).await.expect("answered or closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "oversized headers got {text:?}");
+
+    let a = proxy_support::read(other.send_request(get_request(p.addr)).await.expect("other client")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.version(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_still_gets_its_answer_and_others_are_unaffected() {
+    let blue = Websample::new().version("v1").spawn().await;
+    let p = TestProxy::default().await;
+    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+
+    // Sends its request, then shuts down its write side while it waits.
+    let mut half = TcpStream::connect(p.addr).await.expect("connect");
+    half.write_all(b"GET /sleep/1 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    half.shutdown().await.expect("half-close");
+    // Half-closes in the middle of its headers: dropped, nothing else.
+    let mut broken = TcpStream::connect(p.addr).await.expect("connect");
+    broken.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Cut").await.expect("write");
+    broken.shutdown().await.expect("half-close");
+
+    let a = p.get("/").await;
+    assert_eq!(a.status, 200, "another client is served meanwhile");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(SECS_5, half.read_to_end(&mut answer)).await.expect("answer").expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "half-closed client got {text:?}");
+    assert!(text.ends_with("v1\n"), "half-closed client got {text:?}");
+
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(SECS_5, broken.read_to_end(&mut rest))
+        .await
+        .expect("the broken client is closed");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "a cut request was forwarded");
+    bg_tests::wait::eventually("no client connection left", SECS_5, || p.proxy.stats().connections == 0)
+        .await;
+}
+
+/// An HTTP/1.1 keep-alive client connection.
+async fn keepalive_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+fn get_request(addr: std::net::SocketAddr) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://{addr}/")).body(Empty::new()).expect("request")
 }
