@@ -5,6 +5,8 @@
 use crate::config::{Config, RuntimeKind};
 use crate::controller::{Persister, Service, Shared};
 use crate::events::EventHub;
+use crate::handoff;
+use crate::listeners::{Inherited, Shareable};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{Runtime, RuntimeError};
@@ -45,6 +47,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// Taking over from the running agent failed.
+    #[error(transparent)]
+    Handoff(#[from] crate::handoff::HandoffError),
     /// The token file could not be read or is empty.
     #[error("token file {path}: {message}")]
     Token {
@@ -57,8 +62,28 @@ pub enum AgentError {
 
 /// Run the agent until `shutdown` fires. App replicas keep running after it
 /// returns; the next start adopts them.
+///
+/// Listening sockets come from systemd, from the agent this one replaces
+/// (see [`crate::handoff`]), or are bound here; in the first two cases no
+/// client is refused while agents change.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let store = StateStore::open(&config.agent.state_dir)?;
+    let handoff_path = handoff::socket_path(&config.agent.state_dir);
+    let mut inherited = Inherited::from_systemd();
+    // A running agent freezes its state before it offers its sockets, so the
+    // state is read only after this.
+    let mut takeover = handoff::take_over(&handoff_path).await?;
+    if let Some(t) = takeover.as_mut() {
+        tracing::info!(from = t.from_pid, "taking over from the running agent");
+        if !inherited.is_empty() {
+            tracing::warn!("sockets passed by systemd are ignored: the running agent hands over its own");
+        }
+        inherited = std::mem::take(&mut t.sockets);
+    }
+    if !inherited.is_empty() {
+        tracing::info!(source = inherited.source(), sockets = ?inherited.unclaimed(), "using inherited listening sockets");
+    }
+
     let state = store.load()?.unwrap_or(PersistedState { version: STATE_VERSION, services: BTreeMap::new() });
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
         RuntimeKind::Docker => {
@@ -77,18 +102,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
+    let mut shareable = Shareable::default();
 
-    // Proxies first, so that clients queue rather than fail while replicas
-    // are adopted and re-checked.
+    // On a cold start proxies serve first, so that clients queue rather than
+    // fail while replicas are adopted and re-checked. On a takeover the old
+    // agent serves meanwhile, so ours start once their routes are ready.
     let mut services = BTreeMap::new();
+    let mut proxy_listeners = Vec::new();
     for (name, svc) in &config.services {
         let proxy = Proxy::new(ProxyConfig { queue_timeout: svc.queue_timeout, ..ProxyConfig::default() });
         for addr in &svc.listen {
-            let listener = bind_tcp(*addr).await?;
+            let listener = tcp_listener(&mut inherited, &mut shareable, *addr).await?;
             tracing::info!(service = %name, %addr, "proxy listening");
-            tracker.spawn(proxy.clone().serve(listener, shutdown.clone()));
+            proxy_listeners.push((proxy.clone(), listener));
         }
         services.insert(name.clone(), Service::new(svc.clone(), proxy, shared.clone()));
+    }
+    let serve_proxies = |listeners: Vec<(Proxy, tokio::net::TcpListener)>| {
+        for (proxy, listener) in listeners {
+            tracker.spawn(proxy.serve(listener, shutdown.clone()));
+        }
+    };
+    if takeover.is_none() {
+        serve_proxies(std::mem::take(&mut proxy_listeners));
     }
 
     let found = runtime.list(None).await?;
@@ -104,64 +140,156 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
 
     let api = ControlApi::new(services.clone(), events, shutdown.clone());
-    let socket = bind_control_socket(&config)?;
-    tracing::info!(path = %config.agent.control_socket.display(), "control API on unix socket");
+    let control_path = &config.agent.control_socket;
+    let (socket, socket_bound_here) = match inherited.take_unix(control_path) {
+        Some(listener) => (listener, false),
+        None => (bind_control_socket(&config)?, true),
+    };
+    socket.set_nonblocking(true).map_err(|e| bind_err(control_path.display(), e))?;
+    shareable.add_unix(control_path, &socket).map_err(|e| bind_err(control_path.display(), e))?;
+    let socket =
+        tokio::net::UnixListener::from_std(socket).map_err(|e| bind_err(control_path.display(), e))?;
+    tracing::info!(path = %control_path.display(), "control API on unix socket");
     {
         let api = api.clone();
-        let tracker2 = tracker.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    accepted = socket.accept() => match accepted {
-                        Ok((stream, _)) => api.serve_connection(stream, Access::Socket, &tracker2),
-                        Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-                    }
-                }
-            }
-        });
+        let connections = tracker.clone();
+        let socket = Arc::new(socket);
+        spawn_accept_loop(
+            &tracker,
+            &shutdown,
+            "control socket",
+            move || accept_unix(socket.clone()),
+            move |s| api.serve_connection(s, Access::Socket, &connections),
+        );
     }
     if let Some(addr) = config.agent.control_listen {
         let token =
             read_token(config.agent.token_file.as_ref().expect("validated: control_listen has token_file"))?;
-        let listener = bind_tcp(addr).await?;
+        let listener = Arc::new(tcp_listener(&mut inherited, &mut shareable, addr).await?);
         tracing::info!(%addr, "control API on TCP (bearer token required)");
         let api = api.clone();
-        let tracker2 = tracker.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => api.serve_connection(stream, Access::Token(token.clone()), &tracker2),
-                        Err(e) => tracing::warn!(error = %e, "control listener accept failed"),
-                    }
-                }
-            }
-        });
+        let connections = tracker.clone();
+        spawn_accept_loop(
+            &tracker,
+            &shutdown,
+            "control listener",
+            move || accept_tcp(listener.clone()),
+            move |s| api.serve_connection(s, Access::Token(token.clone()), &connections),
+        );
     }
 
     if let Some(addr) = config.agent.metrics_listen {
-        let listener = bind_tcp(addr).await?;
+        let listener = tcp_listener(&mut inherited, &mut shareable, addr).await?;
         tracing::info!(%addr, "metrics on /metrics");
         tracker.spawn(crate::metrics::serve(listener, services.clone(), shutdown.clone(), tracker.clone()));
     }
+    for name in inherited.unclaimed() {
+        tracing::warn!(socket = %name, "an inherited socket is not in the config; closing it");
+    }
+    drop(inherited);
 
     wait_ready(&services, &shutdown).await;
+    if let Some(takeover) = takeover {
+        serve_proxies(proxy_listeners);
+        let from = takeover.from_pid;
+        takeover.complete().await?;
+        tracing::info!(from, "took over; the old agent finishes its open connections and exits");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(std::process::id())]);
+    }
+    let handed_over = CancellationToken::new();
+    let handoff_listener = handoff::bind(&handoff_path)?;
+    tracker.spawn(handoff::serve(
+        handoff_listener,
+        Arc::new(shareable),
+        services.clone(),
+        handed_over.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(watchdog(shutdown.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    tracing::info!(services = services.len(), "bg-agent ready");
+    tracing::info!(services = services.len(), pid = std::process::id(), "bg-agent ready");
 
     shutdown.cancelled().await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    tracing::info!("shutting down; app replicas keep running");
+    if handed_over.is_cancelled() {
+        tracing::info!("handed over; finishing open connections; app replicas keep running");
+    } else {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        tracing::info!("shutting down; app replicas keep running");
+    }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait()).await.is_err() {
         tracing::warn!("some connections were still open after {SHUTDOWN_WAIT:?}; closing them");
     }
-    let _ = std::fs::remove_file(&config.agent.control_socket);
+    // After a handover both paths belong to the new agent.
+    if !handed_over.is_cancelled() {
+        let _ = std::fs::remove_file(&handoff_path);
+        if socket_bound_here {
+            let _ = std::fs::remove_file(control_path);
+        }
+    }
     Ok(())
+}
+
+/// Ping systemd's watchdog at half its interval while the agent runs (when
+/// the unit sets `WatchdogSec=`). The pings come from the async runtime, so
+/// they stop when it wedges.
+async fn watchdog(shutdown: CancellationToken) {
+    let Some(interval) = watchdog_interval() else { return };
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+}
+
+/// The watchdog interval systemd asks for: `WATCHDOG_USEC`, for this
+/// process when `WATCHDOG_PID` names one (libsystemd's rule; the
+/// `sd-notify` crate also requires `WATCHDOG_PID` to be set).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID").ok().is_none_or(|pid| pid == std::process::id().to_string());
+    (for_us && usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Accept connections with `accept` and hand each to `serve` until
+/// `shutdown` fires.
+fn spawn_accept_loop<S, Fut>(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    mut accept: impl FnMut() -> Fut + Send + 'static,
+    mut serve: impl FnMut(S) + Send + 'static,
+) where
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+    S: Send,
+{
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = accept() => match accepted {
+                    Ok(stream) => serve(stream),
+                    Err(e) => {
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn accept_unix(listener: Arc<tokio::net::UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    listener.accept().await.map(|(stream, _)| stream)
+}
+
+async fn accept_tcp(listener: Arc<tokio::net::TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    listener.accept().await.map(|(stream, _)| stream)
 }
 
 async fn wait_ready(services: &BTreeMap<String, Arc<Service>>, shutdown: &CancellationToken) {
@@ -174,13 +302,28 @@ async fn wait_ready(services: &BTreeMap<String, Arc<Service>>, shutdown: &Cancel
     }
 }
 
-async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, AgentError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { addr: addr.to_string(), source })
+/// The listener for `addr`: inherited, or bound here. A copy is kept in
+/// `shareable` for a successor.
+async fn tcp_listener(
+    inherited: &mut Inherited,
+    shareable: &mut Shareable,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    let err = |source| bind_err(addr, source);
+    let listener = match inherited.take_tcp(addr) {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(addr).map_err(err)?,
+    };
+    listener.set_nonblocking(true).map_err(err)?;
+    shareable.add_tcp(&listener).map_err(err)?;
+    tokio::net::TcpListener::from_std(listener).map_err(err)
 }
 
-fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, AgentError> {
+fn bind_err(addr: impl std::fmt::Display, source: std::io::Error) -> AgentError {
+    AgentError::Bind { addr: addr.to_string(), source }
+}
+
+fn bind_control_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, AgentError> {
     use std::os::unix::fs::PermissionsExt;
     let path = &config.agent.control_socket;
     let err = |source| AgentError::Bind { addr: path.display().to_string(), source };
@@ -191,7 +334,7 @@ fn bind_control_socket(config: &Config) -> Result<tokio::net::UnixListener, Agen
     if std::os::unix::net::UnixStream::connect(path).is_err() {
         let _ = std::fs::remove_file(path);
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     if let Some(group) = &config.agent.control_socket_group {
         let gid = nix::unistd::Group::from_name(group)

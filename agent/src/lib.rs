@@ -18,7 +18,11 @@ pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod events;
 #[cfg(feature = "daemon")]
+pub mod handoff;
+#[cfg(feature = "daemon")]
 pub mod health;
+#[cfg(feature = "daemon")]
+pub mod listeners;
 #[cfg(feature = "daemon")]
 pub mod logging;
 #[cfg(feature = "daemon")]

@@ -108,18 +108,38 @@ pub struct Agent {
     services: Vec<Svc>,
     token: Option<String>,
     metrics: bool,
+    socket_activated: bool,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// An agent on the process runtime.
     pub fn process() -> Agent {
-        Agent { runtime: RuntimeChoice::Process, services: vec![], token: None, metrics: false }
+        Agent::new(RuntimeChoice::Process)
     }
 
     /// An agent on the docker runtime. Fails the test when Docker is
     /// required (`BG_DOCKER_TESTS=1`) but unreachable.
     pub fn docker() -> Agent {
-        Agent { runtime: RuntimeChoice::Docker, services: vec![], token: None, metrics: false }
+        Agent::new(RuntimeChoice::Docker)
+    }
+
+    fn new(runtime: RuntimeChoice) -> Agent {
+        Agent { runtime, services: vec![], token: None, metrics: false, socket_activated: false, env: vec![] }
+    }
+
+    /// Socket activation as systemd does it: the test binds the proxy
+    /// listeners and the control socket and passes them to every agent
+    /// process it starts (`LISTEN_FDS`), so they outlive restarts.
+    pub fn socket_activated(mut self) -> Agent {
+        self.socket_activated = true;
+        self
+    }
+
+    /// An environment variable for the agent process.
+    pub fn agent_env(mut self, key: &str, value: &str) -> Agent {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Add a service.
@@ -203,6 +223,15 @@ impl Agent {
         }
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, &toml).expect("write config");
+        let mut passed: Vec<std::os::fd::OwnedFd> = Vec::new();
+        if self.socket_activated {
+            for addr in listen.values() {
+                passed.push(std::net::TcpListener::bind(addr).expect("bind a passed listener").into());
+            }
+            passed.push(
+                std::os::unix::net::UnixListener::bind(&socket).expect("bind the passed socket").into(),
+            );
+        }
         let mut agent = RunningAgent {
             dir,
             config,
@@ -215,6 +244,8 @@ impl Agent {
             runtime: self.runtime,
             services: self.services.iter().map(|s| s.name.clone()).collect(),
             starts: 0,
+            passed,
+            env: self.env,
         };
         agent.spawn();
         agent.wait_api().await;
@@ -241,26 +272,83 @@ pub struct RunningAgent {
     runtime: RuntimeChoice,
     services: Vec<String>,
     starts: u32,
+    /// Sockets passed to every agent process (socket activation).
+    passed: Vec<std::os::fd::OwnedFd>,
+    env: Vec<(String, String)>,
 }
 
 impl RunningAgent {
     fn spawn(&mut self) {
+        let child = self.spawn_process(&self.config.clone());
+        self.child = Some(child);
+    }
+
+    /// Start an agent process with `config`, logging to this agent's log,
+    /// with the passed sockets when socket-activated.
+    pub fn spawn_process(&mut self, config: &Path) -> Child {
+        use command_fds::{CommandFdExt, FdMapping};
         self.starts += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(cargo_bin("bg-agent", "bg-agent"))
+        let mut command = Command::new(cargo_bin("bg-agent", "bg-agent"));
+        command
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .env("RUST_LOG", "info,bg_agent=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn bg-agent");
-        self.child = Some(child);
+            .stderr(log);
+        if !self.passed.is_empty() {
+            let mappings = self
+                .passed
+                .iter()
+                .enumerate()
+                .map(|(i, fd)| FdMapping {
+                    parent_fd: fd.try_clone().expect("dup a passed socket"),
+                    child_fd: 3 + i as i32,
+                })
+                .collect();
+            command
+                .fd_mappings(mappings)
+                .expect("distinct fds")
+                .env("LISTEN_FDS", self.passed.len().to_string());
+        }
+        command.spawn().expect("spawn bg-agent")
+    }
+
+    /// Replace the running agent with a new process without stopping it
+    /// first: the new one takes the sockets over, the old one exits by
+    /// itself. Panics unless the old one exits cleanly within 30 s.
+    pub async fn handover(&mut self) {
+        let mut old = self.child.take().expect("agent is running");
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                assert!(status.success(), "the old agent exited with {status}; log:\n{}", self.log());
+                break;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let _ = old.kill();
+                panic!("the new agent exited with {status} during the handover; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old agent still runs 30s into the handover; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.wait_api().await;
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     async fn wait_api(&mut self) {

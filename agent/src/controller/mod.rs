@@ -288,27 +288,7 @@ impl Service {
         if matches!(request, OpRequest::Abort) {
             self.cancel_running().await;
         }
-        let conflict = || ControlError::Conflict {
-            service: self.name.clone(),
-            running: self
-                .lock()
-                .operation
-                .as_ref()
-                .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
-                .unwrap_or_else(|| "stopping an old color kept warm".into()),
-        };
-        let guard = match self.op_lock.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            // The last operation has already reported its end and is
-            // releasing the service: a script that acts on that report at
-            // once must not see a conflict.
-            Err(_) if self.lock().operation.is_none() => {
-                tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
-                    .await
-                    .map_err(|_| conflict())?
-            }
-            Err(_) => return Err(conflict()),
-        };
+        let guard = self.acquire().await?;
         let plan = self.plan(&request)?;
         let kind = request.kind();
         let id = self.shared.next_op_id();
@@ -326,6 +306,39 @@ impl Service {
             drop(guard);
         });
         Ok(OperationAccepted { operation: id, service: self.name.clone(), kind, revision, since })
+    }
+
+    /// Hold the service so that nothing changes it until the guard is
+    /// dropped: no operation starts and nothing is persisted. For an agent
+    /// handing over to its successor. Refuses while an operation runs.
+    pub async fn freeze(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ControlError> {
+        self.acquire().await
+    }
+
+    /// Take the operation lock: at once, or after a short wait when the last
+    /// operation has already reported its end; a conflict otherwise.
+    async fn acquire(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ControlError> {
+        let conflict = || ControlError::Conflict {
+            service: self.name.clone(),
+            running: self
+                .lock()
+                .operation
+                .as_ref()
+                .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
+                .unwrap_or_else(|| "stopping an old color kept warm, or a handover to a new agent".into()),
+        };
+        match self.op_lock.clone().try_lock_owned() {
+            Ok(guard) => Ok(guard),
+            // The last operation has already reported its end and is
+            // releasing the service: a script that acts on that report at
+            // once must not see a conflict.
+            Err(_) if self.lock().operation.is_none() => {
+                tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
+                    .await
+                    .map_err(|_| conflict())
+            }
+            Err(_) => Err(conflict()),
+        }
     }
 
     /// Cancel the running operation (if any) and wait until it has cleaned

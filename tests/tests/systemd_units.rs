@@ -1,0 +1,56 @@
+//! The example systemd units are valid (`systemd-analyze verify`, which
+//! must be installed: `.ci/run` installs it) and agree with the example
+//! config: every proxy listener and the control socket are socket-activated.
+
+use bg_tests::bins::{cargo_bin, workspace_root};
+use std::process::Command;
+
+#[test]
+fn the_example_units_pass_systemd_analyze_verify() {
+    let units = workspace_root().join("examples/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = cargo_bin("bg-agent", "bg-agent");
+    for name in ["bg-agent.service", "bg-agent.socket"] {
+        let text = std::fs::read_to_string(units.join(name)).unwrap();
+        // verify checks that ExecStart's program exists.
+        let text = text.replace("/usr/local/bin/bg-agent", agent.to_str().unwrap());
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "./bg-agent.socket", "./bg-agent.service"])
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze must be installed (Debian package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("bg-agent.")).collect();
+    assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+#[test]
+fn the_service_is_notify_with_a_watchdog_and_spares_the_replicas() {
+    let service = std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
+    for line in ["Type=notify", "KillMode=process", "Requires=bg-agent.socket", "NoNewPrivileges=yes"] {
+        assert!(service.lines().any(|l| l == line), "bg-agent.service lacks {line}");
+    }
+    assert!(service.lines().any(|l| l.starts_with("WatchdogSec=")), "no watchdog");
+    assert!(service.contains("--check-config"), "the config is not checked before start");
+}
+
+#[test]
+fn the_socket_unit_listens_where_the_example_config_does() {
+    let socket = std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.socket")).unwrap();
+    let streams: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(workspace_root().join("examples/config/agent.toml")).unwrap())
+            .unwrap();
+    let mut wanted: Vec<String> = vec![config["agent"]["control_socket"].as_str().unwrap().to_string()];
+    for service in config["services"].as_table().unwrap().values() {
+        for addr in service["listen"].as_array().unwrap() {
+            wanted.push(addr.as_str().unwrap().to_string());
+        }
+    }
+    for w in &wanted {
+        assert!(streams.contains(&w.as_str()), "bg-agent.socket has no ListenStream={w} ({streams:?})");
+    }
+    assert!(socket.lines().any(|l| l == "SocketMode=0660"), "control socket mode");
+}
