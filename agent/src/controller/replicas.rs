@@ -36,12 +36,24 @@ impl Service {
         Ok(())
     }
 
-    /// Start one replica and track it.
+    /// Start one replica and track it, out of rotation.
     pub(super) async fn start_replica(
         self: &Arc<Self>,
         color: Color,
         number: u32,
         spec: &RevisionSpec,
+    ) -> Result<(), String> {
+        self.start_replica_as(color, number, spec, ReplicaState::Out).await
+    }
+
+    /// Start one replica and track it in traffic state `state`. A
+    /// `serving` replica enters the rotation by itself once healthy.
+    pub(super) async fn start_replica_as(
+        self: &Arc<Self>,
+        color: Color,
+        number: u32,
+        spec: &RevisionSpec,
+        state: ReplicaState,
     ) -> Result<(), String> {
         let replica_spec = ReplicaSpec {
             service: self.name.clone(),
@@ -60,7 +72,7 @@ impl Service {
             .start(&replica_spec)
             .await
             .map_err(|e| format!("cannot start replica {number} of {color}: {e}"))?;
-        self.track_replica(color, handle, spec.clone(), ReplicaState::Out);
+        self.track_replica(color, handle, spec.clone(), state);
         Ok(())
     }
 
@@ -145,6 +157,11 @@ impl Service {
         self.emit(op, event);
         if rotation_changed {
             self.apply_routes();
+        }
+        // An exit may call for a replacement, and a replacement turning
+        // healthy is worth a line: either way the healer looks now.
+        if exited || health == Health::Healthy {
+            self.heal_wake.notify_one();
         }
     }
 
