@@ -108,18 +108,31 @@ pub struct Agent {
     services: Vec<Svc>,
     token: Option<String>,
     metrics: bool,
+    docker_host: Option<String>,
 }
 
 impl Agent {
     /// An agent on the process runtime.
     pub fn process() -> Agent {
-        Agent { runtime: RuntimeChoice::Process, services: vec![], token: None, metrics: false }
+        Agent {
+            runtime: RuntimeChoice::Process,
+            services: vec![],
+            token: None,
+            metrics: false,
+            docker_host: None,
+        }
     }
 
     /// An agent on the docker runtime. Fails the test when Docker is
     /// required (`BG_DOCKER_TESTS=1`) but unreachable.
     pub fn docker() -> Agent {
-        Agent { runtime: RuntimeChoice::Docker, services: vec![], token: None, metrics: false }
+        Agent {
+            runtime: RuntimeChoice::Docker,
+            services: vec![],
+            token: None,
+            metrics: false,
+            docker_host: None,
+        }
     }
 
     /// Add a service.
@@ -137,6 +150,13 @@ impl Agent {
     /// Also serve `/metrics` on a loopback port.
     pub fn metrics(mut self) -> Agent {
         self.metrics = true;
+        self
+    }
+
+    /// Reach the Docker engine at this address (`[runtime] docker_host`,
+    /// e.g. `unix:///tmp/relay.sock`) instead of the default socket.
+    pub fn docker_host(mut self, host: &str) -> Agent {
+        self.docker_host = Some(host.into());
         self
     }
 
@@ -169,6 +189,9 @@ impl Agent {
             RuntimeChoice::Docker => "docker",
         };
         toml.push_str(&format!("\n[runtime]\nkind = \"{kind}\"\n"));
+        if let Some(host) = &self.docker_host {
+            toml.push_str(&format!("docker_host = {host:?}\n"));
+        }
         for svc in &self.services {
             let addr = free_addr();
             listen.insert(svc.name.clone(), addr);
