@@ -207,6 +207,38 @@ async fn docker_replica_killed_through_the_engine_is_replaced_and_clients_lose_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_died_while_the_agent_was_down_is_replaced_when_it_starts() {
+    let mut agent = Agent::process().service(Svc::new("web").replicas(2)).start().await;
+    let s = agent.op("web", "deploy", json!({}), OP).await;
+    let victim = replicas(&s, "blue").into_iter().find(|r| r["id"] == "2").expect("replica 2");
+    assert!(agent.stop().success());
+    let port = addr(&victim).port();
+    let pids = agent.processes_with(&format!("PORT={port}"));
+    assert_eq!(pids.len(), 1, "one process on {port}");
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill -9");
+    eventually("the process is gone", Duration::from_secs(10), || {
+        agent.processes_with(&format!("PORT={port}")).is_empty()
+    })
+    .await;
+
+    agent.restart().await;
+    let s = status_until(&agent, "web", "replica 2 replaced", Duration::from_secs(30), |s| {
+        all_serving(s, "blue", 2)
+            && replicas(s, "blue").iter().any(|r| r["id"] == "2" && r["addr"] != victim["addr"])
+    })
+    .await;
+    assert_eq!(replicas(&s, "blue").len(), 2, "{s}");
+    let messages = messages(&agent, "web").await;
+    assert!(
+        messages.iter().any(|m| m["message"]
+            .as_str()
+            .is_some_and(|t| t.contains("gone since the agent last ran; it will be replaced"))),
+        "{messages:#?}"
+    );
+    takes_traffic(&agent, "web", "blue", "2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_keeps_dying_is_replaced_with_growing_backoff() {
     let agent = Agent::process().service(Svc::new("web").replicas(1)).start().await;
     agent.op("web", "deploy", json!({}), OP).await;

@@ -8,10 +8,12 @@ use super::Service;
 use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
 use crate::health::{HealthMonitor, HealthReport};
 use crate::runtime::{ReplicaHandle, ReplicaSpec};
-use crate::state::RevisionSpec;
+use crate::state::{ReplicaRecord, RevisionSpec};
 use bg_proxy::{BackendId, DrainReport};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How often waits re-read the model (health verdicts arrive by watcher).
 const POLL: Duration = Duration::from_millis(50);
@@ -94,8 +96,7 @@ impl Service {
             handle.clone(),
             monitor.clone(),
         );
-        let short: String = handle.runtime_id.chars().take(12).collect();
-        let backend = BackendId::from(format!("{}#{short}", handle.name));
+        let backend = backend_id(&handle);
         let replica = ReplicaModel {
             number: handle.replica,
             backend: backend.clone(),
@@ -126,6 +127,38 @@ impl Service {
                 service.on_health(color, &backend, report);
             }
         });
+    }
+
+    /// Keep a serving replica that vanished while the agent was down in
+    /// the model as exited, so that the healer replaces it.
+    pub(super) fn track_gone(&self, color: Color, record: &ReplicaRecord, spec: RevisionSpec) {
+        let handle = ReplicaHandle {
+            runtime_id: record.runtime_id.clone(),
+            name: record.name.clone(),
+            service: self.name.clone(),
+            color,
+            revision: record.revision,
+            replica: record.number,
+            addr: record.addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        };
+        let replica = ReplicaModel {
+            number: handle.replica,
+            backend: backend_id(&handle),
+            handle,
+            health: Health::Unhealthy,
+            reason: Some("gone since the agent last ran".into()),
+            exited: true,
+            state: record.state,
+            spec,
+            monitor: CancellationToken::new(),
+        };
+        let mut model = self.lock();
+        let c = model.color(color);
+        c.replicas.retain(|r| r.number != replica.number);
+        c.replicas.push(replica);
+        c.replicas.sort_by_key(|r| r.number);
+        drop(model);
+        self.heal_wake.notify_one();
     }
 
     /// A health verdict changed: update the model, and the route table when
@@ -391,6 +424,13 @@ impl Service {
             .map(|c| c.replicas.iter().map(|r| r.backend.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// A replica's name in the proxy: its name and the start of its runtime id,
+/// so that a replacement under the same name is a new backend.
+fn backend_id(handle: &ReplicaHandle) -> BackendId {
+    let short: String = handle.runtime_id.chars().take(12).collect();
+    BackendId::from(format!("{}#{short}", handle.name))
 }
 
 impl ServiceModel {
