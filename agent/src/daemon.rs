@@ -134,6 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     for (name, service) in &services {
         service.recover(by_service.remove(name).unwrap_or_default()).await;
+        tracker.spawn(service.clone().heal());
     }
     for (name, left) in by_service {
         tracing::warn!(service = %name, replicas = left.len(), "replicas of a service that is not in the config are left alone");

@@ -1,9 +1,14 @@
 //! Health checks of one replica. A [`HealthMonitor`] task probes the
 //! replica every `interval` (HTTP `GET path` expecting 2xx, or a TCP
-//! connect), consults the runtime first (an exited replica is unhealthy at
-//! once; a container's own HEALTHCHECK, when it has a verdict, must pass
-//! too), and publishes a [`HealthReport`] on a watch channel whenever it
-//! changes.
+//! connect), asks the runtime at the same time (an exited replica is
+//! unhealthy at once; a container's own HEALTHCHECK, when it has a verdict,
+//! must pass too), and publishes a [`HealthReport`] on a watch channel
+//! whenever it changes.
+//!
+//! The runtime is a second opinion, not a dependency: when it does not
+//! answer (the Docker engine is down or hangs), the probe alone decides and
+//! the container's last known HEALTHCHECK verdict stands, so an engine
+//! outage never takes a working replica out of rotation.
 //!
 //! A replica starts as `starting` and becomes `healthy` after
 //! `healthy_threshold` passes in a row. A healthy replica becomes
@@ -225,6 +230,7 @@ impl HealthMonitor {
         let (tx, rx) = watch::channel(HealthReport::starting());
         tokio::spawn(async move {
             let mut tracker = HealthTracker::new(config.healthy_threshold, config.unhealthy_threshold);
+            let mut runtime_view = RuntimeView::default();
             let mut ticks = tokio::time::interval(config.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -234,7 +240,7 @@ impl HealthMonitor {
                 }
                 let outcome = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    o = check_once(runtime.as_ref(), &handle, &mut probe_fn) => o,
+                    o = check_once(runtime.as_ref(), &handle, config.timeout, &mut runtime_view, &mut probe_fn) => o,
                 };
                 let report = match outcome {
                     Outcome::Exited(reason) => {
@@ -271,21 +277,55 @@ impl HealthMonitor {
     }
 }
 
-async fn check_once<F>(runtime: &dyn Runtime, handle: &ReplicaHandle, probe_fn: &mut F) -> Outcome
+/// What the monitor remembers of the runtime's answers between checks.
+#[derive(Debug, Default)]
+struct RuntimeView {
+    /// The container's own HEALTHCHECK verdict when the runtime last
+    /// answered.
+    native: Option<bool>,
+    /// The runtime did not answer the last time it was asked.
+    unreachable: bool,
+}
+
+async fn check_once<F>(
+    runtime: &dyn Runtime,
+    handle: &ReplicaHandle,
+    timeout: Duration,
+    view: &mut RuntimeView,
+    probe_fn: &mut F,
+) -> Outcome
 where
     F: FnMut() -> BoxFuture<'static, Result<(), String>>,
 {
-    let native = match runtime.state(handle).await {
-        Ok(RunState::Running { native_health }) => native_health,
+    // Both at once, so that a slow or hanging engine does not delay the
+    // probe; the engine gets as long as a probe does.
+    let (state, probed) = tokio::join!(tokio::time::timeout(timeout, runtime.state(handle)), probe_fn());
+    let state = match state {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    match state {
+        Ok(RunState::Running { native_health }) => {
+            if view.unreachable {
+                tracing::info!(replica = %handle.name, "the runtime answers again");
+            }
+            *view = RuntimeView { native: native_health, unreachable: false };
+        }
         Ok(RunState::Exited { code }) => return Outcome::Exited(describe_exit(code)),
         Ok(RunState::Gone) => {
             return Outcome::Exited(
                 "the replica is gone (removed, or exited while the agent was down)".into(),
             )
         }
-        Err(e) => return Outcome::Fail(format!("cannot read the replica's state: {e}")),
-    };
-    match (probe_fn().await, native) {
+        Err(e) => {
+            if !view.unreachable {
+                tracing::warn!(replica = %handle.name, error = %e, "cannot read the replica's state from the runtime; judging it by its health check alone until the runtime answers");
+            }
+            view.unreachable = true;
+        }
+    }
+    match (probed, view.native) {
         (Err(reason), _) => Outcome::Fail(reason),
         (Ok(()), Some(false)) => {
             Outcome::Fail("the container's own HEALTHCHECK has not passed (starting or unhealthy)".into())
@@ -376,6 +416,152 @@ mod tests {
         assert_eq!(t.record(false), Health::Healthy);
         assert_eq!(t.record(false), Health::Unhealthy);
         assert_eq!(t.record(true), Health::Healthy);
+    }
+
+    /// A runtime whose `state` answers what the test says (or never).
+    struct FakeRuntime(std::sync::Mutex<FakeState>);
+
+    #[derive(Clone, Copy)]
+    enum FakeState {
+        Running,
+        Down,
+        Hangs,
+        Exited,
+    }
+
+    impl FakeRuntime {
+        fn set(&self, s: FakeState) {
+            *self.0.lock().unwrap() = s;
+        }
+    }
+
+    impl Runtime for FakeRuntime {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn start<'a>(
+            &'a self,
+            _: &'a crate::runtime::ReplicaSpec,
+        ) -> BoxFuture<'a, Result<ReplicaHandle, crate::runtime::RuntimeError>> {
+            unimplemented!()
+        }
+        fn stop<'a>(
+            &'a self,
+            _: &'a ReplicaHandle,
+            _: &'a str,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<crate::runtime::StopReport, crate::runtime::RuntimeError>> {
+            unimplemented!()
+        }
+        fn remove<'a>(
+            &'a self,
+            _: &'a ReplicaHandle,
+        ) -> BoxFuture<'a, Result<(), crate::runtime::RuntimeError>> {
+            unimplemented!()
+        }
+        fn list<'a>(
+            &'a self,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<Vec<ReplicaHandle>, crate::runtime::RuntimeError>> {
+            unimplemented!()
+        }
+        fn state<'a>(
+            &'a self,
+            _: &'a ReplicaHandle,
+        ) -> BoxFuture<'a, Result<RunState, crate::runtime::RuntimeError>> {
+            let s = *self.0.lock().unwrap();
+            Box::pin(async move {
+                match s {
+                    FakeState::Running => Ok(RunState::Running { native_health: None }),
+                    FakeState::Exited => Ok(RunState::Exited { code: 137 }),
+                    FakeState::Down => Err(crate::runtime::RuntimeError::Docker {
+                        message: "cannot reach the engine".into(),
+                        source: None,
+                    }),
+                    FakeState::Hangs => std::future::pending().await,
+                }
+            })
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a ReplicaHandle,
+            _: usize,
+        ) -> BoxFuture<'a, Result<String, crate::runtime::RuntimeError>> {
+            unimplemented!()
+        }
+    }
+
+    fn config() -> HealthConfig {
+        HealthConfig {
+            check: HealthCheckKind::Tcp,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+            deadline: Duration::from_secs(10),
+        }
+    }
+
+    fn handle() -> ReplicaHandle {
+        ReplicaHandle {
+            runtime_id: "fake".into(),
+            name: "bg-web-blue-1".into(),
+            service: "web".into(),
+            color: crate::api::Color::Blue,
+            revision: 1,
+            replica: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_that_fails_or_hangs_does_not_make_a_passing_replica_unhealthy() {
+        let runtime = Arc::new(FakeRuntime(std::sync::Mutex::new(FakeState::Running)));
+        let cancel = CancellationToken::new();
+        let mut watch =
+            HealthMonitor::spawn_with(config(), runtime.clone(), handle(), cancel.clone(), || {
+                Box::pin(async { Ok(()) })
+            });
+        watch.wait_healthy(Duration::from_secs(1)).await.unwrap();
+        for broken in [FakeState::Down, FakeState::Hangs] {
+            runtime.set(broken);
+            // Far more checks than unhealthy_threshold.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(watch.current().health, Health::Healthy);
+            runtime.set(FakeState::Running);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // It still notices an exit once the runtime answers.
+        runtime.set(FakeState::Exited);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = watch.current();
+        assert!(report.exited && report.health == Health::Unhealthy, "{report:?}");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_probe_still_counts_while_the_runtime_is_down() {
+        let runtime = Arc::new(FakeRuntime(std::sync::Mutex::new(FakeState::Running)));
+        let cancel = CancellationToken::new();
+        let passing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let p = passing.clone();
+        let mut watch =
+            HealthMonitor::spawn_with(config(), runtime.clone(), handle(), cancel.clone(), move || {
+                let ok = p.load(std::sync::atomic::Ordering::Relaxed);
+                Box::pin(async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("refused".into())
+                    }
+                })
+            });
+        watch.wait_healthy(Duration::from_secs(1)).await.unwrap();
+        runtime.set(FakeState::Down);
+        passing.store(false, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(watch.current().health, Health::Unhealthy);
+        cancel.cancel();
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub struct Agent {
     metrics: bool,
     socket_activated: bool,
     env: Vec<(String, String)>,
+    docker_host: Option<String>,
 }
 
 impl Agent {
@@ -125,7 +126,7 @@ impl Agent {
     }
 
     fn new(runtime: RuntimeChoice) -> Agent {
-        Agent { runtime, services: vec![], token: None, metrics: false, socket_activated: false, env: vec![] }
+        Agent { runtime, services: vec![], token: None, metrics: false, socket_activated: false, env: vec![], docker_host: None }
     }
 
     /// Socket activation as systemd does it: the test binds the proxy
@@ -160,6 +161,13 @@ impl Agent {
         self
     }
 
+    /// Reach the Docker engine at this address (`[runtime] docker_host`,
+    /// e.g. `unix:///tmp/relay.sock`) instead of the default socket.
+    pub fn docker_host(mut self, host: &str) -> Agent {
+        self.docker_host = Some(host.into());
+        self
+    }
+
     /// Write the config, start the agent, wait until its API answers.
     pub async fn start(self) -> RunningAgent {
         let dir = tempfile::Builder::new().prefix("bg-agent-test-").tempdir().expect("temp dir");
@@ -189,6 +197,9 @@ impl Agent {
             RuntimeChoice::Docker => "docker",
         };
         toml.push_str(&format!("\n[runtime]\nkind = \"{kind}\"\n"));
+        if let Some(host) = &self.docker_host {
+            toml.push_str(&format!("docker_host = {host:?}\n"));
+        }
         for svc in &self.services {
             let addr = free_addr();
             listen.insert(svc.name.clone(), addr);

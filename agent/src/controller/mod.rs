@@ -9,6 +9,7 @@
 //! for an operation: the model sits behind a short-lived mutex that is never
 //! held across an await.
 
+mod heal;
 mod model;
 mod ops;
 mod recover;
@@ -122,6 +123,8 @@ pub struct Service {
     model: Mutex<ServiceModel>,
     op_lock: Arc<tokio::sync::Mutex<()>>,
     op_cancel: Mutex<Option<CancellationToken>>,
+    /// Wakes the healer ([`Service::heal`]) when a replica exits.
+    heal_wake: tokio::sync::Notify,
 }
 
 /// A service's control-plane numbers for `/metrics`.
@@ -193,6 +196,7 @@ impl Service {
             shared,
             op_lock: Arc::new(tokio::sync::Mutex::new(())),
             op_cancel: Mutex::new(None),
+            heal_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -318,14 +322,14 @@ impl Service {
     /// Take the operation lock: at once, or after a short wait when the last
     /// operation has already reported its end; a conflict otherwise.
     async fn acquire(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ControlError> {
-        let conflict = || ControlError::Conflict {
-            service: self.name.clone(),
-            running: self
-                .lock()
-                .operation
-                .as_ref()
-                .map(|o| format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase))
-                .unwrap_or_else(|| "stopping an old color kept warm, or a handover to a new agent".into()),
+        let conflict = || {
+            let m = self.lock();
+            let running = match (&m.operation, &m.busy) {
+                (Some(o), _) => format!("operation {} ({:?}, phase {})", o.id, o.kind, o.phase),
+                (None, Some(busy)) => busy.clone(),
+                (None, None) => "stopping an old color kept warm, or a handover to a new agent".into(),
+            };
+            ControlError::Conflict { service: self.name.clone(), running }
         };
         match self.op_lock.clone().try_lock_owned() {
             Ok(guard) => Ok(guard),

@@ -72,6 +72,9 @@ pub struct ServiceModel {
     pub(crate) outcome_counts: BTreeMap<(OperationKind, crate::api::OutcomeKind), u64>,
     /// When traffic last moved (unix seconds).
     pub(crate) last_switch: Option<f64>,
+    /// What holds the service outside an operation (self-healing), for
+    /// the conflict answer.
+    pub(crate) busy: Option<String>,
 }
 
 impl ServiceModel {

@@ -38,22 +38,6 @@ impl Service {
             }
             for (color, c) in &rec.colors {
                 for r in &c.replicas {
-                    let Some(pos) =
-                        found.iter().position(|h| h.runtime_id == r.runtime_id || h.name == r.name)
-                    else {
-                        self.emit(
-                            None,
-                            EventKind::Message {
-                                level: "warn".into(),
-                                message: format!(
-                                    "replica {} of {color} ({}) is gone since the agent last ran",
-                                    r.number, r.name
-                                ),
-                            },
-                        );
-                        continue;
-                    };
-                    let handle = found.swap_remove(pos);
                     let spec = RevisionSpec {
                         revision: r.revision,
                         spec: r
@@ -62,6 +46,30 @@ impl Service {
                             .or_else(|| c.spec.as_ref().map(|s| s.spec.clone()))
                             .unwrap_or_default(),
                     };
+                    let Some(pos) =
+                        found.iter().position(|h| h.runtime_id == r.runtime_id || h.name == r.name)
+                    else {
+                        // A replica of the active color that should serve is
+                        // replaced by the healer, as if it had exited now.
+                        let replace = rec.active == Some(*color) && r.state == ReplicaState::Serving;
+                        self.emit(
+                            None,
+                            EventKind::Message {
+                                level: "warn".into(),
+                                message: format!(
+                                    "replica {} of {color} ({}) is gone since the agent last ran{}",
+                                    r.number,
+                                    r.name,
+                                    if replace { "; it will be replaced" } else { "" }
+                                ),
+                            },
+                        );
+                        if replace {
+                            self.track_gone(*color, r, spec);
+                        }
+                        continue;
+                    };
+                    let handle = found.swap_remove(pos);
                     let state = if r.state == ReplicaState::Serving {
                         ReplicaState::Serving
                     } else {

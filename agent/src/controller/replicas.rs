@@ -8,10 +8,12 @@ use super::Service;
 use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
 use crate::health::{HealthMonitor, HealthReport};
 use crate::runtime::{ReplicaHandle, ReplicaSpec};
-use crate::state::RevisionSpec;
+use crate::state::{ReplicaRecord, RevisionSpec};
 use bg_proxy::{BackendId, DrainReport};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How often waits re-read the model (health verdicts arrive by watcher).
 const POLL: Duration = Duration::from_millis(50);
@@ -36,12 +38,24 @@ impl Service {
         Ok(())
     }
 
-    /// Start one replica and track it.
+    /// Start one replica and track it, out of rotation.
     pub(super) async fn start_replica(
         self: &Arc<Self>,
         color: Color,
         number: u32,
         spec: &RevisionSpec,
+    ) -> Result<(), String> {
+        self.start_replica_as(color, number, spec, ReplicaState::Out).await
+    }
+
+    /// Start one replica and track it in traffic state `state`. A
+    /// `serving` replica enters the rotation by itself once healthy.
+    pub(super) async fn start_replica_as(
+        self: &Arc<Self>,
+        color: Color,
+        number: u32,
+        spec: &RevisionSpec,
+        state: ReplicaState,
     ) -> Result<(), String> {
         let replica_spec = ReplicaSpec {
             service: self.name.clone(),
@@ -60,7 +74,7 @@ impl Service {
             .start(&replica_spec)
             .await
             .map_err(|e| format!("cannot start replica {number} of {color}: {e}"))?;
-        self.track_replica(color, handle, spec.clone(), ReplicaState::Out);
+        self.track_replica(color, handle, spec.clone(), state);
         Ok(())
     }
 
@@ -82,8 +96,7 @@ impl Service {
             handle.clone(),
             monitor.clone(),
         );
-        let short: String = handle.runtime_id.chars().take(12).collect();
-        let backend = BackendId::from(format!("{}#{short}", handle.name));
+        let backend = backend_id(&handle);
         let replica = ReplicaModel {
             number: handle.replica,
             backend: backend.clone(),
@@ -116,6 +129,38 @@ impl Service {
         });
     }
 
+    /// Keep a serving replica that vanished while the agent was down in
+    /// the model as exited, so that the healer replaces it.
+    pub(super) fn track_gone(&self, color: Color, record: &ReplicaRecord, spec: RevisionSpec) {
+        let handle = ReplicaHandle {
+            runtime_id: record.runtime_id.clone(),
+            name: record.name.clone(),
+            service: self.name.clone(),
+            color,
+            revision: record.revision,
+            replica: record.number,
+            addr: record.addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        };
+        let replica = ReplicaModel {
+            number: handle.replica,
+            backend: backend_id(&handle),
+            handle,
+            health: Health::Unhealthy,
+            reason: Some("gone since the agent last ran".into()),
+            exited: true,
+            state: record.state,
+            spec,
+            monitor: CancellationToken::new(),
+        };
+        let mut model = self.lock();
+        let c = model.color(color);
+        c.replicas.retain(|r| r.number != replica.number);
+        c.replicas.push(replica);
+        c.replicas.sort_by_key(|r| r.number);
+        drop(model);
+        self.heal_wake.notify_one();
+    }
+
     /// A health verdict changed: update the model, and the route table when
     /// rotation changes. A serving replica that turns unhealthy leaves the
     /// rotation here, at once.
@@ -145,6 +190,11 @@ impl Service {
         self.emit(op, event);
         if rotation_changed {
             self.apply_routes();
+        }
+        // An exit may call for a replacement, and a replacement turning
+        // healthy is worth a line: either way the healer looks now.
+        if exited || health == Health::Healthy {
+            self.heal_wake.notify_one();
         }
     }
 
@@ -374,6 +424,13 @@ impl Service {
             .map(|c| c.replicas.iter().map(|r| r.backend.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// A replica's name in the proxy: its name and the start of its runtime id,
+/// so that a replacement under the same name is a new backend.
+fn backend_id(handle: &ReplicaHandle) -> BackendId {
+    let short: String = handle.runtime_id.chars().take(12).collect();
+    BackendId::from(format!("{}#{short}", handle.name))
 }
 
 impl ServiceModel {
