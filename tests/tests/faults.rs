@@ -20,8 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 const OP: Duration = Duration::from_secs(90);
 /// Bound on every load in this file; they are stopped long before.
 const LOAD_BOUND: Duration = Duration::from_secs(120);
-/// Keep-alive clients of the kill tests: at most this many requests can be
-/// in flight on the killed replica.
+/// Keep-alive clients of the kill tests. Each upstream connection to the
+/// killed replica can fail at most one request (the one in flight on it,
+/// or one sent before its close was seen; connects after the kill are
+/// refused and retried on the other replica), and the proxy opens no more
+/// of them than there are requests at once: at most this many failures.
 const CLIENTS: usize = 8;
 
 fn addr(replica: &Value) -> SocketAddr {
@@ -320,6 +323,7 @@ async fn docker_engine_unreachable_traffic_flows_deploys_fail_clearly_and_the_ag
         "the failure names the engine: {printed}"
     );
     assert!(printed.contains("engine.sock"), "and where the agent looked for it: {printed}");
+    eprintln!("bgctl deploy while the engine refuses (exit {}):\n{printed}", out.code);
     let s = agent.status(&service).await;
     assert_eq!(s["active"], "blue", "{s}");
     assert!(replicas(&s, "green").is_empty(), "nothing left of the failed deploy: {s}");
