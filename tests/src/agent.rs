@@ -469,7 +469,48 @@ pub fn bgctl(args: &[String]) -> CtlOutput {
     }
 }
 
-/// What a `bgctl` run printed and returned.
+/// Run the real `bg-agent` with these arguments and extra environment until
+/// it exits by itself (`--check-config`, or a config it must refuse). Panics
+/// if it is still running after `within`, after killing it: an agent that
+/// should have refused to start must not hang a test. `args` of the output
+/// starts with `bg-agent`.
+pub fn bg_agent_run(args: &[&str], env: &[(&str, &str)], within: Duration) -> CtlOutput {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(cargo_bin("bg-agent", "bg-agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn bg-agent");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bg-agent") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bg-agent {args:?} still ran after {within:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut all = vec!["bg-agent".to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    CtlOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        args: all,
+    }
+}
+
+/// What a `bgctl` (or `bg-agent`) run printed and returned.
 #[derive(Debug, Clone)]
 pub struct CtlOutput {
     /// Exit code.
@@ -487,7 +528,7 @@ impl CtlOutput {
     pub fn assert_exit_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code, code,
-            "bgctl {:?} exited {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
+            "{:?} exited {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
             self.args, self.code, self.stdout, self.stderr
         );
         self
@@ -496,7 +537,7 @@ impl CtlOutput {
     /// Standard output parsed as one JSON document.
     pub fn stdout_json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("bgctl {:?} stdout is not one JSON document ({e}):\n{}", self.args, self.stdout)
+            panic!("{:?} stdout is not one JSON document ({e}):\n{}", self.args, self.stdout)
         })
     }
 }

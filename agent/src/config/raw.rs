@@ -22,7 +22,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
-                key: "(toml syntax)".into(),
+                key: locate::key_near_line(text, line).unwrap_or_else(|| "(toml syntax)".into()),
                 message: format!("{}: this is not valid TOML", e.message().trim_end()),
             });
         }

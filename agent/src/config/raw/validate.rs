@@ -195,7 +195,26 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
                 "must not be empty: expected a group name, or leave the key out",
             ))
         }
-        Some(g) => Some(g.get_ref().clone()),
+        Some(g) => match nix::unistd::Group::from_name(g.get_ref()) {
+            Ok(Some(_)) => Some(g.get_ref().clone()),
+            Ok(None) => {
+                return Err(cx.err(
+                    g.span(),
+                    "agent.control_socket_group",
+                    format!(
+                        "group {:?} does not exist on this host: create it (groupadd) or fix the name",
+                        g.get_ref()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(cx.err(
+                    g.span(),
+                    "agent.control_socket_group",
+                    format!("cannot look up group {:?}: {e}", g.get_ref()),
+                ))
+            }
+        },
         None => None,
     };
     let token_file = match &raw.token_file {
