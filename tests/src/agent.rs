@@ -367,6 +367,20 @@ impl RunningAgent {
         crate::api::request(&self.socket, "POST", path, Some(body)).await
     }
 
+    /// Scrape `/metrics` over HTTP and parse it strictly; panics unless
+    /// the agent answers 200 with OpenMetrics text that parses.
+    pub async fn scrape(&self) -> crate::prom::Scrape {
+        let addr = self.metrics_addr.expect("start the agent with .metrics()");
+        let resp = crate::api::raw(crate::api::Target::Tcp(addr), "GET", "/metrics", &[], "")
+            .await
+            .unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
+        assert_eq!(resp.status, 200, "GET /metrics: {}", resp.text());
+        let kind = resp.header("content-type").unwrap_or("");
+        assert!(kind.starts_with("application/openmetrics-text"), "content type {kind:?}");
+        crate::prom::Scrape::parse(&resp.text())
+            .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{}", resp.text()))
+    }
+
     /// `GET /v1/services/{name}`.
     pub async fn status(&self, service: &str) -> Value {
         match self.api_get(&format!("/v1/services/{service}")).await {
