@@ -90,19 +90,25 @@ impl ControlApi {
     }
 
     async fn handle(&self, req: Request<Incoming>, access: &Access) -> Response<Body> {
+        // Method and path only: headers carry the bearer token, which must
+        // never reach a log, and bodies are the operation's own business.
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let via = match access {
+            Access::Socket => "socket",
+            Access::Token(_) => "tcp",
+        };
         if let Access::Token(token) = access {
             if !authorized(&req, token) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing or wrong bearer token".into(),
-                );
+                tracing::warn!(%method, %path, via, "control API request refused: missing or wrong bearer token");
+                return unauthorized();
             }
         }
-        match self.route(req).await {
+        let resp = match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => e,
-        }
+        };
+        tracing::debug!(%method, %path, via, status = resp.status().as_u16(), "control API request");
+        resp
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
@@ -252,14 +258,30 @@ fn parse_events_query(query: &str) -> Result<EventsQuery, String> {
     Ok(q)
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`. The scheme
+/// is case-insensitive (RFC 7235); the token is compared in constant time.
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
         return false;
     };
-    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    if value.len() < scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
         return false;
-    };
-    given.ct_eq(token.as_bytes()).into()
+    }
+    value[scheme.len()..].trim_ascii().ct_eq(token.as_bytes()).into()
+}
+
+/// The one answer to every request without the right token: the same for a
+/// missing, malformed or wrong one, so it tells nothing about the token.
+fn unauthorized() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this listener needs Authorization: Bearer <token> with the agent's token".into(),
+    );
+    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {

@@ -108,18 +108,62 @@ pub struct Agent {
     services: Vec<Svc>,
     token: Option<String>,
     metrics: bool,
+    log: LogSettings,
+    socket_group: Option<String>,
+}
+
+/// How the agent logs: `--log-format` and `RUST_LOG`.
+#[derive(Debug, Clone)]
+struct LogSettings {
+    format: Option<String>,
+    filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: None, filter: "info,bg_agent=debug".into() }
+    }
 }
 
 impl Agent {
     /// An agent on the process runtime.
     pub fn process() -> Agent {
-        Agent { runtime: RuntimeChoice::Process, services: vec![], token: None, metrics: false }
+        Agent::with_runtime(RuntimeChoice::Process)
     }
 
     /// An agent on the docker runtime. Fails the test when Docker is
     /// required (`BG_DOCKER_TESTS=1`) but unreachable.
     pub fn docker() -> Agent {
-        Agent { runtime: RuntimeChoice::Docker, services: vec![], token: None, metrics: false }
+        Agent::with_runtime(RuntimeChoice::Docker)
+    }
+
+    fn with_runtime(runtime: RuntimeChoice) -> Agent {
+        Agent {
+            runtime,
+            services: vec![],
+            token: None,
+            metrics: false,
+            log: LogSettings::default(),
+            socket_group: None,
+        }
+    }
+
+    /// Run with `--log-format FORMAT` (`text` or `json`).
+    pub fn log_format(mut self, format: &str) -> Agent {
+        self.log.format = Some(format.into());
+        self
+    }
+
+    /// Run with this `RUST_LOG` (default `info,bg_agent=debug`).
+    pub fn rust_log(mut self, filter: &str) -> Agent {
+        self.log.filter = filter.into();
+        self
+    }
+
+    /// Set `[agent] control_socket_group`.
+    pub fn socket_group(mut self, group: &str) -> Agent {
+        self.socket_group = Some(group.into());
+        self
     }
 
     /// Add a service.
@@ -152,6 +196,9 @@ impl Agent {
             dir.path().join("state"),
             socket
         ));
+        if let Some(group) = &self.socket_group {
+            toml.push_str(&format!("control_socket_group = {group:?}\n"));
+        }
         let control_addr = self.token.as_ref().map(|token| {
             let token_file = dir.path().join("token");
             std::fs::write(&token_file, token).expect("write token");
@@ -215,6 +262,7 @@ impl Agent {
             runtime: self.runtime,
             services: self.services.iter().map(|s| s.name.clone()).collect(),
             starts: 0,
+            log: self.log.clone(),
         };
         agent.spawn();
         agent.wait_api().await;
@@ -241,6 +289,7 @@ pub struct RunningAgent {
     runtime: RuntimeChoice,
     services: Vec<String>,
     starts: u32,
+    log: LogSettings,
 }
 
 impl RunningAgent {
@@ -251,10 +300,13 @@ impl RunningAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(cargo_bin("bg-agent", "bg-agent"))
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info,bg_agent=debug")
+        let mut command = Command::new(cargo_bin("bg-agent", "bg-agent"));
+        command.arg("--config").arg(&self.config);
+        if let Some(format) = &self.log.format {
+            command.args(["--log-format", format]);
+        }
+        let child = command
+            .env("RUST_LOG", &self.log.filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -282,6 +334,11 @@ impl RunningAgent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The token of the TCP control API, read back from its file.
+    pub fn token(&self) -> Option<String> {
+        self.control_addr.map(|_| std::fs::read_to_string(self.dir.path().join("token")).expect("token file"))
     }
 
     /// The temporary directory (config, state, socket, logs).
