@@ -134,6 +134,12 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "greater than zero",
         ),
         (format!("{BASE}queue_timeout = \"soon\"\n"), 4, "services.web.queue_timeout", "not a duration"),
+        (
+            format!("{BASE}stop_grace = \"18446744073709551615s\"\n"),
+            4,
+            "services.web.stop_grace",
+            "longer than the maximum of 365 days",
+        ),
         // Names, addresses.
         (
             "[services.Web]\nlisten = [\"127.0.0.1:1\"]\nimage = \"x\"\n".into(),

@@ -44,6 +44,10 @@ pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum 5xx ratio during the monitor window (1%).
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
+/// Longest duration a config key or an API field may hold (365 days). A
+/// longer one is a typo, and one near `u64::MAX` seconds would overflow
+/// the clock arithmetic of the timers it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default time a request waits for a backend when none is healthy (10 s).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -56,7 +56,7 @@ impl Ctx<'_> {
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         let Some(v) = v else { return Ok(default) };
-        humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
                 v.span(),
                 key,
@@ -65,7 +65,19 @@ impl Ctx<'_> {
                     v.get_ref()
                 ),
             )
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is longer than the maximum of {} days",
+                    v.get_ref(),
+                    MAX_DURATION.as_secs() / 86_400
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     fn positive_duration(
