@@ -44,6 +44,11 @@ pub trait Checked: DeserializeOwned {
 /// and a wrong field is named by its path.
 pub fn decode<T: Checked>(bytes: &[u8]) -> Result<T, DecodeError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    // serde would also fill a struct from an array, by position; a request
+    // is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError::Json("the body must be a JSON object, e.g. {\"image\": \"app:v2\"}".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -232,7 +237,8 @@ mod tests {
         assert!(err::<RollingRequest>(r#"{"delay":"-1s"}"#).starts_with("delay:"));
         assert!(err::<RollingRequest>(r#"{"parallelism":0}"#).starts_with("parallelism:"));
         assert!(decode_empty(br#"{"force":true}"#).unwrap_err().to_string().contains("no parameters"));
-        assert!(decode_empty(b"[]").unwrap_err().to_string().starts_with("invalid JSON body"));
+        assert!(decode_empty(b"[]").unwrap_err().to_string().contains("must be a JSON object"));
+        assert!(err::<DeployRequest>(r#"["web:v1"]"#).contains("must be a JSON object"));
     }
 
     #[test]

@@ -246,9 +246,10 @@ pub enum ConfigError {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        let bytes =
+            std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| raw::invalid_utf8(&bytes, &e, path))?;
+        Config::parse(text, path)
     }
 
     /// Validate config text; `path` is only used in error messages.

@@ -403,6 +403,16 @@ fn service(
         _ => {}
     }
     let env = raw.env.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect();
+    if let Some((k, v)) = raw.env.iter().find(|(k, _)| k.is_empty() || k.contains(['=', '\0'])) {
+        return Err(cx.err(
+            v.span(),
+            &key("env"),
+            format!("env key {k:?} is not a valid variable name: it must not be empty or hold '=' or NUL"),
+        ));
+    }
+    if let Some((k, v)) = raw.env.iter().find(|(_, v)| v.get_ref().contains('\0')) {
+        return Err(cx.err(v.span(), &key(&format!("env.{k}")), "contains a NUL character"));
+    }
     if let Some((_, v)) = raw.env.iter().find(|(k, _)| k.as_str() == "PORT") {
         return Err(cx.err(
             v.span(),
