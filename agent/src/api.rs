@@ -20,9 +20,10 @@
 //! | GET    | `/v1/events?service=NAME&since=SEQ`    |                      | NDJSON of [`Event`]  |
 //! | GET    | `/v1/health`                           |                      | `{"ok": true}`       |
 //!
-//! Errors are [`ErrorBody`] with status 400 (bad input), 401 (no or wrong
-//! token), 404 (unknown service or replica), 409 (an operation is already
-//! running) or 500.
+//! Errors are [`ErrorBody`] with status 400 (bad input, the message names
+//! the field), 401 (no or wrong token), 404 (unknown service or replica),
+//! 405 (method), 408 (body too slow), 409 (an operation is already
+//! running), 413 (body over 64 KiB) or 500.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -568,7 +569,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Machine-readable code: `bad_request`, `unauthorized`, `not_found`,
-    /// `conflict`, `payload_too_large`, `internal`.
+    /// `method_not_allowed`, `request_timeout`, `conflict`,
+    /// `payload_too_large`, `not_implemented`, `internal`.
     pub code: String,
     /// What is wrong and what to do.
     pub message: String,

@@ -16,11 +16,15 @@ pub mod controller;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
+pub mod decode;
+#[cfg(feature = "daemon")]
 pub mod events;
 #[cfg(feature = "daemon")]
 pub mod handoff;
 #[cfg(feature = "daemon")]
 pub mod health;
+#[cfg(feature = "daemon")]
+pub mod image_ref;
 #[cfg(feature = "daemon")]
 pub mod listeners;
 #[cfg(feature = "daemon")]

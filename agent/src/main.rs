@@ -24,22 +24,33 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check_config {
+        // A human (or a deploy script) reads this: plain lines, no logger.
+        return match Config::load(&args.config) {
+            Ok(config) => {
+                println!("{}: ok ({} service(s))", args.config.display(), config.services.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bg-agent: {}", chain(&e));
+                ExitCode::from(2)
+            }
+        };
+    }
+    // From here on everything goes through the logger, so that with
+    // `--log-format json` every line on stderr is one JSON object.
+    bg_agent::logging::init(&args.log_format);
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("bg-agent: {e}");
+            tracing::error!("bg-agent: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
-    if args.check_config {
-        println!("{}: ok ({} service(s))", args.config.display(), config.services.len());
-        return ExitCode::SUCCESS;
-    }
-    bg_agent::logging::init(&args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("bg-agent: cannot start the async runtime: {e}");
+            tracing::error!("bg-agent: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -49,16 +60,26 @@ fn main() -> ExitCode {
         match bg_agent::daemon::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                let mut msg = format!("bg-agent: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                tracing::error!("{msg}");
-                eprintln!("{msg}");
+                tracing::error!("bg-agent: {}", chain(&e));
                 ExitCode::FAILURE
             }
         }
     })
+}
+
+/// An error and its sources, `: `-separated (ripgrep's `err.chain()`). Many
+/// errors here already quote their source in their message; a source whose
+/// text is already there is not repeated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
 }

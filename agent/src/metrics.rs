@@ -1,7 +1,24 @@
-//! `/metrics` in the Prometheus text format: the proxy's traffic counters
-//! per service and color, replica health, operations and their outcomes,
-//! and the last switch time. Everything is read at scrape time from the
-//! proxies and controllers; nothing is counted twice.
+//! `/metrics` in the OpenMetrics text format (what Prometheus scrapes by
+//! default): the proxy's traffic counters per service and color, replica
+//! health, operations and their outcomes, and the last switch time.
+//! Everything is read at scrape time from the proxies and controllers;
+//! nothing is counted twice.
+//!
+//! | family | type | labels |
+//! |--------|------|--------|
+//! | `bg_requests_total` | counter | service, color, class (`1xx`..`5xx`) |
+//! | `bg_request_duration_seconds` | histogram | service, color |
+//! | `bg_inflight_requests` | gauge | service, color |
+//! | `bg_upgraded_connections` | gauge | service, color |
+//! | `bg_client_connections` | gauge | service |
+//! | `bg_route_switches_total` | counter | service |
+//! | `bg_replicas`, `bg_healthy_replicas` | gauge | service, color |
+//! | `bg_replica_healthy`, `bg_replica_serving` | gauge | service, color, replica |
+//! | `bg_active_color` | gauge | service, color |
+//! | `bg_revision` | gauge | service |
+//! | `bg_operations_total` | counter | service, kind, outcome |
+//! | `bg_operation_running` | gauge | service, kind |
+//! | `bg_last_switch_timestamp_seconds` | gauge | service |
 
 use crate::api::{Health, ReplicaState};
 use crate::controller::Service;
@@ -20,6 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 type Labels = Vec<(String, String)>;
+
+/// What [`render`] produces: prometheus-client writes OpenMetrics text
+/// (counter families without `_total`, samples with it, a final `# EOF`).
+/// Announcing it as the classic `text/plain; version=0.0.4` makes
+/// Prometheus read it with the wrong parser, which loses counter types.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Reads every service's numbers on each scrape.
 #[derive(Debug)]
@@ -86,6 +109,13 @@ impl prometheus_client::collector::Collector for Collector {
             "1 when a replica passes its health checks.",
             MetricType::Gauge,
         );
+        let mut replicas =
+            Family::new("bg_replicas", "Replicas of a color, whatever their health.", MetricType::Gauge);
+        let mut healthy = Family::new(
+            "bg_healthy_replicas",
+            "Replicas of a color that pass their health checks.",
+            MetricType::Gauge,
+        );
         let mut serving = Family::new(
             "bg_replica_serving",
             "1 when a replica is in the proxy's rotation.",
@@ -129,6 +159,11 @@ impl prometheus_client::collector::Collector for Collector {
                 serving.samples.push((l, if *state == ReplicaState::Serving { 1.0 } else { 0.0 }));
             }
             for color in crate::api::Color::ALL {
+                let of_color = || m.replicas.iter().filter(move |(c, ..)| *c == color);
+                let l = labels(&[("service", name), ("color", color.as_str())]);
+                replicas.samples.push((l.clone(), of_color().count() as f64));
+                let n = of_color().filter(|(_, _, h, _)| *h == Health::Healthy).count();
+                healthy.samples.push((l, n as f64));
                 let on = if m.active == Some(color) { 1.0 } else { 0.0 };
                 active.samples.push((labels(&[("service", name), ("color", color.as_str())]), on));
             }
@@ -150,6 +185,8 @@ impl prometheus_client::collector::Collector for Collector {
         encode_gauges(&mut encoder, upgraded)?;
         encode_gauges(&mut encoder, connections)?;
         encode_counters(&mut encoder, switches)?;
+        encode_gauges(&mut encoder, replicas)?;
+        encode_gauges(&mut encoder, healthy)?;
         encode_gauges(&mut encoder, health)?;
         encode_gauges(&mut encoder, serving)?;
         encode_gauges(&mut encoder, active)?;
@@ -214,10 +251,8 @@ pub async fn serve(
                 async move {
                     let mut resp = if req.uri().path() == "/metrics" {
                         let mut r = http::Response::new(Full::new(Bytes::from(render(&services))));
-                        r.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                        );
+                        r.headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
                         r
                     } else {
                         http::Response::new(Full::new(Bytes::from_static(b"see /metrics\n")))

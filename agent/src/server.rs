@@ -12,13 +12,13 @@ use crate::api::{
     SpecOverrides,
 };
 use crate::controller::{ControlError, OpRequest, Service};
+use crate::decode::{decode, decode_empty, Checked, DecodeError};
 use crate::events::EventHub;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +32,12 @@ use tokio_util::task::TaskTracker;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client has to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send its whole request body (30 seconds: a body
+/// is at most [`MAX_BODY_BYTES`], so only a stalled client takes this long).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body read (and discarded) to answer 413 cleanly (8 MiB); a
+/// larger declared length is refused at once and the connection closed.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -90,19 +96,25 @@ impl ControlApi {
     }
 
     async fn handle(&self, req: Request<Incoming>, access: &Access) -> Response<Body> {
+        // Method and path only: headers carry the bearer token, which must
+        // never reach a log, and bodies are the operation's own business.
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let via = match access {
+            Access::Socket => "socket",
+            Access::Token(_) => "tcp",
+        };
         if let Access::Token(token) = access {
             if !authorized(&req, token) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing or wrong bearer token".into(),
-                );
+                tracing::warn!(%method, %path, via, "control API request refused: missing or wrong bearer token");
+                return unauthorized();
             }
         }
-        match self.route(req).await {
+        let resp = match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => e,
-        }
+        };
+        tracing::debug!(%method, %path, via, status = resp.status().as_u16(), "control API request");
+        resp
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
@@ -252,52 +264,100 @@ fn parse_events_query(query: &str) -> Result<EventsQuery, String> {
     Ok(q)
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`. The scheme
+/// is case-insensitive (RFC 7235); the token is compared in constant time.
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
         return false;
     };
-    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    if value.len() < scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
         return false;
-    };
-    given.ct_eq(token.as_bytes()).into()
+    }
+    value[scheme.len()..].trim_ascii().ct_eq(token.as_bytes()).into()
 }
 
+/// The one answer to every request without the right token: the same for a
+/// missing, malformed or wrong one, so it tells nothing about the token.
+fn unauthorized() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this listener needs Authorization: Bearer <token> with the agent's token".into(),
+    );
+    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// Read a request body of at most [`MAX_BODY_BYTES`]. A larger one is
+/// still read, and thrown away, up to [`DRAIN_LIMIT`] before the 413 goes
+/// out: a client that is still sending when the answer comes (hyper, and so
+/// bgctl) sees a broken pipe instead of the answer if the agent closes the
+/// connection on it. A body that does not arrive within
+/// [`BODY_READ_TIMEOUT`] gets a 408.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )),
-        Err(e) => {
-            Err(error(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read request body: {e}")))
+            format!(
+                "request body is larger than the limit of {MAX_BODY_BYTES} bytes; a request holds only \
+                 overrides and settings, which are small"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut kept = BytesMut::new();
+    let mut total: u64 = 0;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("cannot read request body: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                total += data.len() as u64;
+                if total > DRAIN_LIMIT {
+                    break;
+                }
+                if total <= MAX_BODY_BYTES as u64 {
+                    kept.extend_from_slice(&data);
+                }
+            }
         }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        )),
+        Ok(Err(message)) => Err(error(StatusCode::BAD_REQUEST, "bad_request", message)),
+        Ok(Ok(())) if total > MAX_BODY_BYTES as u64 => Err(too_large()),
+        Ok(Ok(())) => Ok(kept.freeze()),
     }
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+async fn body<T: Checked>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     let bytes = read_body(req).await?;
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { bytes };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+    decode::<T>(&bytes).map_err(bad_request)
 }
 
 async fn empty_body(req: Request<Incoming>, op: OpRequest) -> Result<OpRequest, Response<Body>> {
-    let _: BTreeMap<String, serde_json::Value> =
-        body(req).await.and_then(|m: BTreeMap<String, serde_json::Value>| {
-            if m.is_empty() {
-                Ok(m)
-            } else {
-                let keys: Vec<&String> = m.keys().collect();
-                Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("this operation takes no parameters, got {keys:?}"),
-                ))
-            }
-        })?;
+    let bytes = read_body(req).await?;
+    decode_empty(&bytes).map_err(bad_request)?;
     Ok(op)
+}
+
+fn bad_request(e: DecodeError) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {

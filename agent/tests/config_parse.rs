@@ -98,7 +98,10 @@ fn control_listen_with_token_file_is_accepted() {
 fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
     vec![
         // Syntax.
-        ("[services.web\n".into(), 1, "(toml syntax)", "TOML"),
+        ("[services.web\n".into(), 1, "services.web", "not valid TOML"),
+        (format!("{BASE}[services.web.health]\ninterval = 1s\n"), 5, "services.web.health.interval", "TOML"),
+        (format!("{BASE}stop_grace = \"30s\n"), 4, "services.web.stop_grace", "TOML"),
+        ("= 1\n".into(), 1, "(toml syntax)", "TOML"),
         // Unknown keys, at every level.
         (format!("{BASE}imgae = \"x\"\n"), 4, "services.web.imgae", "unknown field"),
         ("[agnet]\n".into(), 1, "agnet", "unknown field"),
@@ -131,6 +134,12 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "greater than zero",
         ),
         (format!("{BASE}queue_timeout = \"soon\"\n"), 4, "services.web.queue_timeout", "not a duration"),
+        (
+            format!("{BASE}stop_grace = \"18446744073709551615s\"\n"),
+            4,
+            "services.web.stop_grace",
+            "longer than the maximum of 365 days",
+        ),
         // Names, addresses.
         (
             "[services.Web]\nlisten = [\"127.0.0.1:1\"]\nimage = \"x\"\n".into(),
@@ -272,6 +281,12 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "already used by agent.metrics_listen",
         ),
         (format!("{BASE}env = {{ PORT = \"1\" }}\n"), 4, "services.web.env.PORT", "set by the runtime"),
+        (
+            format!("[agent]\ncontrol_socket_group = \"no-such-group-bg\"\n{BASE}"),
+            2,
+            "agent.control_socket_group",
+            "does not exist",
+        ),
     ]
 }
 

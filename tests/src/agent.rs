@@ -111,22 +111,65 @@ pub struct Agent {
     socket_activated: bool,
     env: Vec<(String, String)>,
     docker_host: Option<String>,
+    log: LogSettings,
+    socket_group: Option<String>,
+}
+
+/// How the agent logs: `--log-format` and `RUST_LOG`.
+#[derive(Debug, Clone)]
+struct LogSettings {
+    format: Option<String>,
+    filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: None, filter: "info,bg_agent=debug".into() }
+    }
 }
 
 impl Agent {
     /// An agent on the process runtime.
     pub fn process() -> Agent {
-        Agent::new(RuntimeChoice::Process)
+        Agent::with_runtime(RuntimeChoice::Process)
     }
 
     /// An agent on the docker runtime. Fails the test when Docker is
     /// required (`BG_DOCKER_TESTS=1`) but unreachable.
     pub fn docker() -> Agent {
-        Agent::new(RuntimeChoice::Docker)
+        Agent::with_runtime(RuntimeChoice::Docker)
     }
 
-    fn new(runtime: RuntimeChoice) -> Agent {
-        Agent { runtime, services: vec![], token: None, metrics: false, socket_activated: false, env: vec![], docker_host: None }
+    fn with_runtime(runtime: RuntimeChoice) -> Agent {
+        Agent {
+            runtime,
+            services: vec![],
+            token: None,
+            metrics: false,
+            socket_activated: false,
+            env: vec![],
+            docker_host: None,
+            log: LogSettings::default(),
+            socket_group: None,
+        }
+    }
+
+    /// Run with `--log-format FORMAT` (`text` or `json`).
+    pub fn log_format(mut self, format: &str) -> Agent {
+        self.log.format = Some(format.into());
+        self
+    }
+
+    /// Run with this `RUST_LOG` (default `info,bg_agent=debug`).
+    pub fn rust_log(mut self, filter: &str) -> Agent {
+        self.log.filter = filter.into();
+        self
+    }
+
+    /// Set `[agent] control_socket_group`.
+    pub fn socket_group(mut self, group: &str) -> Agent {
+        self.socket_group = Some(group.into());
+        self
     }
 
     /// Socket activation as systemd does it: the test binds the proxy
@@ -180,6 +223,9 @@ impl Agent {
             dir.path().join("state"),
             socket
         ));
+        if let Some(group) = &self.socket_group {
+            toml.push_str(&format!("control_socket_group = {group:?}\n"));
+        }
         let control_addr = self.token.as_ref().map(|token| {
             let token_file = dir.path().join("token");
             std::fs::write(&token_file, token).expect("write token");
@@ -257,6 +303,7 @@ impl Agent {
             starts: 0,
             passed,
             env: self.env,
+            log: self.log.clone(),
         };
         agent.spawn();
         agent.wait_api().await;
@@ -286,6 +333,7 @@ pub struct RunningAgent {
     /// Sockets passed to every agent process (socket activation).
     passed: Vec<std::os::fd::OwnedFd>,
     env: Vec<(String, String)>,
+    log: LogSettings,
 }
 
 impl RunningAgent {
@@ -305,10 +353,12 @@ impl RunningAgent {
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
         let mut command = Command::new(cargo_bin("bg-agent", "bg-agent"));
+        command.arg("--config").arg(config);
+        if let Some(format) = &self.log.format {
+            command.args(["--log-format", format]);
+        }
         command
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info,bg_agent=debug")
+            .env("RUST_LOG", &self.log.filter)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -381,6 +431,11 @@ impl RunningAgent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The token of the TCP control API, read back from its file.
+    pub fn token(&self) -> Option<String> {
+        self.control_addr.map(|_| std::fs::read_to_string(self.dir.path().join("token")).expect("token file"))
     }
 
     /// The temporary directory (config, state, socket, logs).
@@ -464,6 +519,20 @@ impl RunningAgent {
     /// POST JSON to a control API path over the unix socket.
     pub async fn api_post(&self, path: &str, body: Value) -> Result<(u16, Value), String> {
         crate::api::request(&self.socket, "POST", path, Some(body)).await
+    }
+
+    /// Scrape `/metrics` over HTTP and parse it strictly; panics unless
+    /// the agent answers 200 with OpenMetrics text that parses.
+    pub async fn scrape(&self) -> crate::prom::Scrape {
+        let addr = self.metrics_addr.expect("start the agent with .metrics()");
+        let resp = crate::api::raw(crate::api::Target::Tcp(addr), "GET", "/metrics", &[], "")
+            .await
+            .unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
+        assert_eq!(resp.status, 200, "GET /metrics: {}", resp.text());
+        let kind = resp.header("content-type").unwrap_or("");
+        assert!(kind.starts_with("application/openmetrics-text"), "content type {kind:?}");
+        crate::prom::Scrape::parse(&resp.text())
+            .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{}", resp.text()))
     }
 
     /// `GET /v1/services/{name}`.
@@ -568,7 +637,48 @@ pub fn bgctl(args: &[String]) -> CtlOutput {
     }
 }
 
-/// What a `bgctl` run printed and returned.
+/// Run the real `bg-agent` with these arguments and extra environment until
+/// it exits by itself (`--check-config`, or a config it must refuse). Panics
+/// if it is still running after `within`, after killing it: an agent that
+/// should have refused to start must not hang a test. `args` of the output
+/// starts with `bg-agent`.
+pub fn bg_agent_run(args: &[&str], env: &[(&str, &str)], within: Duration) -> CtlOutput {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(cargo_bin("bg-agent", "bg-agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn bg-agent");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bg-agent") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bg-agent {args:?} still ran after {within:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut all = vec!["bg-agent".to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    CtlOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        args: all,
+    }
+}
+
+/// What a `bgctl` (or `bg-agent`) run printed and returned.
 #[derive(Debug, Clone)]
 pub struct CtlOutput {
     /// Exit code.
@@ -586,7 +696,7 @@ impl CtlOutput {
     pub fn assert_exit_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code, code,
-            "bgctl {:?} exited {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
+            "{:?} exited {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
             self.args, self.code, self.stdout, self.stderr
         );
         self
@@ -595,7 +705,7 @@ impl CtlOutput {
     /// Standard output parsed as one JSON document.
     pub fn stdout_json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("bgctl {:?} stdout is not one JSON document ({e}):\n{}", self.args, self.stdout)
+            panic!("{:?} stdout is not one JSON document ({e}):\n{}", self.args, self.stdout)
         })
     }
 }

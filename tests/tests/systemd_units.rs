@@ -28,7 +28,8 @@ fn the_example_units_pass_systemd_analyze_verify() {
 
 #[test]
 fn the_service_is_notify_with_a_watchdog_and_spares_the_replicas() {
-    let service = std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
+    let service =
+        std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
     for line in ["Type=notify", "KillMode=process", "Requires=bg-agent.socket", "NoNewPrivileges=yes"] {
         assert!(service.lines().any(|l| l == line), "bg-agent.service lacks {line}");
     }
@@ -40,9 +41,10 @@ fn the_service_is_notify_with_a_watchdog_and_spares_the_replicas() {
 fn the_socket_unit_listens_where_the_example_config_does() {
     let socket = std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.socket")).unwrap();
     let streams: Vec<&str> = socket.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
-    let config: toml::Table =
-        toml::from_str(&std::fs::read_to_string(workspace_root().join("examples/config/agent.toml")).unwrap())
-            .unwrap();
+    let config: toml::Table = toml::from_str(
+        &std::fs::read_to_string(workspace_root().join("examples/config/agent.toml")).unwrap(),
+    )
+    .unwrap();
     let mut wanted: Vec<String> = vec![config["agent"]["control_socket"].as_str().unwrap().to_string()];
     for service in config["services"].as_table().unwrap().values() {
         for addr in service["listen"].as_array().unwrap() {

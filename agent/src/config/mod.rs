@@ -44,6 +44,10 @@ pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum 5xx ratio during the monitor window (1%).
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
+/// Longest duration a config key or an API field may hold (365 days). A
+/// longer one is a typo, and one near `u64::MAX` seconds would overflow
+/// the clock arithmetic of the timers it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default time a request waits for a backend when none is healthy (10 s).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -242,9 +246,10 @@ pub enum ConfigError {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        let bytes =
+            std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| raw::invalid_utf8(&bytes, &e, path))?;
+        Config::parse(text, path)
     }
 
     /// Validate config text; `path` is only used in error messages.

@@ -22,7 +22,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
-                key: "(toml syntax)".into(),
+                key: locate::key_near_line(text, line).unwrap_or_else(|| "(toml syntax)".into()),
                 message: format!("{}: this is not valid TOML", e.message().trim_end()),
             });
         }
@@ -45,10 +45,35 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, text, path)
 }
 
+/// A file that is not UTF-8: name the line of the first bad byte.
+pub(super) fn invalid_utf8(bytes: &[u8], error: &std::str::Utf8Error, path: &Path) -> ConfigError {
+    let good = &bytes[..error.valid_up_to()];
+    let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+    let text = String::from_utf8_lossy(bytes);
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        key: locate::key_near_line(&text, line).unwrap_or_else(|| "(encoding)".into()),
+        message: format!(
+            "byte {} is not valid UTF-8: save the file as UTF-8",
+            error.valid_up_to() - good.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0) + 1
+        ),
+    }
+}
+
 /// Make serde's messages read like advice.
 fn explain_serde(message: &str) -> String {
     let message = message.trim_end();
     if message.starts_with("unknown field") {
+        // A key that looks right but is refused often holds a character
+        // that does not show: say so, escaped.
+        let name = message.split('`').nth(1).unwrap_or("");
+        if name.chars().any(|c| !c.is_ascii_graphic()) {
+            return format!(
+                "{message}; the name holds hidden or non-ASCII characters: \"{}\"",
+                name.escape_default()
+            );
+        }
         return format!("{message}; remove it or fix its spelling");
     }
     // Serde speaks Rust; the reader of a config file speaks TOML.

@@ -46,6 +46,58 @@ fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) {
     }
 }
 
+/// Longest key text quoted from a line that does not parse: a broken file
+/// may hold anything, and the message should stay one readable line.
+const MAX_GUESSED_KEY: usize = 80;
+
+/// The dotted key a TOML *syntax* error on 1-based `line` is most likely
+/// about, for a file that cannot be parsed into a table: the last `[table]`
+/// header above the line, joined with the key left of `=` on the line (or
+/// the header on the line itself). A best guess read from the text; `None`
+/// when the line names no key.
+pub(super) fn key_near_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    if let Some(header) = header_of(here) {
+        return Some(header);
+    }
+    let table = lines[..line - 1].iter().rev().find_map(|l| header_of(l));
+    let key = here.split_once('=').map(|(k, _)| clean_key(k)).filter(|k| !k.is_empty());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(shorten(format!("{t}.{k}"))),
+        (None, Some(k)) => Some(shorten(k)),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+/// The table a `[header]` or `[[header]]` line opens, also when its closing
+/// bracket is missing.
+fn header_of(line: &str) -> Option<String> {
+    let body = line.trim_start().strip_prefix('[')?;
+    let body = body.strip_prefix('[').unwrap_or(body);
+    let body = body.split('#').next().unwrap_or("");
+    let name = clean_key(body.split(']').next().unwrap_or(""));
+    (!name.is_empty()).then(|| shorten(name))
+}
+
+/// A key as written, without quotes around its parts or spaces around dots.
+fn clean_key(raw: &str) -> String {
+    raw.split('.')
+        .map(|part| part.trim().trim_matches(|c| c == '"' || c == '\'').trim())
+        .collect::<Vec<_>>()
+        .join(".")
+        .trim_matches('.')
+        .to_string()
+}
+
+fn shorten(mut key: String) -> String {
+    if key.chars().count() > MAX_GUESSED_KEY {
+        key = key.chars().take(MAX_GUESSED_KEY).collect::<String>() + "...";
+    }
+    key
+}
+
 fn walk_value(value: &DeValue<'_>, offset: usize, path: &mut Vec<String>) {
     match value {
         DeValue::Table(t) => walk_table(t, offset, path),
@@ -85,5 +137,20 @@ mod tests {
         assert_eq!(at("\"x\""), "services.web.health.interval");
         assert_eq!(at("\"b\""), "services.web.listen[1]");
         assert_eq!(at("A ="), "services.web.health.env.A");
+    }
+
+    #[test]
+    fn guesses_the_key_of_a_line_that_does_not_parse() {
+        let text = "[agent]\nstate_dir = \"a\"\n[services.web.health]\ninterval = 1s\n[services.x\nnope\n";
+        assert_eq!(key_near_line(text, 2).as_deref(), Some("agent.state_dir"));
+        assert_eq!(key_near_line(text, 4).as_deref(), Some("services.web.health.interval"));
+        assert_eq!(key_near_line(text, 5).as_deref(), Some("services.x"));
+        assert_eq!(key_near_line(text, 6).as_deref(), Some("services.x"));
+        assert_eq!(key_near_line("\"a b\" . c = [\n", 1).as_deref(), Some("a b.c"));
+        assert_eq!(key_near_line("garbage\n", 1), None);
+        assert_eq!(key_near_line("x", 0), None);
+        assert_eq!(key_near_line("x", 9), None);
+        let long = format!("{} = ?", "k".repeat(500));
+        assert!(key_near_line(&long, 1).unwrap().len() < 100);
     }
 }

@@ -56,7 +56,7 @@ impl Ctx<'_> {
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         let Some(v) = v else { return Ok(default) };
-        humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
                 v.span(),
                 key,
@@ -65,7 +65,19 @@ impl Ctx<'_> {
                     v.get_ref()
                 ),
             )
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is longer than the maximum of {} days",
+                    v.get_ref(),
+                    MAX_DURATION.as_secs() / 86_400
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     fn positive_duration(
@@ -195,7 +207,26 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
                 "must not be empty: expected a group name, or leave the key out",
             ))
         }
-        Some(g) => Some(g.get_ref().clone()),
+        Some(g) => match nix::unistd::Group::from_name(g.get_ref()) {
+            Ok(Some(_)) => Some(g.get_ref().clone()),
+            Ok(None) => {
+                return Err(cx.err(
+                    g.span(),
+                    "agent.control_socket_group",
+                    format!(
+                        "group {:?} does not exist on this host: create it (groupadd) or fix the name",
+                        g.get_ref()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(cx.err(
+                    g.span(),
+                    "agent.control_socket_group",
+                    format!("cannot look up group {:?}: {e}", g.get_ref()),
+                ))
+            }
+        },
         None => None,
     };
     let token_file = match &raw.token_file {
@@ -372,6 +403,16 @@ fn service(
         _ => {}
     }
     let env = raw.env.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect();
+    if let Some((k, v)) = raw.env.iter().find(|(k, _)| k.is_empty() || k.contains(['=', '\0'])) {
+        return Err(cx.err(
+            v.span(),
+            &key("env"),
+            format!("env key {k:?} is not a valid variable name: it must not be empty or hold '=' or NUL"),
+        ));
+    }
+    if let Some((k, v)) = raw.env.iter().find(|(_, v)| v.get_ref().contains('\0')) {
+        return Err(cx.err(v.span(), &key(&format!("env.{k}")), "contains a NUL character"));
+    }
     if let Some((_, v)) = raw.env.iter().find(|(k, _)| k.as_str() == "PORT") {
         return Err(cx.err(
             v.span(),
