@@ -4,7 +4,7 @@
 use bg_tests::agent::{Agent, Svc};
 use bg_tests::load::Load;
 use bg_tests::status::{outcome, replica_count};
-use bg_tests::wait::eventually;
+use bg_tests::wait::{eventually, eventually_async};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -217,6 +217,14 @@ async fn two_concurrent_promotes_one_succeeds_one_conflicts() {
     let agent = Agent::process().service(Svc::new("web")).start().await;
     agent.op("web", "deploy", json!({}), OP).await;
     agent.op("web", "deploy", json!({"env": {"VERSION": "v2"}}), OP).await;
+    // A slow request in flight on blue keeps the first promote draining for
+    // two seconds, so the second request surely arrives while it runs (and
+    // not after it ended, when it would be refused as "nothing to promote").
+    let slow = Load::keepalive(1).target(agent.listen("web")).path("/sleep/2").max_requests(1).start();
+    eventually_async("the slow request is in flight on blue", Duration::from_secs(10), || async {
+        agent.status("web").await["colors"]["blue"]["replicas"][0]["inflight"] == 1
+    })
+    .await;
     let (a, b) = tokio::join!(
         agent.api_post("/v1/services/web/promote", json!({})),
         agent.api_post("/v1/services/web/promote", json!({}))
@@ -229,6 +237,7 @@ async fn two_concurrent_promotes_one_succeeds_one_conflicts() {
     assert_eq!(conflict["error"]["code"], "conflict");
     let status = agent.wait_idle("web", OP).await;
     assert_eq!(status["active"], "green");
+    assert_eq!(slow.stop().await.failed, 0, "the drained request finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
