@@ -172,18 +172,11 @@ async fn upstream_connections_are_pooled_and_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_shutdown_starts_keepalive_clients_are_answered_with_connection_close() {
     let blue = Websample::new().version("v1").spawn().await;
-    let proxy = bg_proxy::Proxy::new(ProxyConfig {
-        close_linger: Duration::from_millis(800),
-        ..ProxyConfig::default()
-    });
-    proxy.set_routes(bg_proxy::RouteTable::new(
-        vec![backend("blue-1", blue.addr(), Color::Blue)],
-        bg_proxy::Weights::all_to(Color::Blue),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(proxy.clone().serve(listener, shutdown.clone()));
+    let p =
+        TestProxy::start(ProxyConfig { close_linger: Duration::from_millis(800), ..ProxyConfig::default() })
+            .await;
+    p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
+    let addr = p.addr;
 
     let mut busy = keepalive_client(addr).await;
     let mut idle = TcpStream::connect(addr).await.expect("connect");
@@ -195,7 +188,7 @@ async fn after_shutdown_starts_keepalive_clients_are_answered_with_connection_cl
     assert!(resp.headers().get("connection").is_none(), "{:?}", resp.headers());
     proxy_support::read(resp).await;
 
-    shutdown.cancel();
+    p.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A request on a kept-alive connection within the linger is served, and
     // told that the connection closes: the client reconnects, no race.

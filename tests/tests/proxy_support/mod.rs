@@ -39,6 +39,12 @@ impl TestProxy {
         TestProxy::start(ProxyConfig::default()).await
     }
 
+    /// Fire the listener's shutdown token: it stops accepting and its open
+    /// connections wind down.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Route everything to `active` among `backends`.
     pub fn route(&self, backends: Vec<Backend>, active: Color) {
         self.proxy.set_routes(RouteTable::new(backends, Weights::all_to(active)));
