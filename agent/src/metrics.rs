@@ -169,11 +169,11 @@ impl prometheus_client::collector::Collector for Collector {
             }
             revision.samples.push((labels(&[("service", name)]), m.revision.unwrap_or(0) as f64));
             for (kind, outcome, n) in &m.outcomes {
-                let (k, o) = (serde_plain(kind), serde_plain(outcome));
+                let (k, o) = (kind.to_string(), outcome.to_string());
                 outcomes.samples.push((labels(&[("service", name), ("kind", &k), ("outcome", &o)]), *n));
             }
             if let Some(kind) = m.running {
-                running.samples.push((labels(&[("service", name), ("kind", &serde_plain(&kind))]), 1.0));
+                running.samples.push((labels(&[("service", name), ("kind", &kind.to_string())]), 1.0));
             }
             if let Some(t) = m.last_switch {
                 last_switch.samples.push((labels(&[("service", name)]), t));
@@ -210,11 +210,6 @@ impl prometheus_client::collector::Collector for Collector {
         }
         Ok(())
     }
-}
-
-/// The JSON name of a plain serde enum value (`"rolled-back"`).
-fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// Render the metrics text for these services.

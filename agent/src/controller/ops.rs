@@ -245,10 +245,10 @@ impl Service {
         };
         match outcome.outcome {
             OutcomeKind::Succeeded => {
-                tracing::info!(service = %self.name, revision = ctx.revision, kind = ?ctx.kind, outcome = ?outcome.outcome, "{}", outcome.message)
+                tracing::info!(service = %self.name, revision = ctx.revision, kind = %ctx.kind, outcome = %outcome.outcome, "{}", outcome.message)
             }
             _ => {
-                tracing::warn!(service = %self.name, revision = ctx.revision, kind = ?ctx.kind, outcome = ?outcome.outcome, "{}", outcome.message)
+                tracing::warn!(service = %self.name, revision = ctx.revision, kind = %ctx.kind, outcome = %outcome.outcome, "{}", outcome.message)
             }
         }
         {
