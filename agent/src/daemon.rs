@@ -331,21 +331,37 @@ fn bind_control_socket(config: &Config) -> Result<std::os::unix::net::UnixListen
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    // A socket file left by a previous agent that is no longer listening.
-    if std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another agent listens there; stop it first (or start this one with the same config \
+             and state_dir to take over)",
+        )));
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    if let Some(group) = &config.agent.control_socket_group {
-        let gid = nix::unistd::Group::from_name(group)
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                err(std::io::Error::other(format!("control_socket_group {group:?} does not exist")))
-            })?
-            .gid;
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(std::io::Error::from(e)))?;
+    // Bound under a staging name, restricted, then renamed into place: the
+    // socket is never reachable at its path with looser permissions.
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = path.with_file_name(format!(".{file_name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = std::os::unix::net::UnixListener::bind(&staging).map_err(err)?;
+    let restrict = || -> Result<(), AgentError> {
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+        if let Some(group) = &config.agent.control_socket_group {
+            let gid = nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    err(std::io::Error::other(format!("control_socket_group {group:?} does not exist")))
+                })?
+                .gid;
+            nix::unistd::chown(&staging, None, Some(gid)).map_err(|e| err(std::io::Error::from(e)))?;
+        }
+        // Replaces a stale file left by an agent that no longer listens.
+        std::fs::rename(&staging, path).map_err(err)
+    };
+    if let Err(e) = restrict() {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
     }
     Ok(listener)
 }

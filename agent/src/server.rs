@@ -106,6 +106,7 @@ impl ControlApi {
         if let Access::Token(token) = access {
             if !authorized(&req, token) {
                 tracing::warn!(%method, %path, via, "control API request refused: missing or wrong bearer token");
+                discard_body(req).await;
                 return unauthorized();
             }
         }
@@ -288,6 +289,23 @@ fn unauthorized() -> Response<Body> {
     );
     resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     resp
+}
+
+/// Read and drop a body we will not use, up to [`DRAIN_LIMIT`] bytes and
+/// [`BODY_READ_TIMEOUT`], so that a client still sending it gets the answer
+/// rather than a broken pipe (see [`read_body`]).
+async fn discard_body(req: Request<Incoming>) {
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            total += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if total > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BODY_READ_TIMEOUT, discard).await;
 }
 
 /// Read a request body of at most [`MAX_BODY_BYTES`]. A larger one is
