@@ -1,6 +1,8 @@
-//! The example systemd units are valid (`systemd-analyze verify`, which
-//! must be installed: `.ci/run` installs it) and agree with the example
-//! config: every proxy listener and the control socket are socket-activated.
+//! The example systemd units are valid (`systemd-analyze verify`) and agree
+//! with the example config: every proxy listener and the control socket are
+//! socket-activated. `systemd-analyze` is gated like Docker: required with
+//! `BG_DOCKER_TESTS=1` (CI installs it), otherwise a missing one is reported
+//! and the verify step does not run.
 
 use bg_tests::bins::{cargo_bin, workspace_root};
 use std::process::Command;
@@ -16,11 +18,19 @@ fn the_example_units_pass_systemd_analyze_verify() {
         let text = text.replace("/usr/local/bin/bg-agent", agent.to_str().unwrap());
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let out = Command::new("systemd-analyze")
+    let out = match Command::new("systemd-analyze")
         .args(["verify", "--man=no", "./bg-agent.socket", "./bg-agent.service"])
         .current_dir(dir.path())
         .output()
-        .expect("systemd-analyze must be installed (Debian package systemd)");
+    {
+        Ok(out) => out,
+        Err(e) => {
+            let required = std::env::var("BG_DOCKER_TESTS").is_ok_and(|v| v == "1");
+            assert!(!required, "BG_DOCKER_TESTS=1 but systemd-analyze cannot run ({e}); install systemd");
+            eprintln!("the_example_units_pass_systemd_analyze_verify: not run: systemd-analyze: {e}");
+            return;
+        }
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("bg-agent.")).collect();
     assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
