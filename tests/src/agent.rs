@@ -543,22 +543,34 @@ impl RunningAgent {
         }
     }
 
-    /// Wait until the service has no running operation, and return its
-    /// last outcome (`last_outcome.outcome`).
-    pub async fn wait_idle(&self, service: &str, within: Duration) -> Value {
+    /// Poll the service's status until `cond` holds and return that status;
+    /// panics with `what`, the last status and the log after `within`.
+    pub async fn wait_status(
+        &self,
+        service: &str,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let s = self.status(service).await;
-            if s["operation"].is_null() {
+            if cond(&s) {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "operation still running after {within:?}: {s}\nlog:\n{}",
+                "timed out after {within:?} waiting for: {what}\n{s}\nlog:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(crate::wait::POLL).await;
         }
+    }
+
+    /// Wait until the service has no running operation, and return its
+    /// status (`last_outcome` says how the operation ended).
+    pub async fn wait_idle(&self, service: &str, within: Duration) -> Value {
+        self.wait_status(service, "the operation to end", within, |s| s["operation"].is_null()).await
     }
 
     /// Run the real `bgctl` against this agent (unix socket).

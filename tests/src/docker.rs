@@ -22,3 +22,15 @@ pub fn docker_available(test: &str) -> bool {
     eprintln!("{test}: not run: no Docker engine answers and BG_DOCKER_TESTS is not 1");
     false
 }
+
+/// [`docker_available`], then make sure the `websample:TAG` images exist
+/// (built locally when missing). `false` when the test does not run here.
+pub fn docker_with_images(test: &str, tags: &[&str]) -> bool {
+    if !docker_available(test) {
+        return false;
+    }
+    for tag in tags {
+        crate::websample::ensure_image(tag).unwrap_or_else(|e| panic!("{test}: websample:{tag} image: {e}"));
+    }
+    true
+}

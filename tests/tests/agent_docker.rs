@@ -3,7 +3,7 @@
 //! 127.0.0.1. With `BG_DOCKER_TESTS=1` a missing engine fails these tests.
 
 use bg_tests::agent::{unique_service, Agent, RunningAgent, Svc};
-use bg_tests::docker::docker_available;
+use bg_tests::docker::docker_with_images;
 use bg_tests::load::Load;
 use bg_tests::status::outcome;
 use bg_tests::wait::eventually;
@@ -25,11 +25,8 @@ fn at(event: &Value) -> SystemTime {
 }
 
 async fn docker_agent(name: &str, svc: Svc) -> Option<RunningAgent> {
-    if !docker_available(name) {
+    if !docker_with_images(name, &["v1", "v2"]) {
         return None;
-    }
-    for tag in ["v1", "v2"] {
-        bg_tests::websample::ensure_image(tag).expect("websample image");
     }
     Some(Agent::docker().service(svc).start().await)
 }
@@ -155,10 +152,9 @@ async fn docker_old_color_is_stopped_only_after_in_flight_requests_finished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_image_healthcheck_must_pass_too() {
     let name = unique_service("hc");
-    if !docker_available("docker_image_healthcheck") {
+    if !docker_with_images("docker_image_healthcheck", &["v1-hc"]) {
         return;
     }
-    bg_tests::websample::ensure_image("v1-hc").expect("websample:v1-hc image");
     // The agent's own check is a TCP connect, which an UNHEALTHY=1 app
     // passes; only the image's HEALTHCHECK (GET /healthz) can fail it.
     let svc = Svc::new(&name)

@@ -321,11 +321,8 @@ async fn a_canary_host_that_fails_its_monitor_stops_the_fleet_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bgctl_drives_a_docker_agent() {
-    if !bg_tests::docker::docker_available("bgctl_drives_a_docker_agent") {
+    if !bg_tests::docker::docker_with_images("bgctl_drives_a_docker_agent", &["v1", "v2"]) {
         return;
-    }
-    for tag in ["v1", "v2"] {
-        bg_tests::websample::ensure_image(tag).expect("websample image");
     }
     let name = bg_tests::agent::unique_service("ctl");
     let agent = Agent::docker().service(Svc::new(&name)).start().await;

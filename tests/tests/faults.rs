@@ -5,7 +5,7 @@
 //! the agent without destroying anything.
 
 use bg_tests::agent::{unique_service, Agent, RunningAgent, Svc};
-use bg_tests::docker::docker_available;
+use bg_tests::docker::docker_with_images;
 use bg_tests::load::Load;
 use bg_tests::relay::Relay;
 use bg_tests::status::{outcome, replicas};
@@ -35,29 +35,6 @@ fn addr(replica: &Value) -> SocketAddr {
 fn all_serving(status: &Value, color: &str, n: usize) -> bool {
     let r = replicas(status, color);
     r.len() == n && r.iter().all(|r| r["health"] == "healthy" && r["state"] == "serving")
-}
-
-/// Poll the status until `cond` holds; returns that status.
-async fn status_until(
-    agent: &RunningAgent,
-    service: &str,
-    what: &str,
-    within: Duration,
-    cond: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = agent.status(service).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}\n{s}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// For `window`, every replica of `color` stays healthy and serving (an
@@ -124,8 +101,8 @@ async fn killed_replica_is_replaced(agent: &RunningAgent, service: &str, kill_it
     let load = Load::keepalive(CLIENTS).target(agent.listen(service)).max_duration(LOAD_BOUND).start();
     eventually("load is flowing", Duration::from_secs(10), || load.completed() > 200).await;
     kill_it(&victim);
-    let healed =
-        status_until(agent, service, "replica 1 replaced, both serving", Duration::from_secs(60), |s| {
+    let healed = agent
+        .wait_status(service, "replica 1 replaced, both serving", Duration::from_secs(60), |s| {
             all_serving(s, "blue", 2)
                 && replicas(s, "blue").iter().any(|r| r["id"] == "1" && r["addr"] != victim["addr"])
         })
@@ -190,10 +167,9 @@ async fn process_replica_killed_with_sigkill_is_replaced_and_clients_lose_at_mos
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_replica_killed_through_the_engine_is_replaced_and_clients_lose_at_most_its_in_flight_requests(
 ) {
-    if !docker_available("docker_replica_killed") {
+    if !docker_with_images("docker_replica_killed", &["v1"]) {
         return;
     }
-    bg_tests::websample::ensure_image("v1").expect("websample image");
     let service = unique_service("heal");
     let agent = Agent::docker().service(Svc::new(&service).replicas(2)).start().await;
     let name = format!("bg-{service}-blue-1");
@@ -225,11 +201,12 @@ async fn a_replica_that_died_while_the_agent_was_down_is_replaced_when_it_starts
     .await;
 
     agent.restart().await;
-    let s = status_until(&agent, "web", "replica 2 replaced", Duration::from_secs(30), |s| {
-        all_serving(s, "blue", 2)
-            && replicas(s, "blue").iter().any(|r| r["id"] == "2" && r["addr"] != victim["addr"])
-    })
-    .await;
+    let s = agent
+        .wait_status("web", "replica 2 replaced", Duration::from_secs(30), |s| {
+            all_serving(s, "blue", 2)
+                && replicas(s, "blue").iter().any(|r| r["id"] == "2" && r["addr"] != victim["addr"])
+        })
+        .await;
     assert_eq!(replicas(&s, "blue").len(), 2, "{s}");
     let messages = messages(&agent, "web").await;
     assert!(
@@ -248,23 +225,24 @@ async fn a_replica_that_keeps_dying_is_replaced_with_growing_backoff() {
     // Kill replica 1 as soon as each replacement is healthy: four quick
     // exits in a row.
     for round in 0..4 {
-        let s = status_until(&agent, "web", "replica 1 healthy", Duration::from_secs(30), |s| {
-            all_serving(s, "blue", 1)
-        })
-        .await;
+        let s = agent
+            .wait_status("web", "replica 1 healthy", Duration::from_secs(30), |s| all_serving(s, "blue", 1))
+            .await;
         let port = addr(&replicas(&s, "blue")[0]).port();
         let pids = agent.processes_with(&format!("PORT={port}"));
         assert_eq!(pids.len(), 1, "round {round}: one process on {port}");
         kill(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill -9");
-        status_until(&agent, "web", "a replacement on a new port", Duration::from_secs(30), |s| {
-            replicas(s, "blue").iter().any(|r| addr(r).port() != port)
+        agent
+            .wait_status("web", "a replacement on a new port", Duration::from_secs(30), |s| {
+                replicas(s, "blue").iter().any(|r| addr(r).port() != port)
+            })
+            .await;
+    }
+    agent
+        .wait_status("web", "the last replacement serving", Duration::from_secs(30), |s| {
+            all_serving(s, "blue", 1)
         })
         .await;
-    }
-    status_until(&agent, "web", "the last replacement serving", Duration::from_secs(30), |s| {
-        all_serving(s, "blue", 1)
-    })
-    .await;
 
     let messages = messages(&agent, "web").await;
     let text = |m: &Value| m["message"].as_str().unwrap_or("").to_string();
@@ -289,11 +267,8 @@ async fn a_replica_that_keeps_dying_is_replaced_with_growing_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_engine_unreachable_traffic_flows_deploys_fail_clearly_and_the_agent_recovers() {
-    if !docker_available("docker_engine_unreachable") {
+    if !docker_with_images("docker_engine_unreachable", &["v1", "v2"]) {
         return;
-    }
-    for tag in ["v1", "v2"] {
-        bg_tests::websample::ensure_image(tag).expect("websample image");
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = Relay::start(&dir.path().join("engine.sock"), "/var/run/docker.sock".as_ref()).await;
@@ -429,10 +404,11 @@ async fn a_corrupt_state_file_stops_the_agent_and_destroys_nothing() {
     // agent back, and it adopts the replica that kept running.
     std::fs::copy(&prev, &state).expect("restore the previous copy");
     agent.restart().await;
-    let s = status_until(&agent, "web", "the running replica adopted", Duration::from_secs(30), |s| {
-        all_serving(s, "green", 1)
-    })
-    .await;
+    let s = agent
+        .wait_status("web", "the running replica adopted", Duration::from_secs(30), |s| {
+            all_serving(s, "green", 1)
+        })
+        .await;
     assert_eq!(s["active"], "green", "{s}");
     let probe = Load::keepalive(1)
         .target(agent.listen("web"))

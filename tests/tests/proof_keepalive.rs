@@ -5,7 +5,7 @@
 //! a failure when there is one.
 
 use bg_tests::agent::{unique_service, Agent, Svc};
-use bg_tests::docker::docker_available;
+use bg_tests::docker::docker_with_images;
 use bg_tests::load::{Load, LoadReport};
 use bg_tests::wait::eventually;
 use serde_json::json;
@@ -83,11 +83,8 @@ async fn answers(addr: SocketAddr, version: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_promote_loses_nothing_where_stop_then_start_loses_requests() {
-    if !docker_available("docker_promote_vs_stop_then_start") {
+    if !docker_with_images("docker_promote_vs_stop_then_start", &["v1", "v2"]) {
         return;
-    }
-    for tag in ["v1", "v2"] {
-        bg_tests::websample::ensure_image(tag).expect("websample image");
     }
 
     // Naive: stop v1, start v2 on the same published port.

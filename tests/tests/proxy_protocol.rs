@@ -189,7 +189,11 @@ async fn after_shutdown_starts_keepalive_clients_are_answered_with_connection_cl
     proxy_support::read(resp).await;
 
     p.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The listener is closed once the shutdown has begun.
+    bg_tests::wait::eventually_async("the listener stops accepting", SECS_5, || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     // A request on a kept-alive connection within the linger is served, and
     // told that the connection closes: the client reconnects, no race.
     busy.ready().await.expect("the connection is still open during the linger");
