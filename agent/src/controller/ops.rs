@@ -82,13 +82,7 @@ fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError> {
 
 pub(super) fn validate_spec(spec: &Spec, runtime: &str) -> Result<(), ControlError> {
     if let Some(image) = &spec.image {
-        let ok = !image.is_empty()
-            && image.len() <= 255
-            && !image.chars().any(|c| c.is_whitespace() || c.is_control())
-            && !image.starts_with([':', '@', '/', '-']);
-        if !ok {
-            return Err(ControlError::BadRequest(format!("image {image:?} is not a valid image reference")));
-        }
+        crate::image_ref::validate(image).map_err(|e| ControlError::BadRequest(e.to_string()))?;
     }
     if runtime == "docker" && spec.image.is_none() {
         return Err(ControlError::BadRequest("the docker runtime needs an image".into()));

@@ -358,14 +358,10 @@ fn service(
 
     // image / command, by runtime
     let image = match &raw.image {
-        Some(i) if i.get_ref().trim().is_empty() => {
-            return Err(cx.err(
-                i.span(),
-                &key("image"),
-                "must not be empty: expected an image reference such as \"websample:v1\"",
-            ))
-        }
-        Some(i) => Some(i.get_ref().clone()),
+        Some(i) => match crate::image_ref::validate(i.get_ref()) {
+            Ok(()) => Some(i.get_ref().clone()),
+            Err(e) => return Err(cx.err(i.span(), &key("image"), e.reason)),
+        },
         None => None,
     };
     let command = match &raw.command {
