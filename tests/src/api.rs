@@ -14,29 +14,15 @@ pub async fn request(
     path: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value), String> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let bytes = body.map(|b| serde_json::to_vec(&b).expect("json")).unwrap_or_default();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "agent")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let value = if body.is_empty() {
+    let resp =
+        raw(Target::Unix(socket), method, path, &[("content-type", "application/json")], bytes).await?;
+    let value = if resp.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()))
+        serde_json::from_slice(&resp.body).unwrap_or_else(|_| Value::String(resp.text()))
     };
-    Ok((status, value))
+    Ok((resp.status, value))
 }
 
 /// A whole answer: status, headers and body bytes.
