@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The load shape of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Closed loop on keep-alive connections.
@@ -111,12 +111,18 @@ pub async fn cell(
 
 /// Every cell of every round; the peer order rotates each round so that
 /// no peer always runs first (on a cold machine) or last.
-pub async fn all(tools: &Tools, plan: &Plan, peers: &[Peer], upstream: SocketAddr) -> Vec<Cell> {
+pub async fn all(
+    tools: &Tools,
+    plan: &Plan,
+    peers: &[Peer],
+    modes: &[Mode],
+    upstream: SocketAddr,
+) -> Vec<Cell> {
     let mut cells = Vec::new();
     for round in 0..plan.rounds {
         for i in 0..peers.len() {
             let peer = peers[(i + round) % peers.len()];
-            for mode in Mode::ALL {
+            for &mode in modes {
                 let c = cell(tools, plan, peer, mode, round, upstream).await;
                 eprintln!(
                     "round {round} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",

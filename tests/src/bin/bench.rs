@@ -38,6 +38,12 @@ struct Args {
     /// Only these peers (direct, bg-proxy, nginx, haproxy), comma-separated.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// Only these load shapes, comma-separated (for profiling one of them).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    modes: Vec<cells::Mode>,
+    /// Seconds per measured cell instead of the plan's (for profiling).
+    #[arg(long)]
+    cell_secs: Option<u64>,
 }
 
 /// Run this process again under `taskset -c 0`, so the load generator has
@@ -86,7 +92,11 @@ fn main() {
     build_helpers();
     let bin_dir = std::env::current_exe().expect("current exe").parent().expect("bin dir").to_path_buf();
     let tools = Tools::find(&bin_dir);
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
+    if let Some(secs) = args.cell_secs {
+        plan.cell = std::time::Duration::from_secs(secs);
+    }
+    let modes = if args.modes.is_empty() { cells::Mode::ALL.to_vec() } else { args.modes.clone() };
     let mut missing = Vec::new();
     for (peer, package) in [(Peer::Nginx, "nginx"), (Peer::Haproxy, "haproxy")] {
         if !tools.has(peer) {
@@ -108,8 +118,11 @@ fn main() {
         let mut cmd = pinned(0, &tools.upstream);
         cmd.arg(up_addr.to_string());
         let upstream = Proc::start("bench-upstream", cmd, up_addr, None);
-        let cells =
-            if args.no_throughput { Vec::new() } else { cells::all(&tools, &plan, &peers, up_addr).await };
+        let cells = if args.no_throughput {
+            Vec::new()
+        } else {
+            cells::all(&tools, &plan, &peers, &modes, up_addr).await
+        };
         drop(upstream);
 
         if args.no_switching {
