@@ -4,6 +4,7 @@
 //! counts one request (or upgraded connection) in flight.
 
 use crate::counters::Counters;
+use crate::cut::{CutSignal, CutWait};
 use crate::pool::Pool;
 use crate::{BackendId, Color, ProxyConfig};
 use arc_swap::ArcSwap;
@@ -12,7 +13,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Milliseconds since the first call, never 0 (0 means "not down").
 fn now_ms() -> u64 {
@@ -30,9 +30,9 @@ pub(crate) struct BackendState {
     pub(crate) counters: Counters,
     /// The counters of its color, which outlive it.
     pub(crate) color_counters: Arc<Counters>,
-    pub(crate) pool: Arc<Pool>,
+    pub(crate) pool: Pool,
     /// Fires when a drain cuts this backend; replaced by a fresh one after.
-    cut: ArcSwap<CancellationToken>,
+    cut: ArcSwap<CutSignal>,
     /// Woken when `inflight` drops to 0 while a drain waits.
     idle: Notify,
     /// Drains waiting now; guards only notify while there is one.
@@ -58,13 +58,8 @@ impl BackendState {
             color,
             counters: Counters::default(),
             color_counters,
-            pool: Arc::new(Pool::new(
-                addr,
-                config.pool_max_idle,
-                config.pool_idle_timeout,
-                config.connect_timeout,
-            )),
-            cut: ArcSwap::from_pointee(CancellationToken::new()),
+            pool: Pool::new(addr, config.pool_max_idle, config.pool_idle_timeout, config.connect_timeout),
+            cut: ArcSwap::from_pointee(CutSignal::default()),
             idle: Notify::new(),
             drainers: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
@@ -73,16 +68,17 @@ impl BackendState {
         }
     }
 
-    /// The token that fires when this backend is cut.
-    pub(crate) fn cut_token(&self) -> CancellationToken {
-        CancellationToken::clone(&self.cut.load())
+    /// A wait that ends when this backend is cut; it registers only once
+    /// polled.
+    pub(crate) fn cut_wait(&self) -> CutWait {
+        CutWait::new(self.cut.load_full())
     }
 
-    /// Cut everything open on this backend now, and arm a fresh token so it
-    /// can serve again later.
+    /// Cut everything open on this backend now, and arm a fresh signal so
+    /// it can serve again later.
     pub(crate) fn cut_all(&self) {
-        let old = self.cut.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
+        let old = self.cut.swap(Arc::new(CutSignal::default()));
+        old.fire();
     }
 
     /// Requests and upgraded connections in flight.

@@ -1,20 +1,21 @@
 //! The body of every response the proxy sends: either a backend's body,
-//! streamed through with the request's in-flight guard and its pooled
-//! connection riding along, or a short text the proxy wrote itself.
+//! read from its upstream connection as the client's connection asks for
+//! it, with the request's in-flight guard riding along, or a short text
+//! the proxy wrote itself.
 //!
-//! The guard is released (and the connection returned to its pool) when the
-//! body's last frame has been handed to the client's connection, or when
-//! the body is dropped. A drain's cut ends the stream with an error.
+//! The guard is released (and the connection returned to its pool, when
+//! the server keeps it open) when the body's last frame has been handed to
+//! the client's connection, or when the body is dropped. A drain's cut
+//! ends the stream with an error.
 
 use crate::backend::InflightGuard;
+use crate::cut::CutWait;
 use crate::pool::Pooled;
+use crate::upstream::{Decoder, Step};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Error type of [`ProxyBody`].
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,56 +25,107 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[error("response cut: the backend's drain deadline passed")]
 struct Cut;
 
-/// What ends with the body: the in-flight count and, for a body read to
-/// its end, the upstream connection going back to its pool.
-pub(crate) struct Completion {
-    pub(crate) guard: InflightGuard,
-    pub(crate) conn: Option<Pooled>,
+/// A backend's body in flight.
+pub(crate) struct Upstream {
+    /// The connection it is read from.
+    conn: Option<Pooled>,
+    decoder: Decoder,
+    cut: CutWait,
+    guard: Option<InflightGuard>,
+    /// The connection can carry another request once the body is read.
+    reusable: bool,
 }
 
-impl Completion {
-    /// The body was read to its end: the connection can carry another
-    /// request. It goes back before the guard is dropped, so that a drain
-    /// woken by the guard finds (and closes) it.
-    fn finish(self) {
-        let Completion { guard, conn } = self;
-        if let Some(conn) = conn {
-            guard.backend().pool.checkin(conn);
+impl Upstream {
+    /// The body was read to its end: the connection goes back to its pool
+    /// (if it can carry another request) before the guard is dropped, so
+    /// that a drain woken by the guard finds (and closes) it.
+    fn finish(&mut self) {
+        if let (Some(conn), Some(guard)) = (self.conn.take(), self.guard.as_ref()) {
+            if self.reusable {
+                guard.backend().pool.checkin(conn);
+            }
         }
-        drop(guard);
+        self.guard = None;
+    }
+
+    /// The body broke: the connection is closed, not returned.
+    fn fail(&mut self) {
+        self.conn = None;
+        self.guard = None;
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(pooled) = self.conn.as_mut() else { return Poll::Ready(None) };
+        loop {
+            let conn = &mut pooled.conn;
+            match self.decoder.decode(&mut conn.buf, conn.eof) {
+                Ok(Step::Data(data)) => {
+                    // The client's connection may stop polling once the
+                    // body says it has ended, so finish on the last frame.
+                    if self.decoder.is_done() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Trailers(trailers)) => {
+                    self.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Step::Done) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Pending => {
+                    if self.cut.poll_cut(cx).is_ready() {
+                        self.fail();
+                        return Poll::Ready(Some(Err(Box::new(Cut))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body.
-    #[project = ProxyBodyProj]
-    pub(crate) enum ProxyBody {
-        /// A backend's body.
-        Upstream {
-            #[pin]
-            body: Incoming,
-            #[pin]
-            cut: WaitForCancellationFutureOwned,
-            done: Option<Completion>,
-        },
-        /// A body the proxy wrote itself.
-        Full { data: Option<Bytes> },
-    }
+/// A response body.
+pub(crate) enum ProxyBody {
+    /// A backend's body.
+    Upstream(Upstream),
+    /// A body the proxy wrote itself.
+    Full { data: Option<Bytes> },
 }
 
 impl ProxyBody {
-    /// Stream `body`; `done` ends with it; `cut` aborts it.
+    /// Stream the body left in `conn`, cut by `decoder`; `guard` ends with
+    /// it; `cut` aborts it. `reusable`: the connection goes back to its
+    /// pool at the end.
     pub(crate) fn upstream(
-        body: Incoming,
-        cut: WaitForCancellationFutureOwned,
-        done: Completion,
+        conn: Pooled,
+        decoder: Decoder,
+        reusable: bool,
+        guard: InflightGuard,
+        cut: CutWait,
     ) -> ProxyBody {
-        if body.is_end_stream() {
+        let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable };
+        if body.decoder.is_done() {
             // Nothing to stream (HEAD, 204, 304, empty): done already.
-            done.finish();
+            body.finish();
             return ProxyBody::empty();
         }
-        ProxyBody::Upstream { body, cut, done: Some(done) }
+        ProxyBody::Upstream(body)
     }
 
     /// A short body.
@@ -95,69 +147,27 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.project() {
-            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream { mut body, cut, done } => {
-                if done.is_none() {
-                    return Poll::Ready(None);
-                }
-                // The body first: a frame that is ready costs no waiter
-                // registration on the cut token.
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(None) => {
-                        if let Some(d) = done.take() {
-                            d.finish();
-                        }
-                        Poll::Ready(None)
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // The client's connection may stop polling once the
-                        // body says it has ended, so finish on the last frame.
-                        if body.is_end_stream() {
-                            if let Some(d) = done.take() {
-                                d.finish();
-                            }
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        // The connection is broken: it is not returned.
-                        if let Some(mut d) = done.take() {
-                            d.conn = None;
-                        }
-                        Poll::Ready(Some(Err(e.into())))
-                    }
-                    Poll::Pending => match cut.poll(cx) {
-                        Poll::Ready(()) => {
-                            if let Some(mut d) = done.take() {
-                                d.conn = None;
-                            }
-                            Poll::Ready(Some(Err(Box::new(Cut))))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    },
-                }
-            }
+        match self.get_mut() {
+            ProxyBody::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(body) => body.poll_next(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full { data } => data.is_none(),
-            ProxyBody::Upstream { body, done, .. } => done.is_none() || body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ProxyBody::Upstream { body, done, .. } => {
-                if done.is_none() {
-                    SizeHint::with_exact(0)
-                } else {
-                    body.size_hint()
-                }
-            }
+            ProxyBody::Upstream(body) => match body.decoder.remaining() {
+                Some(n) if body.conn.is_some() => SizeHint::with_exact(n),
+                Some(_) => SizeHint::with_exact(0),
+                None => SizeHint::default(),
+            },
         }
     }
 }

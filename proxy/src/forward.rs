@@ -1,21 +1,27 @@
 //! Forwarding one request: choose a backend from the current route table
 //! (waiting for one up to the queue timeout), get a pooled or fresh
 //! upstream connection, send, and wrap the answer so the request counts as
-//! in flight until its body has been sent. A connect failure, or a pooled
-//! connection found closed before anything was written, never reaches the
-//! client: the request goes to the next connection or backend.
+//! in flight until its body has been sent. A connect failure never reaches
+//! the client: the request goes to the next backend. Nor does a pooled
+//! connection the server closed while it was idle, when the request can
+//! safely be sent again (nothing written, or an idempotent request without
+//! a body that got no answer): it goes on a fresh connection.
 
 use crate::backend::{BackendState, InflightGuard};
-use crate::body::{Completion, ProxyBody};
+use crate::body::ProxyBody;
+use crate::cut::CutWait;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
+use crate::upstream::{Decoder, ExchangeError, RequestHead};
 use crate::{Color, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -128,84 +134,87 @@ async fn attempt(
 ) -> Attempt {
     let Pick { backend, set_cookie } = pick;
     let guard = InflightGuard::new(backend.clone());
-    let cut = backend.cut_token();
+    let mut cut = backend.cut_wait();
+    let head = RequestHead::encode(&req);
     let mut counted = false;
-    let (mut resp, conn) = loop {
-        let (mut conn, fresh) = match backend.pool.checkout() {
-            Some(c) => (c, false),
-            None => {
-                let connected = tokio::select! {
-                    c = backend.pool.connect(cut.clone()) => c,
-                    _ = cut.cancelled() => return Attempt::Done(cut_answer(&backend, guard, started)),
-                };
-                match connected {
-                    Ok(c) => {
-                        backend.mark_up();
-                        (c, true)
-                    }
-                    Err(e) => {
-                        tracing::debug!(backend = %backend.id, error = %e, "connect failed");
-                        backend.mark_down();
-                        guard.abandon();
-                        return Attempt::ConnectFailed(req);
-                    }
+    // Set once a pooled connection turned out closed: the retry goes on a
+    // fresh one rather than on the next idle one, which may be as stale.
+    let mut stale = false;
+    let (answer, reusable, pooled) = loop {
+        let pooled = if stale { None } else { backend.pool.checkout().await };
+        let mut pooled = match pooled {
+            Some(p) => p,
+            None => match until_cut(&mut cut, backend.pool.connect()).await {
+                None => return Attempt::Done(cut_answer(&backend, guard, started)),
+                Some(Ok(c)) => {
+                    backend.mark_up();
+                    c
                 }
-            }
+                Some(Err(e)) => {
+                    tracing::debug!(backend = %backend.id, error = %e, "connect failed");
+                    backend.mark_down();
+                    guard.abandon();
+                    return Attempt::ConnectFailed(req);
+                }
+            },
         };
         if !counted {
             counted = true;
             backend.counters.request();
             backend.color_counters.request();
         }
-        let sent = tokio::select! {
-            biased;
-            r = conn.sender.try_send_request(req) => r,
-            _ = cut.cancelled() => return Attempt::Done(cut_answer(&backend, guard, started)),
-        };
-        match sent {
-            Ok(resp) => break (resp, conn),
-            Err(mut e) => match e.take_message() {
-                // A pooled connection closed under us; nothing was sent.
-                Some(r) if !fresh => req = r,
-                Some(r) => {
-                    tracing::debug!(backend = %backend.id, error = %e.into_error(), "fresh connection refused the request");
-                    backend.mark_down();
-                    guard.abandon();
-                    return Attempt::ConnectFailed(r);
-                }
-                None => {
-                    tracing::debug!(backend = %backend.id, error = %e.into_error(), "upstream request failed");
-                    record(&backend, StatusCode::BAD_GATEWAY, started);
-                    return Attempt::Done(text(StatusCode::BAD_GATEWAY, "the backend failed to answer\n"));
-                }
-            },
+        let reused = pooled.conn.reused;
+        match until_cut(&mut cut, pooled.conn.exchange(&head, req.body_mut())).await {
+            None => return Attempt::Done(cut_answer(&backend, guard, started)),
+            Some(Ok((answer, reusable))) => break (answer, reusable, pooled),
+            // A pooled connection the server closed while it was idle.
+            Some(Err(ExchangeError::NotSent(_))) if reused => stale = true,
+            Some(Err(ExchangeError::NoAnswer)) if reused && head.is_retryable() => stale = true,
+            Some(Err(ExchangeError::NotSent(e))) => {
+                tracing::debug!(backend = %backend.id, error = %e, "fresh connection refused the request");
+                backend.mark_down();
+                guard.abandon();
+                return Attempt::ConnectFailed(req);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(backend = %backend.id, error = %e, "upstream request failed");
+                record(&backend, StatusCode::BAD_GATEWAY, started);
+                return Attempt::Done(text(StatusCode::BAD_GATEWAY, "the backend failed to answer\n"));
+            }
         }
     };
 
-    let status = resp.status();
+    let status = answer.status;
     record(&backend, status, started);
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = answer.headers;
     headers::prepare_response(resp.headers_mut(), upgraded);
     if let Some(c) = set_cookie {
         resp.headers_mut().append(SET_COOKIE, c);
     }
     if upgraded {
         if let Some(client) = client_upgrade.take() {
-            let upstream = hyper::upgrade::on(&mut resp);
             // The upstream connection now belongs to the tunnel.
-            drop(conn);
-            crate::upgrade::spawn_tunnel(client, upstream, guard, cut, ctx.shutdown.clone());
-            let (parts, _) = resp.into_parts();
-            return Attempt::Done(Response::from_parts(parts, ProxyBody::empty()));
+            crate::upgrade::spawn_tunnel(client, pooled.conn, guard, cut, ctx.shutdown.clone());
+            return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }
-    let (parts, body) = resp.into_parts();
-    let body = ProxyBody::upstream(
-        body,
-        cut.cancelled_owned(),
-        Completion { guard, conn: (!upgraded).then_some(conn) },
-    );
-    Attempt::Done(Response::from_parts(parts, body))
+    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut);
+    Attempt::Done(resp.map(|()| body))
+}
+
+/// Run `fut` until it ends or the backend is cut (`None`).
+async fn until_cut<F: Future>(cut: &mut CutWait, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        cut.poll_cut(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Count a response of `backend` (and its color).

@@ -34,6 +34,7 @@
 mod backend;
 mod body;
 mod counters;
+mod cut;
 mod forward;
 mod headers;
 mod pool;
@@ -42,6 +43,7 @@ mod select;
 mod server;
 mod stats;
 mod upgrade;
+mod upstream;
 
 pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};

@@ -1,55 +1,26 @@
-//! Upstream connection pool of one backend: HTTP/1.1 connections over TCP
-//! with `TCP_NODELAY`, kept idle (most recently used first) up to a maximum
-//! and an idle timeout. A connection is handed back only once its response
-//! body was read to the end, so every idle connection is ready to send.
+//! Upstream connection pool of one backend: idle HTTP/1.1 connections
+//! kept most recently used first, up to a maximum and an idle timeout. A
+//! connection comes back only once its answer was read to the end and
+//! the server keeps it open, so every idle connection is ready to send;
+//! one the server closed meanwhile is noticed at checkout.
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use crate::upstream::{Conn, ConnectError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-/// The request side of one upstream connection. Requests are forwarded
-/// with the client's body as is.
-pub(crate) type Sender = SendRequest<Incoming>;
-
-/// Why no upstream connection could be made.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError {
-    /// The TCP connect failed.
-    #[error("connect to {addr} failed: {source}")]
-    Io {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TCP connect took too long.
-    #[error("connect to {addr} timed out after {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
-    /// The HTTP/1.1 handshake failed.
-    #[error("handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
-}
 
 /// A connection checked out of the pool, to be checked back in when its
 /// response is complete.
 pub(crate) struct Pooled {
-    pub(crate) sender: Sender,
+    pub(crate) conn: Conn,
     /// The pool generation it was taken in; a connection from before
     /// [`Pool::close_idle`] is never put back.
     generation: u64,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -88,81 +59,46 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open.
-    pub(crate) fn checkout(&self) -> Option<Pooled> {
+    pub(crate) async fn checkout(&self) -> Option<Pooled> {
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
-        let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            if now.duration_since(entry.since) >= self.idle_timeout {
-                // Everything below is older still.
-                idle.clear();
-                return None;
-            }
-            if !entry.sender.is_closed() {
-                return Some(Pooled { sender: entry.sender, generation });
-            }
-        }
-        None
-    }
-
-    /// A fresh connection. Its connection task ends when `cut` fires.
-    pub(crate) async fn connect(&self, cut: CancellationToken) -> Result<Pooled, ConnectError> {
-        let generation = self.generation.load(Ordering::Acquire);
-        let addr = self.addr;
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-            Err(_) => return Err(ConnectError::Timeout { addr, timeout: self.connect_timeout }),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            tokio::select! {
-                res = conn.with_upgrades() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%addr, error = %e, "upstream connection ended");
-                    }
+        loop {
+            let entry = {
+                let mut idle = self.lock();
+                let entry = idle.pop()?;
+                if now.duration_since(entry.since) >= self.idle_timeout {
+                    // Everything below is older still.
+                    idle.clear();
+                    return None;
                 }
-                _ = cut.cancelled() => {}
+                entry
+            };
+            let mut conn = entry.conn;
+            if std::future::poll_fn(|cx| std::task::Poll::Ready(conn.is_reusable(cx))).await {
+                conn.reused = true;
+                return Some(Pooled { conn, generation });
             }
-        });
-        Ok(Pooled { sender, generation })
+        }
     }
 
-    /// Put a connection whose last response is complete back. A connection
-    /// that is not ready yet (hyper's dispatcher has not caught up with the
-    /// end of the body) is put back as soon as it is.
-    pub(crate) fn checkin(self: &Arc<Self>, pooled: Pooled) {
-        if pooled.sender.is_closed() || !self.current(pooled.generation) {
-            return;
+    /// A fresh connection.
+    pub(crate) async fn connect(&self) -> Result<Pooled, ConnectError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let conn = Conn::connect(self.addr, self.connect_timeout).await?;
+        Ok(Pooled { conn, generation })
+    }
+
+    /// Put a connection whose last answer was read to its end back.
+    pub(crate) fn checkin(&self, pooled: Pooled) {
+        let mut idle = self.lock();
+        // Checked under the lock so that close_idle cannot slip in between.
+        if idle.len() < self.max_idle && self.current(pooled.generation) {
+            idle.push(Idle { conn: pooled.conn, since: Instant::now() });
         }
-        if pooled.sender.is_ready() {
-            self.push(pooled);
-            return;
-        }
-        let pool = self.clone();
-        tokio::spawn(async move {
-            let mut pooled = pooled;
-            let ready = tokio::time::timeout(Duration::from_secs(1), pooled.sender.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
-                pool.push(pooled);
-            }
-        });
     }
 
     fn current(&self, generation: u64) -> bool {
         self.generation.load(Ordering::Acquire) == generation
-    }
-
-    fn push(&self, pooled: Pooled) {
-        let mut idle = self.lock();
-        // Checked under the lock so that close_idle cannot slip in between.
-        if idle.len() < self.max_idle && self.current(pooled.generation) {
-            idle.push(Idle { sender: pooled.sender, since: Instant::now() });
-        }
     }
 
     /// Close every idle connection, and refuse the ones checked out now
@@ -173,7 +109,7 @@ impl Pool {
             self.generation.fetch_add(1, Ordering::AcqRel);
             std::mem::take(&mut *idle)
         };
-        // Dropping the senders ends their connection tasks, outside the lock.
+        // Closing the sockets happens outside the lock.
         drop(closed);
     }
 

@@ -5,32 +5,42 @@
 //! tunnel counts as in flight (and as upgraded) on its backend meanwhile.
 
 use crate::backend::InflightGuard;
+use crate::cut::CutWait;
+use crate::upstream::Conn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-/// Start the tunnel between the client's and the backend's upgraded
-/// connections. Returns at once; the tunnel runs in its own task.
+/// Start the tunnel between the client's upgraded connection and the
+/// backend's connection (with whatever the backend sent after its 101).
+/// Returns at once; the tunnel runs in its own task.
 pub(crate) fn spawn_tunnel(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Conn,
     mut guard: InflightGuard,
-    cut: CancellationToken,
+    mut cut: CutWait,
     shutdown: CancellationToken,
 ) {
     guard.upgrade();
     tokio::spawn(async move {
         let _guard = guard;
         let tunnel = async {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(both) => both,
+            let client = match client.await {
+                Ok(client) => client,
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
                     return;
                 }
             };
             let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
+            let (mut upstream, early) = upstream.into_parts();
+            if !early.is_empty() {
+                if let Err(e) = client.write_all(&early).await {
+                    tracing::debug!(error = %e, "tunnel ended");
+                    return;
+                }
+            }
             if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(error = %e, "tunnel ended");
             }
