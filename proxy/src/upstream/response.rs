@@ -58,10 +58,20 @@ pub(crate) async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Res
                 return Ok(head);
             }
         }
-        if conn.eof || conn.fill().await? == 0 {
-            return Err(if answered { HeadError::Truncated } else { HeadError::ClosedEarly });
+        let read = if conn.eof { Ok(0) } else { conn.fill().await };
+        match read {
+            Ok(0) => return Err(if answered { HeadError::Truncated } else { HeadError::ClosedEarly }),
+            Ok(_) => {}
+            // A reset before any answer is the same story as a close.
+            Err(e) if !answered && is_reset(&e) => return Err(HeadError::ClosedEarly),
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Parse a complete head off the front of `buf`; `None` while it is
