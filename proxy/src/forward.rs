@@ -96,30 +96,45 @@ pub(crate) async fn handle(
                 let deadline = *deadline.get_or_insert_with(|| {
                     tokio::time::Instant::from_std(started) + inner.config.queue_timeout
                 });
-                // Register for the wake-up before looking again, so a table
-                // swapped in between is not missed.
-                let notified = inner.routes_changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if !matches!(inner.table.load().choose(req.headers(), &tried), Choice::Wait(_)) {
-                    continue;
-                }
                 if _queued.is_none() {
                     _queued = Some(Queued::new(&inner.queued));
                 }
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Ok(answer(
-                            &inner,
-                            color,
-                            started,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no backend available\n",
-                        ));
-                    }
+                // Boxed: waiting is the rare path, and its timer would
+                // otherwise enlarge every request's future.
+                if !Box::pin(wait_for_routes(&inner, req.headers(), &tried, deadline)).await {
+                    return Ok(answer(
+                        &inner,
+                        color,
+                        started,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no backend available\n",
+                    ));
                 }
             }
+        }
+    }
+}
+
+/// Wait until a route table that has a backend for these headers is
+/// swapped in (`true`), or until `deadline` (`false`).
+async fn wait_for_routes(
+    inner: &Inner,
+    headers: &http::HeaderMap,
+    tried: &Tried,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        // Register for the wake-up before looking again, so a table
+        // swapped in between is not missed.
+        let notified = inner.routes_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !matches!(inner.table.load().choose(headers, tried), Choice::Wait(_)) {
+            return true;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => return false,
         }
     }
 }
@@ -144,7 +159,8 @@ async fn attempt(
         let pooled = if stale { None } else { backend.pool.checkout().await };
         let mut pooled = match pooled {
             Some(p) => p,
-            None => match until_cut(&mut cut, backend.pool.connect()).await {
+            // Boxed: with pooling, connecting is the rare path.
+            None => match until_cut(&mut cut, Box::pin(backend.pool.connect())).await {
                 None => return Attempt::Done(cut_answer(&backend, guard, started)),
                 Some(Ok(c)) => {
                     backend.mark_up();

@@ -147,7 +147,8 @@ impl Conn {
         let mut complete = true;
         let mut write_failed = None;
         if let Some(chunked) = head.body_chunked() {
-            match request::write_body(self, body, chunked).await {
+            // Boxed: most requests have no body, and this future is large.
+            match Box::pin(request::write_body(self, body, chunked)).await {
                 Ok(request::BodySent::Whole) => {}
                 // The server answered before taking all of it: that answer
                 // is read, and the connection closed after it.
