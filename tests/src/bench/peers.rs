@@ -2,6 +2,12 @@
 //! bench server binary), nginx and HAProxy from generated configs in a
 //! temporary directory, all on one pinned core; and "direct", the client
 //! straight to the upstream.
+//!
+//! Every proxy does the same work per request: besides removing hop-by-hop
+//! headers, nginx and HAProxy are configured, as an operator would, to send
+//! the forwarding headers bg-proxy always adds: `X-Forwarded-For`
+//! (appended to an existing one), `X-Forwarded-Proto: http` and
+//! `X-Forwarded-Host` (a copy of Host).
 
 use super::procs::{free_addr, on_path, pinned, Proc};
 use std::io::{Read, Write};
@@ -199,10 +205,17 @@ impl RunningPeer {
     }
 }
 
+/// nginx's `upstream.conf`: the one server that takes the traffic.
 fn upstream_line(addr: SocketAddr) -> String {
     format!("server {addr};\n")
 }
 
+/// nginx, one worker, keep-alive to the upstream. The `proxy_set_header`
+/// lines add the forwarding headers bg-proxy adds; a location that sets any
+/// header inherits none from outside, so Host is set too, as the client
+/// sent it, which is what bg-proxy passes on. `X-Forwarded-Host` is
+/// `$http_host` rather than the usual `$host`, which drops the port and
+/// falls back to the server name: bg-proxy and HAProxy copy Host verbatim.
 fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf {
     std::fs::create_dir_all(dir.join("tmp")).expect("nginx temp dir");
     std::fs::write(dir.join("upstream.conf"), upstream_line(upstream)).expect("write upstream.conf");
@@ -232,6 +245,10 @@ http {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
         }}
     }}
 }}
@@ -242,6 +259,11 @@ http {{
     path
 }
 
+/// HAProxy, one thread, connection reuse to the backend; the first
+/// upstream enabled, the others disabled until [`RunningPeer::switch`].
+/// `option forwardfor` and the two `set-header` rules add the forwarding
+/// headers bg-proxy adds (HAProxy's X-Forwarded-For is a line of its own
+/// after any the client sent rather than one joined value: the same list).
 fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
     let servers: String = upstreams
         .iter()
@@ -262,6 +284,9 @@ defaults
     http-reuse always
 frontend fe
     bind {listen}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
     default_backend be
 backend be
 {servers}",
@@ -281,4 +306,34 @@ fn haproxy_command(socket: &Path, command: &str) -> Result<String, String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_and_haproxy_send_the_forwarding_headers_bg_proxy_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, up): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:18402".parse().unwrap(), "127.0.0.1:18403".parse().unwrap());
+        let nginx = std::fs::read_to_string(write_nginx(dir.path(), listen, up)).unwrap();
+        for line in [
+            "proxy_set_header Connection \"\";",
+            "proxy_set_header Host $http_host;",
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "proxy_set_header X-Forwarded-Proto $scheme;",
+            "proxy_set_header X-Forwarded-Host $http_host;",
+        ] {
+            assert!(nginx.contains(line), "nginx.conf lacks {line}:\n{nginx}");
+        }
+        let haproxy = std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up])).unwrap();
+        for line in [
+            "option forwardfor",
+            "http-request set-header X-Forwarded-Proto http",
+            "http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+        ] {
+            assert!(haproxy.contains(line), "haproxy.cfg lacks {line}:\n{haproxy}");
+        }
+    }
 }
