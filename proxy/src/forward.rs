@@ -183,11 +183,17 @@ async fn attempt(
         match until_cut(&mut cut, pooled.conn.exchange(&head, req.body_mut())).await {
             None => return Attempt::Done(cut_answer(&backend, guard, started)),
             Some(Ok((answer, reusable))) => break (answer, reusable, pooled),
-            // A pooled connection the server closed while it was idle.
-            Some(Err(ExchangeError::NotSent(_))) if reused => stale = true,
-            Some(Err(ExchangeError::NoAnswer)) if reused && head.is_retryable() => stale = true,
-            Some(Err(ExchangeError::NotSent(e))) => {
-                tracing::debug!(backend = %backend.id, error = %e, "fresh connection refused the request");
+            Some(Err(e)) if e.can_resend(&head) => {
+                if reused {
+                    // A pooled connection the server closed while it was
+                    // idle: again on a fresh one.
+                    stale = true;
+                    continue;
+                }
+                // A fresh connection that took nothing or closed without a
+                // word (a dying replica behind Docker's port proxy does
+                // that): the next backend.
+                tracing::debug!(backend = %backend.id, error = %e, "fresh connection closed without an answer");
                 backend.mark_down();
                 guard.abandon();
                 return Attempt::ConnectFailed(req);

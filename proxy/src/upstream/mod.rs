@@ -68,6 +68,19 @@ pub(crate) enum ExchangeError {
     Failed(String),
 }
 
+impl ExchangeError {
+    /// Whether the request may go out again (on another connection or
+    /// backend): nothing of it was taken, or it is idempotent, without a
+    /// body, and got no answer (RFC 9110 §9.2.2).
+    pub(crate) fn can_resend(&self, head: &RequestHead) -> bool {
+        match self {
+            ExchangeError::NotSent(_) => true,
+            ExchangeError::NoAnswer => head.is_retryable(),
+            ExchangeError::Failed(_) => false,
+        }
+    }
+}
+
 /// One upstream connection and the bytes read from it that are not used
 /// yet.
 pub(crate) struct Conn {
