@@ -19,11 +19,13 @@ use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -184,8 +186,9 @@ async fn connection(
             let linger = config.close_linger;
             let service = {
                 let shared = shared.clone();
-                hyper::service::service_fn(move |req| {
-                    close_when_draining(&shared, forward::handle(shared.inner.clone(), ctx.clone(), req))
+                hyper::service::service_fn(move |req| CloseWhenDraining {
+                    response: forward::handle(shared.inner.clone(), ctx.clone(), req),
+                    shared: shared.clone(),
                 })
             };
             let conn = Box::pin(l.h1.serve_connection(io, service).with_upgrades());
@@ -206,22 +209,32 @@ async fn connection(
     }
 }
 
-/// An HTTP/1.1 response future that says `Connection: close` once shutdown
-/// has started (except on a protocol switch).
-fn close_when_draining<F, B>(
-    shared: &Arc<Listener>,
-    response: F,
-) -> impl Future<Output = Result<http::Response<B>, Infallible>>
+pin_project! {
+    /// An HTTP/1.1 response future that says `Connection: close` once
+    /// shutdown has started (except on a protocol switch). A struct rather
+    /// than an `async` block, which would hold the wrapped future twice
+    /// over (as its capture and as its awaitee): this one is moved on
+    /// every request.
+    struct CloseWhenDraining<F> {
+        #[pin]
+        response: F,
+        shared: Arc<Listener>,
+    }
+}
+
+impl<F, B> Future for CloseWhenDraining<F>
 where
     F: Future<Output = Result<http::Response<B>, Infallible>>,
 {
-    let shared = shared.clone();
-    async move {
-        let mut response = response.await?;
-        if shared.graceful.fired() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready!(this.response.poll(cx));
+        if this.shared.graceful.fired() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(response)
+        Poll::Ready(Ok(response))
     }
 }
 
