@@ -106,8 +106,17 @@ pub(crate) async fn serve(
     });
     let connections = TaskTracker::new();
     let mut client_ips = ClientIps::default();
-    // One waiter for the whole loop, not one per select.
-    let mut stop = pin!(shutdown.cancelled());
+    // The loop looks at the stop between accepts; a token takes two locks
+    // each time, so a helper task turns it into a `Signal` once.
+    let stopping = Arc::new(Signal::default());
+    let relay = tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.cancelled().await;
+            stopping.fire();
+        }
+    });
+    let mut stop = pin!(stopping.wait());
 
     let result = loop {
         let permit = match limit.clone().try_acquire_owned() {
@@ -146,6 +155,7 @@ pub(crate) async fn serve(
         connections.spawn(Box::pin(connection(shared.clone(), stream, client_ip, permit)));
     };
 
+    relay.abort();
     drop(listener);
     shared.graceful.fire();
     connections.close();
