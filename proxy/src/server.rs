@@ -130,11 +130,10 @@ pub(crate) async fn serve(
                 _ = stop.as_mut() => break Ok(()),
             },
         };
-        // Accept first: the stop waiter is only polled when no connection
-        // is waiting (the accept's task budget makes that happen under a
-        // flood too).
+        // The stop first: looking at a `Signal` is one atomic load.
         let (stream, peer) = tokio::select! {
             biased;
+            _ = stop.as_mut() => break Ok(()),
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
@@ -146,7 +145,6 @@ pub(crate) async fn serve(
                 }
                 Err(source) => break Err(ProxyError::Listener { addr: addr.clone(), source }),
             },
-            _ = stop.as_mut() => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
         let client_ip = client_ips.get(peer.ip());
