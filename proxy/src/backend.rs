@@ -4,8 +4,8 @@
 //! counts one request (or upgraded connection) in flight.
 
 use crate::counters::Counters;
-use crate::cut::{CutSignal, CutWait};
 use crate::pool::Pool;
+use crate::signal::{Signal, SignalWait};
 use crate::{BackendId, Color, ProxyConfig};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ pub(crate) struct BackendState {
     pub(crate) color_counters: Arc<Counters>,
     pub(crate) pool: Pool,
     /// Fires when a drain cuts this backend; replaced by a fresh one after.
-    cut: ArcSwap<CutSignal>,
+    cut: ArcSwap<Signal>,
     /// Woken when `inflight` drops to 0 while a drain waits.
     idle: Notify,
     /// Drains waiting now; guards only notify while there is one.
@@ -59,7 +59,7 @@ impl BackendState {
             counters: Counters::default(),
             color_counters,
             pool: Pool::new(addr, config.pool_max_idle, config.pool_idle_timeout, config.connect_timeout),
-            cut: ArcSwap::from_pointee(CutSignal::default()),
+            cut: ArcSwap::from_pointee(Signal::default()),
             idle: Notify::new(),
             drainers: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
@@ -70,14 +70,14 @@ impl BackendState {
 
     /// A wait that ends when this backend is cut; it registers only once
     /// polled.
-    pub(crate) fn cut_wait(&self) -> CutWait {
-        CutWait::new(self.cut.load_full())
+    pub(crate) fn cut_wait(&self) -> SignalWait {
+        SignalWait::new(self.cut.load_full())
     }
 
     /// Cut everything open on this backend now, and arm a fresh signal so
     /// it can serve again later.
     pub(crate) fn cut_all(&self) {
-        let old = self.cut.swap(Arc::new(CutSignal::default()));
+        let old = self.cut.swap(Arc::new(Signal::default()));
         old.fire();
     }
 

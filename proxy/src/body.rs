@@ -9,8 +9,8 @@
 //! ends the stream with an error.
 
 use crate::backend::InflightGuard;
-use crate::cut::CutWait;
 use crate::pool::Pooled;
+use crate::signal::SignalWait;
 use crate::upstream::{Decoder, Step};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -30,7 +30,7 @@ pub(crate) struct Upstream {
     /// The connection it is read from.
     conn: Option<Pooled>,
     decoder: Decoder,
-    cut: CutWait,
+    cut: SignalWait,
     guard: Option<InflightGuard>,
     /// The connection can carry another request once the body is read.
     reusable: bool,
@@ -89,7 +89,7 @@ impl Upstream {
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Pending => {
-                    if self.cut.poll_cut(cx).is_ready() {
+                    if self.cut.poll_fired(cx).is_ready() {
                         self.fail();
                         return Poll::Ready(Some(Err(Box::new(Cut))));
                     }
@@ -117,7 +117,7 @@ impl ProxyBody {
         decoder: Decoder,
         reusable: bool,
         guard: InflightGuard,
-        cut: CutWait,
+        cut: SignalWait,
     ) -> ProxyBody {
         let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable };
         if body.decoder.is_done() {

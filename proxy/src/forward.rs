@@ -9,10 +9,10 @@
 
 use crate::backend::{BackendState, InflightGuard};
 use crate::body::ProxyBody;
-use crate::cut::CutWait;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
-use crate::upstream::{Decoder, ExchangeError, RequestHead};
+use crate::signal::SignalWait;
+use crate::upstream::{Decoder, RequestHead};
 use crate::{Color, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
@@ -228,13 +228,13 @@ async fn attempt(
 }
 
 /// Run `fut` until it ends or the backend is cut (`None`).
-async fn until_cut<F: Future>(cut: &mut CutWait, fut: F) -> Option<F::Output> {
+async fn until_cut<F: Future>(cut: &mut SignalWait, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        cut.poll_cut(cx).map(|()| None)
+        cut.poll_fired(cx).map(|()| None)
     })
     .await
 }

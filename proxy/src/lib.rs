@@ -33,14 +33,17 @@
 
 mod backend;
 mod body;
+mod client_ip;
 mod counters;
-mod cut;
+mod first_bytes;
 mod forward;
 mod headers;
 mod pool;
+mod prefixed;
 mod routes;
 mod select;
 mod server;
+mod signal;
 mod stats;
 mod upgrade;
 mod upstream;

@@ -4,41 +4,60 @@
 //! on the same port, and a graceful shutdown bounded by a timeout: HTTP/1.1
 //! keep-alive connections linger a moment and answer with `Connection:
 //! close`, h2 connections get GOAWAY, in-flight requests finish.
+//!
+//! Per connection the work is kept small: the spawned future is small (the
+//! hyper connection is boxed once, inside the task), shutdown is watched
+//! through one [`Signal`] waiter, and the first bytes are read once.
 
+use crate::client_ip::ClientIps;
+use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
+use crate::prefixed::Prefixed;
+use crate::signal::{Signal, SignalWait};
 use crate::{Inner, ProxyError};
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The HTTP/2 connection preface a cleartext h2 client starts with.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Counts one open client connection.
-struct ConnGauge(Arc<Inner>);
+struct ConnGauge<'a>(&'a AtomicU64);
 
-impl ConnGauge {
-    fn new(inner: Arc<Inner>) -> ConnGauge {
-        inner.connections.fetch_add(1, Ordering::Relaxed);
-        ConnGauge(inner)
+impl<'a> ConnGauge<'a> {
+    fn new(gauge: &'a AtomicU64) -> ConnGauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ConnGauge(gauge)
     }
 }
 
-impl Drop for ConnGauge {
+impl Drop for ConnGauge<'_> {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What the connections of one listener share.
+struct Listener {
+    inner: Arc<Inner>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// Fires when shutdown starts: connections finish their current
+    /// request and close.
+    graceful: Arc<Signal>,
+    /// Fires when the graceful period is over, always after `graceful`.
+    hard_stop: CancellationToken,
 }
 
 /// Accept errors that concern one connection or a passing shortage of
@@ -78,152 +97,190 @@ pub(crate) async fn serve(
         .half_close(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
-    let builders = Arc::new((h1, h2));
-    // Fires when shutdown starts: connections finish their current request
-    // and close. `hard_stop` fires when the graceful period is over.
-    let graceful = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
+    let shared = Arc::new(Listener {
+        inner: inner.clone(),
+        h1,
+        h2,
+        graceful: Arc::default(),
+        hard_stop: CancellationToken::new(),
+    });
     let connections = TaskTracker::new();
+    let mut client_ips = ClientIps::default();
+    // The loop looks at the stop between accepts; a token takes two locks
+    // each time, so a helper task turns it into a `Signal` once.
+    let stopping = Arc::new(Signal::default());
+    let relay = tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.cancelled().await;
+            stopping.fire();
+        }
+    });
+    let mut stop = pin!(stopping.wait());
 
     let result = loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break Ok(()),
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => break Ok(()),
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
+                _ = stop.as_mut() => break Ok(()),
             },
-            _ = shutdown.cancelled() => break Ok(()),
         };
+        // The stop first: looking at a `Signal` is one atomic load.
         let (stream, peer) = tokio::select! {
+            biased;
+            _ = stop.as_mut() => break Ok(()),
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(listener = %addr, error = %e, "accept failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        _ = shutdown.cancelled() => break Ok(()),
+                        _ = stop.as_mut() => break Ok(()),
                     }
                 }
                 Err(source) => break Err(ProxyError::Listener { addr: addr.clone(), source }),
             },
-            _ = shutdown.cancelled() => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let inner = inner.clone();
-        let builders = builders.clone();
-        let graceful = graceful.clone();
-        let hard_stop = hard_stop.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let _gauge = ConnGauge::new(inner.clone());
-            let first_bytes = inner.config.header_read_timeout;
-            let linger = inner.config.close_linger;
-            let ctx = Arc::new(ConnCtx {
-                client_ip: HeaderValue::from_str(&peer.ip().to_string())
-                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-                shutdown: hard_stop.clone(),
-            });
-            let conn = async move {
-                let Some(protocol) = wait_for_first_bytes(&stream, first_bytes).await else { return };
-                let io = TokioIo::new(stream);
-                let result = match protocol {
-                    Protocol::Http1 => {
-                        let closing = graceful.clone();
-                        let service = hyper::service::service_fn(move |req| {
-                            let response = forward::handle(inner.clone(), ctx.clone(), req);
-                            let closing = closing.clone();
-                            async move {
-                                let mut response = response.await?;
-                                if closing.is_cancelled()
-                                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
-                                {
-                                    response
-                                        .headers_mut()
-                                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                                }
-                                Ok::<_, Infallible>(response)
-                            }
-                        });
-                        let conn = builders.0.serve_connection(io, service).with_upgrades();
-                        until_done_or_drained(conn, &graceful, linger, |c| c.graceful_shutdown()).await
-                    }
-                    Protocol::Http2 => {
-                        // GOAWAY at once: h2 clients retry what it did not
-                        // take, so there is nothing to linger for.
-                        let service = hyper::service::service_fn(move |req| {
-                            forward::handle(inner.clone(), ctx.clone(), req)
-                        });
-                        let conn = builders.1.serve_connection(io, service);
-                        until_done_or_drained(conn, &graceful, Duration::ZERO, |c| c.graceful_shutdown())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
-            };
-            tokio::select! {
-                _ = conn => {}
-                _ = hard_stop.cancelled() => {}
-            }
-        });
+        let client_ip = client_ips.get(peer.ip());
+        // Boxed: the task is then a pointer, cheap to move through spawn and
+        // to overwrite with its output, instead of the whole state.
+        connections.spawn(Box::pin(connection(shared.clone(), stream, client_ip, permit)));
     };
 
+    relay.abort();
     drop(listener);
-    graceful.cancel();
+    shared.graceful.fire();
     connections.close();
     let timeout = inner.config.shutdown_timeout;
     if tokio::time::timeout(timeout, connections.wait()).await.is_err() {
         tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
     }
-    hard_stop.cancel();
+    shared.hard_stop.cancel();
     result
 }
 
-/// Drive a connection to its end. Once `graceful` fires it keeps serving
-/// for `linger` (its responses then say `Connection: close`), then it is
-/// asked to finish the request in flight and close, and driven until it has.
-async fn until_done_or_drained<C: Future>(
-    conn: C,
-    graceful: &CancellationToken,
-    linger: Duration,
-    start_graceful_shutdown: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
-    tokio::pin!(conn);
-    tokio::select! {
-        output = conn.as_mut() => return output,
-        _ = graceful.cancelled() => {}
-    }
-    tokio::select! {
-        output = conn.as_mut() => return output,
-        _ = tokio::time::sleep(linger) => {}
-    }
-    start_graceful_shutdown(conn.as_mut());
-    conn.await
-}
+/// Serve one client connection to its end.
+async fn connection(
+    shared: Arc<Listener>,
+    stream: TcpStream,
+    client_ip: HeaderValue,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let l = &*shared;
+    let _gauge = ConnGauge::new(&l.inner.connections);
+    let config = &l.inner.config;
+    // The one shutdown waiter of this connection, through all its phases.
+    let mut graceful = pin!(l.graceful.wait());
 
-/// The protocol a client speaks, told by its first bytes.
-enum Protocol {
-    Http1,
-    Http2,
-}
-
-/// Wait until the client sent enough to tell HTTP/1.1 from h2c, for at most
-/// `timeout`; `None` when it closed or stayed silent. hyper's own header
-/// timeout only starts once a protocol is chosen, so without this a silent
-/// client would hold its slot for ever.
-async fn wait_for_first_bytes(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let wait = async {
-        loop {
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) if buf[..n] != H2_PREFACE[..n] => return Some(Protocol::Http1),
-                Ok(n) if n >= H2_PREFACE.len() => return Some(Protocol::Http2),
-                // A partial h2 preface: peek would return at once again, so
-                // give the client a moment (rare path, bounded by timeout).
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
+    // hyper's own header timeout only starts once a protocol is chosen, so
+    // without this deadline a silent client would hold its slot for ever.
+    let first = tokio::select! {
+        biased;
+        r = tokio::time::timeout(config.header_read_timeout, first_bytes::read(&stream)) => r.ok().flatten(),
+        _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
+    };
+    let Some((protocol, prefix)) = first else { return };
+    let io = Prefixed::new(prefix, TokioIo::new(stream));
+    let ctx = Arc::new(ConnCtx { client_ip, shutdown: l.hard_stop.clone() });
+    let result = match protocol {
+        Protocol::Http1 => {
+            let linger = config.close_linger;
+            let service = {
+                let shared = shared.clone();
+                hyper::service::service_fn(move |req| CloseWhenDraining {
+                    response: forward::handle(shared.inner.clone(), ctx.clone(), req),
+                    shared: shared.clone(),
+                })
+            };
+            let conn = Box::pin(l.h1.serve_connection(io, service).with_upgrades());
+            drive(conn, graceful, &l.hard_stop, linger, |c| c.as_mut().graceful_shutdown()).await
+        }
+        Protocol::Http2 => {
+            // GOAWAY at once: h2 clients retry what it did not take, so
+            // there is nothing to linger for.
+            let inner = l.inner.clone();
+            let service =
+                hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
+            let conn = Box::pin(l.h2.serve_connection(io, service));
+            drive(conn, graceful, &l.hard_stop, Duration::ZERO, |c| c.as_mut().graceful_shutdown()).await
         }
     };
-    tokio::time::timeout(timeout, wait).await.ok().flatten()
+    if let Some(Err(e)) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+pin_project! {
+    /// An HTTP/1.1 response future that says `Connection: close` once
+    /// shutdown has started (except on a protocol switch). A struct rather
+    /// than an `async` block, which would hold the wrapped future twice
+    /// over (as its capture and as its awaitee): this one is moved on
+    /// every request.
+    struct CloseWhenDraining<F> {
+        #[pin]
+        response: F,
+        shared: Arc<Listener>,
+    }
+}
+
+impl<F, B> Future for CloseWhenDraining<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready!(this.response.poll(cx));
+        if this.shared.graceful.is_fired() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Completes when the hard stop fires. Its waiter is only registered once
+/// the graceful shutdown has started, which always comes first.
+async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &CancellationToken) {
+    graceful.await;
+    hard_stop.cancelled().await;
+}
+
+/// Drive a connection to its end; `None` when the hard stop cut it. Once
+/// `graceful` fires it keeps serving for `linger` (its responses then say
+/// `Connection: close`), then it is asked to finish the request in flight
+/// and close, and driven until it has.
+async fn drive<C: Future + Unpin>(
+    mut conn: C,
+    mut graceful: Pin<&mut SignalWait>,
+    hard_stop: &CancellationToken,
+    linger: Duration,
+    start_graceful_shutdown: impl FnOnce(&mut C),
+) -> Option<C::Output> {
+    tokio::select! {
+        biased;
+        output = &mut conn => return Some(output),
+        _ = graceful.as_mut() => {}
+    }
+    if !linger.is_zero() {
+        tokio::select! {
+            biased;
+            output = &mut conn => return Some(output),
+            _ = tokio::time::sleep(linger) => {}
+            _ = hard_stop.cancelled() => return None,
+        }
+    }
+    start_graceful_shutdown(&mut conn);
+    tokio::select! {
+        biased;
+        output = &mut conn => Some(output),
+        _ = hard_stop.cancelled() => None,
+    }
 }

@@ -5,7 +5,7 @@
 //! tunnel counts as in flight (and as upgraded) on its backend meanwhile.
 
 use crate::backend::InflightGuard;
-use crate::cut::CutWait;
+use crate::signal::SignalWait;
 use crate::upstream::Conn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -19,7 +19,7 @@ pub(crate) fn spawn_tunnel(
     client: OnUpgrade,
     upstream: Conn,
     mut guard: InflightGuard,
-    mut cut: CutWait,
+    mut cut: SignalWait,
     shutdown: CancellationToken,
 ) {
     guard.upgrade();
@@ -47,7 +47,7 @@ pub(crate) fn spawn_tunnel(
         };
         tokio::select! {
             _ = tunnel => {}
-            _ = cut.cancelled() => tracing::debug!("tunnel cut by drain"),
+            _ = &mut cut => tracing::debug!("tunnel cut by drain"),
             _ = shutdown.cancelled() => tracing::debug!("tunnel closed by shutdown"),
         }
     });

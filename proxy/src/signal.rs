@@ -1,17 +1,20 @@
-//! The signal a drain's deadline sends to everything still open on a
-//! backend. Every request in flight waits on it, so registering must be
-//! cheap: one lock to take a slot when the request first waits, one to
-//! give it back, and a plain atomic load on every other poll. (A
+//! A one-shot signal for the hot path: a drain's cut of everything open on
+//! a backend (every request in flight waits on it), and a listener's
+//! "shutdown has started" (every connection waits on it). Waiting must be
+//! cheap: one lock to take a slot when a wait is first polled, one to give
+//! it back, and a plain atomic load on every other poll. (A
 //! `CancellationToken` locks and re-registers on every poll, which the
 //! profile showed at ~4% of the proxy's user time.)
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 /// Fires once; what waits on it is woken then.
 #[derive(Default)]
-pub(crate) struct CutSignal {
+pub(crate) struct Signal {
     fired: AtomicBool,
     waiters: Mutex<Slots>,
 }
@@ -23,7 +26,7 @@ struct Slots {
     free: Vec<usize>,
 }
 
-impl CutSignal {
+impl Signal {
     fn lock(&self) -> MutexGuard<'_, Slots> {
         // The slots stay consistent even if a holder panicked.
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
@@ -42,25 +45,31 @@ impl CutSignal {
     pub(crate) fn is_fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
+
+    /// A wait on this signal.
+    pub(crate) fn wait(self: &Arc<Self>) -> SignalWait {
+        SignalWait::new(self.clone())
+    }
 }
 
-/// One wait on a [`CutSignal`]: takes a slot the first time it is polled
-/// while the signal has not fired, and gives it back when dropped.
-pub(crate) struct CutWait {
-    signal: Arc<CutSignal>,
+/// One wait on a [`Signal`]: takes a slot the first time it is polled
+/// while the signal has not fired, and gives it back when dropped. It owns
+/// a handle to the signal, so it can ride along with a response body.
+pub(crate) struct SignalWait {
+    signal: Arc<Signal>,
     /// The slot and the waker stored in it.
     slot: Option<(usize, Waker)>,
 }
 
-impl CutWait {
+impl SignalWait {
     /// A wait on `signal`; nothing is registered until it is polled.
-    pub(crate) fn new(signal: Arc<CutSignal>) -> CutWait {
-        CutWait { signal, slot: None }
+    pub(crate) fn new(signal: Arc<Signal>) -> SignalWait {
+        SignalWait { signal, slot: None }
     }
 
     /// Ready once the signal fired; otherwise the task is woken when it
     /// does.
-    pub(crate) fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.signal.is_fired() {
             return Poll::Ready(());
         }
@@ -88,14 +97,19 @@ impl CutWait {
         }
         Poll::Pending
     }
+}
 
-    /// Wait until the signal fires.
-    pub(crate) async fn cancelled(&mut self) {
-        std::future::poll_fn(|cx| self.poll_cut(cx)).await
+/// Completes once the signal fired, and stays complete: it can be polled
+/// again, so one wait serves several phases of a connection.
+impl Future for SignalWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().poll_fired(cx)
     }
 }
 
-impl Drop for CutWait {
+impl Drop for SignalWait {
     fn drop(&mut self) {
         if let Some((index, _)) = self.slot.take() {
             let mut slots = self.signal.lock();
@@ -111,25 +125,29 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_registered_wait_is_woken_by_fire_and_slots_are_reused() {
-        let signal = Arc::new(CutSignal::default());
-        let mut first = CutWait::new(signal.clone());
-        let waiting = tokio::spawn(async move { first.cancelled().await });
+    async fn a_registered_wait_is_woken_by_fire_stays_complete_and_slots_are_reused() {
+        let signal = Arc::new(Signal::default());
+        let mut first = SignalWait::new(signal.clone());
+        let waiting = tokio::spawn(async move {
+            (&mut first).await;
+            // Polled again, it is still complete.
+            (&mut first).await;
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "nothing fired yet");
         {
             // A second wait that registers and leaves gives its slot back.
-            let mut second = CutWait::new(signal.clone());
+            let mut second = SignalWait::new(signal.clone());
             let waker = futures_util::task::noop_waker();
-            assert!(second.poll_cut(&mut Context::from_waker(&waker)).is_pending());
+            assert!(second.poll_fired(&mut Context::from_waker(&waker)).is_pending());
         }
         assert_eq!(signal.lock().free.len(), 1);
         signal.fire();
         tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken").expect("no panic");
-        let mut late = CutWait::new(signal.clone());
+        let mut late = SignalWait::new(signal.clone());
         let waker = futures_util::task::noop_waker();
         assert!(
-            late.poll_cut(&mut Context::from_waker(&waker)).is_ready(),
+            late.poll_fired(&mut Context::from_waker(&waker)).is_ready(),
             "a later wait sees the fire at once"
         );
     }
