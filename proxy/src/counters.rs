@@ -66,6 +66,24 @@ impl Counters {
     }
 }
 
+/// Counts one of something (an open connection, a queued request) in a
+/// gauge for as long as it lives.
+pub(crate) struct GaugeGuard<'a>(&'a AtomicU64);
+
+impl<'a> GaugeGuard<'a> {
+    /// One more in `gauge` until dropped.
+    pub(crate) fn new(gauge: &'a AtomicU64) -> GaugeGuard<'a> {
+        gauge.fetch_add(1, Relaxed);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 
 use crate::backend::{BackendState, InflightGuard};
 use crate::body::ProxyBody;
+use crate::counters::GaugeGuard;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
 use crate::signal::SignalWait;
@@ -19,7 +20,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -31,22 +31,6 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: CancellationToken,
-}
-
-/// Counts one request waiting for a backend.
-struct Queued<'a>(&'a AtomicU64);
-
-impl<'a> Queued<'a> {
-    fn new(gauge: &'a AtomicU64) -> Queued<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Queued(gauge)
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 enum Attempt {
@@ -69,7 +53,7 @@ pub(crate) async fn handle(
     let mut client_upgrade = client_upgrade;
     let mut tried = Tried::default();
     let mut deadline = None;
-    let mut _queued: Option<Queued<'_>> = None;
+    let mut _queued: Option<GaugeGuard<'_>> = None;
     loop {
         let choice = inner.table.load().choose(req.headers(), &tried);
         match choice {
@@ -97,7 +81,7 @@ pub(crate) async fn handle(
                     tokio::time::Instant::from_std(started) + inner.config.queue_timeout
                 });
                 if _queued.is_none() {
-                    _queued = Some(Queued::new(&inner.queued));
+                    _queued = Some(GaugeGuard::new(&inner.queued));
                 }
                 // Boxed: waiting is the rare path, and its timer would
                 // otherwise enlarge every request's future.

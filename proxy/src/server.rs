@@ -10,6 +10,7 @@
 //! through one [`Signal`] waiter, and the first bytes are read once.
 
 use crate::client_ip::ClientIps;
+use crate::counters::GaugeGuard;
 use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
 use crate::prefixed::Prefixed;
@@ -23,7 +24,6 @@ use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -31,22 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Counts one open client connection.
-struct ConnGauge<'a>(&'a AtomicU64);
-
-impl<'a> ConnGauge<'a> {
-    fn new(gauge: &'a AtomicU64) -> ConnGauge<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        ConnGauge(gauge)
-    }
-}
-
-impl Drop for ConnGauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What the connections of one listener share.
 struct Listener {
@@ -174,7 +158,7 @@ async fn connection(
 ) {
     let _permit = permit;
     let l = &*shared;
-    let _gauge = ConnGauge::new(&l.inner.connections);
+    let _gauge = GaugeGuard::new(&l.inner.connections);
     let config = &l.inner.config;
     // The one shutdown waiter of this connection, through all its phases.
     let mut graceful = pin!(l.graceful.wait());
