@@ -8,16 +8,23 @@
 //! Our own children are reaped by a task that publishes their exit code;
 //! adopted processes (started by an earlier agent) are watched through
 //! `/proc/<pid>` and their recorded start time.
+//!
+//! A crash never leaves a process that no record names: the record is saved
+//! (provisional, without a pid) before the spawn, and the process carries
+//! the record's token in its environment, so the next agent can find it in
+//! `/proc` even when its pid never reached the disk.
 
 mod logfile;
 mod procfs;
 mod record;
+#[cfg(test)]
+mod tests;
 
 use super::signal::parse_signal;
 use super::{labels, BoxFuture, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use record::Record;
+use record::{Record, TOKEN_ENV};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
@@ -117,15 +124,67 @@ fn free_port() -> Result<u16, RuntimeError> {
     Ok(l.local_addr().map_err(io_err("picking a free loopback port"))?.port())
 }
 
+/// What became of the process a provisional `record` was saved for, given
+/// every process carrying [`TOKEN_ENV`] (`found`, pid and value): the record
+/// completed with the pid of the live process carrying its token, or `None`
+/// when there is none (the agent died before the spawn, or the process has
+/// exited since). Several carriers mean the process started children; the
+/// first started is ours (ties go to the one leading its own group), and
+/// its group is the one to signal.
+fn resolve_provisional(record: &Record, found: &[(u32, String)]) -> Option<Record> {
+    if record.token.is_empty() {
+        return None;
+    }
+    let (pid, stat) = found
+        .iter()
+        .filter(|(_, token)| *token == record.token)
+        .filter_map(|(pid, _)| procfs::stat(*pid).map(|s| (*pid, s)))
+        .filter(|(pid, s)| procfs::is_alive(*pid, s.start_time))
+        .min_by_key(|(pid, s)| (s.start_time, s.pgrp != *pid, *pid))?;
+    Some(Record { pid, pgid: stat.pgrp, start_time: stat.start_time, ..record.clone() })
+}
+
 impl ProcessRuntime {
     /// A runtime keeping its records under `<state_dir>/processes`. Records
     /// of processes that still run are adopted; the others are deleted.
+    /// Provisional records (an agent died while starting a process) are
+    /// resolved through `/proc`: the process is adopted if it runs.
     pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
         let dir = state_dir.join("processes");
         std::fs::create_dir_all(&dir)
             .map_err(io_err(format!("creating {} (is the state_dir writable?)", dir.display())))?;
         let mut procs = HashMap::new();
-        for record in Record::load_all(&dir).map_err(io_err(format!("reading {}", dir.display())))? {
+        let (provisional, records): (Vec<Record>, Vec<Record>) = Record::load_all(&dir)
+            .map_err(io_err(format!("reading {}", dir.display())))?
+            .into_iter()
+            .partition(Record::is_provisional);
+        if !provisional.is_empty() {
+            let found = procfs::with_env(TOKEN_ENV)
+                .map_err(io_err("scanning /proc for processes an earlier agent was starting"))?;
+            for record in provisional {
+                match resolve_provisional(&record, &found) {
+                    Some(adopted) => {
+                        tracing::info!(
+                            name = %adopted.name,
+                            pid = adopted.pid,
+                            "adopting a process the previous agent started but did not record"
+                        );
+                        if let Err(e) = adopted.save(&dir) {
+                            // The provisional record stays: the next agent
+                            // can still resolve it the same way.
+                            tracing::warn!(name = %adopted.name, error = %e, "could not update the process record");
+                        }
+                        procs.insert(adopted.name.clone(), Proc { record: adopted, exit: None });
+                    }
+                    None => {
+                        tracing::info!(name = %record.name, "forgetting a process that never started");
+                        let _ = Record::delete(&dir, &record.name);
+                        logfile::delete(&dir, &record.name);
+                    }
+                }
+            }
+        }
+        for record in records {
             if procfs::is_alive(record.pid, record.start_time) {
                 tracing::info!(name = %record.name, pid = record.pid, "adopting running process");
                 procs.insert(record.name.clone(), Proc { record, exit: None });
@@ -226,28 +285,21 @@ impl ProcessRuntime {
             self.remove_proc(&old).await?;
         }
 
-        let port = free_port()?;
-        let log = logfile::open(&self.dir, &name).map_err(io_err(format!("opening the log of {name}")))?;
-        let log2 = log.try_clone().map_err(io_err(format!("opening the log of {name}")))?;
-        let mut cmd = tokio::process::Command::new(&command[0]);
-        cmd.args(&command[1..])
-            .envs(&spec.spec.env)
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            // Its own group: stop signals reach its children too, and a
-            // Ctrl-C or SIGTERM aimed at the agent's group does not reach it.
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child =
-            cmd.spawn().map_err(|source| RuntimeError::Spawn { program: command[0].clone(), source })?;
-        let pid = child.id().ok_or_else(|| RuntimeError::Io {
-            context: format!("{name} exited before its pid could be read"),
-            source: std::io::Error::other("no pid"),
-        })?;
-        let start_time = procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
+        let (record, child) = self.spawn_provisional(spec, command)?;
+        self.complete(record, child)
+    }
 
+    /// Save a provisional record for `spec`, then spawn the process with the
+    /// record's token in its environment. An agent killed anywhere from
+    /// here to the end of [`Self::complete`] leaves a record the next agent
+    /// resolves (see [`resolve_provisional`]); on an error, nothing is left.
+    fn spawn_provisional(
+        &self,
+        spec: &ReplicaSpec,
+        command: Vec<String>,
+    ) -> Result<(Record, tokio::process::Child), RuntimeError> {
+        let name = spec.name();
+        let port = free_port()?;
         let mut label_map = BTreeMap::new();
         label_map.insert(labels::MANAGED.to_string(), "true".to_string());
         label_map.insert(labels::SERVICE.to_string(), spec.service.clone());
@@ -260,14 +312,69 @@ impl ProcessRuntime {
             color: spec.color,
             revision: spec.revision,
             replica: spec.replica,
-            pid,
-            pgid: pid,
+            pid: 0,
+            pgid: 0,
             port,
-            start_time,
+            start_time: 0,
             started_at_ms: now_ms(),
             command,
             labels: label_map,
+            token: Record::new_token(),
         };
+        let abandon = |e: RuntimeError| {
+            let _ = Record::delete(&self.dir, &name);
+            logfile::delete(&self.dir, &name);
+            e
+        };
+
+        // The record first, so that even the log file is never left behind
+        // unnamed.
+        record
+            .save(&self.dir)
+            .map_err(io_err(format!("writing the record of {name} under {}", self.dir.display())))
+            .map_err(abandon)?;
+        let log = logfile::open(&self.dir, &name)
+            .and_then(|log| Ok((log.try_clone()?, log)))
+            .map_err(io_err(format!("opening the log of {name}")))
+            .map_err(abandon)?;
+        let (log, log2) = log;
+        let mut cmd = tokio::process::Command::new(&record.command[0]);
+        cmd.args(&record.command[1..])
+            .envs(&spec.spec.env)
+            .env("PORT", port.to_string())
+            .env(TOKEN_ENV, &record.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Its own group: stop signals reach its children too, and a
+            // Ctrl-C or SIGTERM aimed at the agent's group does not reach it.
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn { program: record.command[0].clone(), source })
+            .map_err(abandon)?;
+        Ok((record, child))
+    }
+
+    /// Fill the pid into the provisional `record` of the just spawned
+    /// `child`, save it, and start watching the child.
+    fn complete(
+        &self,
+        mut record: Record,
+        mut child: tokio::process::Child,
+    ) -> Result<ReplicaHandle, RuntimeError> {
+        let name = record.name.clone();
+        let Some(pid) = child.id() else {
+            let _ = Record::delete(&self.dir, &name);
+            return Err(RuntimeError::Io {
+                context: format!("{name} exited before its pid could be read"),
+                source: std::io::Error::other("no pid"),
+            });
+        };
+        record.pid = pid;
+        record.pgid = pid;
+        record.start_time = procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
 
         let (tx, rx) = watch::channel(None);
         let reaper_name = name.clone();
@@ -282,16 +389,17 @@ impl ProcessRuntime {
             tracing::info!(name = %reaper_name, code, "process exited");
             let _ = tx.send(Some(code));
         });
-        let proc = Proc { record: record.clone(), exit: Some(rx) };
         if let Err(e) = record.save(&self.dir) {
-            // Without a record the process could not be adopted later:
-            // refuse to run it.
+            // The provisional record would let a later agent adopt it, but
+            // this agent could not record it: refuse to run it.
             let _ = signal_group(pid, Signal::SIGKILL);
+            let _ = Record::delete(&self.dir, &name);
             return Err(RuntimeError::Io {
                 context: format!("writing the record of {name} under {}", self.dir.display()),
                 source: e,
             });
         }
+        let proc = Proc { record, exit: Some(rx) };
         let handle = proc.handle();
         self.procs.lock().expect("process table lock").insert(name, proc);
         Ok(handle)

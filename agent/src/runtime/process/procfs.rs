@@ -1,6 +1,8 @@
 //! What `/proc` says about a pid: whether it is still the process we
 //! started (its start time, field 22 of `/proc/<pid>/stat`, guards against
 //! pid reuse) and whether it has exited but is not reaped yet (a zombie).
+//! Also which processes carry a given environment variable, which is how a
+//! process whose pid was never recorded is found again.
 
 use std::path::Path;
 
@@ -9,6 +11,8 @@ use std::path::Path;
 pub(crate) struct ProcStat {
     /// One-letter state: `R`, `S`, `D`, `Z` (zombie), `X` (dead)...
     pub state: char,
+    /// Process group id (field 5).
+    pub pgrp: u32,
     /// Start time after boot, in clock ticks (field 22).
     pub start_time: u64,
 }
@@ -19,10 +23,12 @@ pub(crate) struct ProcStat {
 pub(crate) fn parse_stat(line: &str) -> Option<ProcStat> {
     let rest = &line[line.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `fields[0]` is field 3 (state); field 22 is `fields[19]`.
+    // `fields[0]` is field 3 (state), field 5 is `fields[2]`, field 22 is
+    // `fields[19]`.
     let state = fields.first()?.chars().next()?;
+    let pgrp = fields.get(2)?.parse().ok()?;
     let start_time = fields.get(19)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    Some(ProcStat { state, pgrp, start_time })
 }
 
 /// Read `/proc/<pid>/stat`; `None` when the pid does not exist.
@@ -40,6 +46,39 @@ pub(crate) fn is_alive(pid: u32, start_time: u64) -> bool {
     }
 }
 
+/// The value of `var` in a NUL-separated `/proc/<pid>/environ` dump.
+pub(crate) fn env_value<'a>(environ: &'a [u8], var: &str) -> Option<&'a [u8]> {
+    environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(var.as_bytes()).and_then(|rest| rest.strip_prefix(b"=")))
+}
+
+/// Every process (but this one) whose initial environment sets `var`, with
+/// its value. Processes of other users are unreadable and skipped, which is
+/// fine: the runtime only looks for its own children. The kernel shows the
+/// environment block the program was started with: `setenv` and `unsetenv`
+/// leave it alone, only a program that overwrites that memory (some do, to
+/// change their process title) hides the variable.
+pub(crate) fn with_env(var: &str) -> std::io::Result<Vec<(u32, String)>> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Gone since the listing, or not ours: either way not a match.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if let Some(value) = env_value(&environ, var) {
+            out.push((pid, String::from_utf8_lossy(value).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,7 +89,31 @@ mod tests {
             "1234 (my (odd) app) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
+        assert_eq!(s.pgrp, 1234);
         assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn finds_a_variable_in_an_environ_dump() {
+        let environ = b"PATH=/bin\0BG_X_TOKEN=no\0BG_X=abc\0EMPTY=\0";
+        assert_eq!(env_value(environ, "BG_X"), Some(&b"abc"[..]));
+        assert_eq!(env_value(environ, "EMPTY"), Some(&b""[..]));
+        assert_eq!(env_value(environ, "BG"), None);
+        assert_eq!(env_value(environ, "MISSING"), None);
+    }
+
+    #[test]
+    fn finds_a_child_by_its_environment() {
+        let token = format!("t{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("BG_PROCFS_TEST_TOKEN", &token)
+            .spawn()
+            .unwrap();
+        let found = with_env("BG_PROCFS_TEST_TOKEN").unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(child.id(), token)), "{found:?}");
     }
 
     #[test]

@@ -3,12 +3,21 @@
 //! fsync, rename, fsync of the directory) so a crash never leaves half a
 //! record. After an agent restart these records are how running processes
 //! are adopted.
+//!
+//! A record is first saved *provisional* (pid 0), before the process is
+//! spawned, with a random token the process gets in its environment
+//! ([`TOKEN_ENV`]); the full record replaces it once the pid is known. An
+//! agent killed in between leaves a provisional record, and the next one
+//! finds the process by its token, or learns that it never started.
 
 use crate::api::Color;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The environment variable that carries a process's [`Record::token`].
+pub(crate) const TOKEN_ENV: &str = "BG_PROCESS_TOKEN";
 
 /// One managed process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +32,8 @@ pub(crate) struct Record {
     pub revision: u64,
     /// Replica number.
     pub replica: u32,
-    /// Process id.
+    /// Process id; 0 while the record is provisional (saved before the
+    /// spawn, see [`Record::is_provisional`]).
     pub pid: u32,
     /// Process group id (equal to `pid`: it leads its own group).
     pub pgid: u32,
@@ -38,9 +48,25 @@ pub(crate) struct Record {
     pub command: Vec<String>,
     /// The same labels the docker runtime puts on containers.
     pub labels: BTreeMap<String, String>,
+    /// Random, unique to this record, and in the process's environment as
+    /// [`TOKEN_ENV`]: how the process is found when its pid was never
+    /// recorded. Empty in records written by older agents, which did not
+    /// have it.
+    #[serde(default)]
+    pub token: String,
 }
 
 impl Record {
+    /// A fresh random token (128 bits, hex).
+    pub fn new_token() -> String {
+        format!("{:032x}", rand::random::<u128>())
+    }
+
+    /// Saved before the spawn, so the pid is not known yet.
+    pub fn is_provisional(&self) -> bool {
+        self.pid == 0
+    }
+
     /// `<dir>/<name>.json`.
     pub fn path(dir: &Path, name: &str) -> PathBuf {
         dir.join(format!("{name}.json"))
@@ -91,5 +117,51 @@ impl Record {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_from_an_older_agent_loads_without_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{
+          "name": "bg-web-blue-1", "service": "web", "color": "blue", "revision": 3,
+          "replica": 1, "pid": 4242, "pgid": 4242, "port": 40000, "start_time": 123,
+          "started_at_ms": 1700000000000, "command": ["/opt/web"],
+          "labels": {"bg.managed": "true"}
+        }"#;
+        std::fs::write(Record::path(dir.path(), "bg-web-blue-1"), old).unwrap();
+        let all = Record::load_all(dir.path()).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!((all[0].pid, all[0].token.as_str()), (4242, ""));
+        assert!(!all[0].is_provisional());
+    }
+
+    #[test]
+    fn tokens_are_fresh_and_survive_a_save() {
+        let (a, b) = (Record::new_token(), Record::new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record {
+            name: "bg-web-green-2".into(),
+            service: "web".into(),
+            color: Color::Green,
+            revision: 1,
+            replica: 2,
+            pid: 0,
+            pgid: 0,
+            port: 1,
+            start_time: 0,
+            started_at_ms: 0,
+            command: vec!["x".into()],
+            labels: BTreeMap::new(),
+            token: a,
+        };
+        record.save(dir.path()).unwrap();
+        assert_eq!(Record::load_all(dir.path()).unwrap(), vec![record]);
     }
 }
