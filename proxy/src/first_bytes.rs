@@ -2,10 +2,10 @@
 //! not peeked at: one read instead of a peek plus hyper's own read, and the
 //! bytes go on to hyper through [`crate::prefixed::Prefixed`].
 
+use crate::lazy_stream::LazyStream;
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::io::ErrorKind;
-use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface a cleartext h2 client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,13 +42,13 @@ enum Step {
 /// Read until the first bytes tell the protocol. Returns it with every byte
 /// read, or `None` when the client closed first. Never returns on its own
 /// while the client is silent: the caller bounds it with a timeout.
-pub(crate) async fn read(stream: &TcpStream) -> Option<(Protocol, Bytes)> {
+pub(crate) async fn read(stream: &mut LazyStream) -> Option<(Protocol, Bytes)> {
     // Only used when a read ends inside the h2 preface (rare).
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        // Not `readable()`: its waiter is a list node behind a lock, while
-        // this uses the socket's own read-waker slot.
-        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await.ok()?;
+        // Read first, wait only when nothing is there: a client's request
+        // has usually arrived by the time its connection is accepted, and
+        // then the socket never needs the poller.
         let step = SCRATCH.with_borrow_mut(|scratch| {
             let read = match stream.try_read(scratch) {
                 Ok(0) => return Step::Closed,
@@ -74,7 +74,9 @@ pub(crate) async fn read(stream: &TcpStream) -> Option<(Protocol, Bytes)> {
         });
         match step {
             Step::Known(p, bytes) => return Some((p, bytes)),
-            Step::Again => {}
+            // Not `readable()`: its waiter is a list node behind a lock,
+            // while this uses the socket's own read-waker slot.
+            Step::Again => std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await.ok()?,
             Step::Closed => return None,
         }
     }
@@ -107,17 +109,18 @@ mod tests {
         assert_eq!(detect(H2_PREFACE), Some(Protocol::Http2));
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
-        let (server, _) = l.accept().await.expect("accept");
-        (client, server)
+    async fn pair() -> (tokio::net::TcpStream, LazyStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = l.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        (client, LazyStream::new(server))
     }
 
     #[tokio::test]
     async fn a_preface_in_pieces_is_put_together() {
-        let (mut client, server) = pair().await;
-        let reader = tokio::spawn(async move { read(&server).await });
+        let (mut client, mut server) = pair().await;
+        let reader = tokio::spawn(async move { read(&mut server).await });
         client.write_all(&H2_PREFACE[..10]).await.expect("write");
         tokio::time::sleep(Duration::from_millis(20)).await;
         client.write_all(&H2_PREFACE[10..]).await.expect("write");
@@ -129,8 +132,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_closes_first_gives_none() {
-        let (client, server) = pair().await;
+        let (client, mut server) = pair().await;
         drop(client);
-        assert!(read(&server).await.is_none());
+        assert!(read(&mut server).await.is_none());
     }
 }

@@ -38,6 +38,7 @@ mod counters;
 mod first_bytes;
 mod forward;
 mod headers;
+mod lazy_stream;
 mod pool;
 mod prefixed;
 mod routes;

@@ -13,6 +13,7 @@ use crate::client_ip::ClientIps;
 use crate::counters::GaugeGuard;
 use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
+use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
 use crate::{Inner, ProxyError};
@@ -27,7 +28,9 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +61,28 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
+/// Register a listener with the runtime, for accepting through
+/// [`accept`].
+// `AsyncFd::new` is deprecated in favour of an `unsafe` constructor whose
+// contract is that the descriptor stays open and the same for the life of
+// the `AsyncFd`; a `std::net::TcpListener` moved into it owns its
+// descriptor, so that holds, and this crate stays free of `unsafe`.
+#[allow(deprecated)]
+fn register_listener(listener: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    AsyncFd::with_interest(listener, Interest::READABLE)
+}
+
+/// Accept one connection, non-blocking from the start (no `fcntl`), with
+/// its peer's address.
+fn accept(listener: &std::net::TcpListener) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    let (fd, peer) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = peer
+        .and_then(|p| std::net::SocketAddr::try_from(p).ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    Ok((std::net::TcpStream::from(fd), peer))
+}
+
 /// Serve `listener` until `shutdown` fires.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
@@ -65,6 +90,12 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    // Accepted here rather than through tokio's listener, which registers
+    // every accepted socket with the poller at once (see `lazy_stream`).
+    let listener = listener
+        .into_std()
+        .and_then(register_listener)
+        .map_err(|source| ProxyError::Listener { addr: addr.clone(), source })?;
     inner.start_reaper();
     let config = &inner.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -118,7 +149,7 @@ pub(crate) async fn serve(
         let (stream, peer) = tokio::select! {
             biased;
             _ = stop.as_mut() => break Ok(()),
-            r = listener.accept() => match r {
+            r = listener.async_io(Interest::READABLE, accept) => match r {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(listener = %addr, error = %e, "accept failed; retrying");
@@ -131,6 +162,7 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = LazyStream::new(stream);
         let client_ip = client_ips.get(peer.ip());
         // Boxed: the task is then a pointer, cheap to move through spawn and
         // to overwrite with its output, instead of the whole state.
@@ -152,7 +184,7 @@ pub(crate) async fn serve(
 /// Serve one client connection to its end.
 async fn connection(
     shared: Arc<Listener>,
-    stream: TcpStream,
+    mut stream: LazyStream,
     client_ip: HeaderValue,
     permit: OwnedSemaphorePermit,
 ) {
@@ -167,7 +199,7 @@ async fn connection(
     // without this deadline a silent client would hold its slot for ever.
     let first = tokio::select! {
         biased;
-        r = tokio::time::timeout(config.header_read_timeout, first_bytes::read(&stream)) => r.ok().flatten(),
+        r = tokio::time::timeout(config.header_read_timeout, first_bytes::read(&mut stream)) => r.ok().flatten(),
         _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
     };
     let Some((protocol, prefix)) = first else { return };
