@@ -12,7 +12,7 @@ use crate::body::ProxyBody;
 use crate::counters::GaugeGuard;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
-use crate::signal::SignalWait;
+use crate::signal::{Signal, SignalWait};
 use crate::upstream::{Decoder, RequestHead};
 use crate::{Color, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
@@ -23,14 +23,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// What the proxy knows of the client connection a request came on.
 pub(crate) struct ConnCtx {
     /// The client's IP, formatted once for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
-    pub(crate) shutdown: CancellationToken,
+    pub(crate) shutdown: Arc<Signal>,
 }
 
 enum Attempt {

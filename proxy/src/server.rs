@@ -44,7 +44,7 @@ struct Listener {
     /// request and close.
     graceful: Arc<Signal>,
     /// Fires when the graceful period is over, always after `graceful`.
-    hard_stop: CancellationToken,
+    hard_stop: Arc<Signal>,
 }
 
 /// Accept errors that concern one connection or a passing shortage of
@@ -117,21 +117,22 @@ pub(crate) async fn serve(
         h1,
         h2,
         graceful: Arc::default(),
-        hard_stop: CancellationToken::new(),
+        hard_stop: Arc::default(),
     });
     let connections = TaskTracker::new();
     let mut client_ips = ClientIps::default();
     // The loop looks at the stop between accepts; a token takes two locks
-    // each time, so a helper task turns it into a `Signal` once.
-    let stopping = Arc::new(Signal::default());
+    // each time, so a helper task turns it into the connections' graceful
+    // signal once: the loop stops accepting, and the connections start
+    // closing, on the same event.
     let relay = tokio::spawn({
-        let stopping = stopping.clone();
+        let shared = shared.clone();
         async move {
             shutdown.cancelled().await;
-            stopping.fire();
+            shared.graceful.fire();
         }
     });
-    let mut stop = pin!(stopping.wait());
+    let mut stop = pin!(shared.graceful.wait());
 
     let result = loop {
         let permit = match limit.clone().try_acquire_owned() {
@@ -171,13 +172,14 @@ pub(crate) async fn serve(
 
     relay.abort();
     drop(listener);
+    // Also when the listener failed rather than being shut down.
     shared.graceful.fire();
     connections.close();
     let timeout = inner.config.shutdown_timeout;
     if tokio::time::timeout(timeout, connections.wait()).await.is_err() {
         tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
     }
-    shared.hard_stop.cancel();
+    shared.hard_stop.fire();
     result
 }
 
@@ -264,9 +266,9 @@ where
 
 /// Completes when the hard stop fires. Its waiter is only registered once
 /// the graceful shutdown has started, which always comes first.
-async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &CancellationToken) {
+async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &Arc<Signal>) {
     graceful.await;
-    hard_stop.cancelled().await;
+    hard_stop.wait().await;
 }
 
 /// Drive a connection to its end; `None` when the hard stop cut it. Once
@@ -276,7 +278,7 @@ async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &CancellationTo
 async fn drive<C: Future + Unpin>(
     mut conn: C,
     mut graceful: Pin<&mut SignalWait>,
-    hard_stop: &CancellationToken,
+    hard_stop: &Arc<Signal>,
     linger: Duration,
     start_graceful_shutdown: impl FnOnce(&mut C),
 ) -> Option<C::Output> {
@@ -290,13 +292,13 @@ async fn drive<C: Future + Unpin>(
             biased;
             output = &mut conn => return Some(output),
             _ = tokio::time::sleep(linger) => {}
-            _ = hard_stop.cancelled() => return None,
+            _ = hard_stop.wait() => return None,
         }
     }
     start_graceful_shutdown(&mut conn);
     tokio::select! {
         biased;
         output = &mut conn => Some(output),
-        _ = hard_stop.cancelled() => None,
+        _ = hard_stop.wait() => None,
     }
 }

@@ -5,12 +5,12 @@
 //! tunnel counts as in flight (and as upgraded) on its backend meanwhile.
 
 use crate::backend::InflightGuard;
-use crate::signal::SignalWait;
+use crate::signal::{Signal, SignalWait};
 use crate::upstream::Conn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 /// Start the tunnel between the client's upgraded connection and the
 /// backend's connection (with whatever the backend sent after its 101).
@@ -20,7 +20,7 @@ pub(crate) fn spawn_tunnel(
     upstream: Conn,
     mut guard: InflightGuard,
     mut cut: SignalWait,
-    shutdown: CancellationToken,
+    shutdown: Arc<Signal>,
 ) {
     guard.upgrade();
     tokio::spawn(async move {
@@ -48,7 +48,7 @@ pub(crate) fn spawn_tunnel(
         tokio::select! {
             _ = tunnel => {}
             _ = &mut cut => tracing::debug!("tunnel cut by drain"),
-            _ = shutdown.cancelled() => tracing::debug!("tunnel closed by shutdown"),
+            _ = shutdown.wait() => tracing::debug!("tunnel closed by shutdown"),
         }
     });
 }
