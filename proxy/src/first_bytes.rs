@@ -97,6 +97,7 @@ fn detect(first: &[u8]) -> Option<Protocol> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lazy_stream::tests::pair;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
@@ -107,14 +108,6 @@ mod tests {
         assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(detect(b"POST / HTTP/1.1\r\n"), Some(Protocol::Http1));
         assert_eq!(detect(H2_PREFACE), Some(Protocol::Http2));
-    }
-
-    async fn pair() -> (tokio::net::TcpStream, LazyStream) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
-        let (server, _) = l.accept().expect("accept");
-        server.set_nonblocking(true).expect("non-blocking");
-        (client, LazyStream::new(server))
     }
 
     #[tokio::test]

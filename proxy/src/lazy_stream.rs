@@ -127,11 +127,12 @@ impl AsyncWrite for LazyStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair() -> (TcpStream, LazyStream) {
+    /// A connected client and the server's side as a [`LazyStream`].
+    pub(crate) async fn pair() -> (TcpStream, LazyStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
         let (server, _) = l.accept().expect("accept");
@@ -143,9 +144,18 @@ mod tests {
     async fn bytes_already_there_are_served_without_registering() {
         let (mut client, mut server) = pair().await;
         client.write_all(b"ping").await.expect("write");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Wait for the bytes without registering: read until they are in.
         let mut buf = [0u8; 16];
-        assert_eq!(server.try_read(&mut buf).expect("read"), 4);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let n = loop {
+            match server.try_read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                }
+                r => break r.expect("read"),
+            }
+        };
+        assert_eq!(n, 4);
         server.write_all(b"pong").await.expect("answer");
         server.shutdown().await.expect("shutdown");
         assert!(matches!(server, LazyStream::Raw(_)), "never registered");
@@ -157,15 +167,18 @@ mod tests {
     #[tokio::test]
     async fn a_read_that_would_block_registers_and_waits() {
         let (mut client, mut server) = pair().await;
-        let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 16];
-            let n = server.read(&mut buf).await.expect("read");
-            (buf[..n].to_vec(), matches!(server, LazyStream::Registered(_)))
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut buf = [0u8; 16];
+        // Nothing sent yet: the first poll would block, so it registers.
+        let mut read_buf = ReadBuf::new(&mut buf);
+        let first =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut read_buf))).await;
+        assert!(first.is_pending());
+        assert!(matches!(server, LazyStream::Registered(_)));
         client.write_all(b"late").await.expect("write");
-        let (got, registered) = reader.await.expect("no panic");
-        assert_eq!(got, b"late");
-        assert!(registered);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("woken by the poller")
+            .expect("read");
+        assert_eq!(&buf[..n], b"late");
     }
 }

@@ -102,13 +102,21 @@ impl Decoder {
         loop {
             match self.state {
                 State::Done => return Ok(Step::Done),
-                State::Length(left) => {
+                State::Length(left) | State::ChunkData(left) => {
                     if buf.is_empty() {
                         return if eof { Err(FramingError::Truncated) } else { Ok(Step::NeedMore) };
                     }
                     let data = take(buf, left);
                     let left = left - data.len() as u64;
-                    self.state = if left == 0 { State::Done } else { State::Length(left) };
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        (_, _) => State::ChunkData(left),
+                    };
+                    if self.state == State::ChunkEnd {
+                        self.skip_framing(buf)?;
+                    }
                     return Ok(Step::Data(data));
                 }
                 State::Close => {
@@ -120,18 +128,6 @@ impl Decoder {
                         return Ok(Step::NeedMore);
                     }
                     return Ok(Step::Data(buf.split().freeze()));
-                }
-                State::ChunkData(left) => {
-                    if buf.is_empty() {
-                        return if eof { Err(FramingError::Truncated) } else { Ok(Step::NeedMore) };
-                    }
-                    let data = take(buf, left);
-                    let left = left - data.len() as u64;
-                    self.state = if left == 0 { State::ChunkEnd } else { State::ChunkData(left) };
-                    if left == 0 {
-                        self.skip_framing(buf)?;
-                    }
-                    return Ok(Step::Data(data));
                 }
                 State::ChunkSize | State::ChunkEnd => {
                     if !self.advance(buf)? {
