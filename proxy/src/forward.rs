@@ -48,6 +48,9 @@ pub(crate) async fn handle(
     let upgrading = headers::is_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     headers::prepare_request(&mut req, &ctx.client_ip, upgrading);
+    // Encoded once: a request that moves to the next backend sends the
+    // same bytes.
+    let head = RequestHead::encode(&req);
 
     let mut client_upgrade = client_upgrade;
     let mut tried = Tried::default();
@@ -58,7 +61,7 @@ pub(crate) async fn handle(
         match choice {
             Choice::Backend(pick) => {
                 let backend = pick.backend.clone();
-                match attempt(&ctx, pick, req, started, &mut client_upgrade).await {
+                match attempt(&ctx, pick, &head, req, started, &mut client_upgrade).await {
                     Attempt::Done(resp) => return Ok(resp),
                     Attempt::ConnectFailed(r) => {
                         req = r;
@@ -126,6 +129,7 @@ async fn wait_for_routes(
 async fn attempt(
     ctx: &ConnCtx,
     pick: Pick,
+    head: &RequestHead,
     mut req: Request<Incoming>,
     started: Instant,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
@@ -133,7 +137,6 @@ async fn attempt(
     let Pick { backend, set_cookie } = pick;
     let guard = InflightGuard::new(backend.clone());
     let mut cut = backend.cut_wait();
-    let head = RequestHead::encode(&req);
     let mut counted = false;
     // Set once a pooled connection turned out closed: the retry goes on a
     // fresh one rather than on the next idle one, which may be as stale.
@@ -151,9 +154,7 @@ async fn attempt(
                 }
                 Some(Err(e)) => {
                     tracing::debug!(backend = %backend.id, error = %e, "connect failed");
-                    backend.mark_down();
-                    guard.abandon();
-                    return Attempt::ConnectFailed(req);
+                    return pass_on(&backend, guard, req);
                 }
             },
         };
@@ -163,10 +164,10 @@ async fn attempt(
             backend.color_counters.request();
         }
         let reused = pooled.conn.reused;
-        match until_cut(&mut cut, pooled.conn.exchange(&head, req.body_mut())).await {
+        match until_cut(&mut cut, pooled.conn.exchange(head, req.body_mut())).await {
             None => return Attempt::Done(cut_answer(&backend, guard, started)),
             Some(Ok((answer, reusable))) => break (answer, reusable, pooled),
-            Some(Err(e)) if e.can_resend(&head) => {
+            Some(Err(e)) if e.can_resend(head) => {
                 if reused {
                     // A pooled connection the server closed while it was
                     // idle: again on a fresh one.
@@ -177,9 +178,7 @@ async fn attempt(
                 // word (a dying replica behind Docker's port proxy does
                 // that): the next backend.
                 tracing::debug!(backend = %backend.id, error = %e, "fresh connection closed without an answer");
-                backend.mark_down();
-                guard.abandon();
-                return Attempt::ConnectFailed(req);
+                return pass_on(&backend, guard, req);
             }
             Some(Err(e)) => {
                 tracing::debug!(backend = %backend.id, error = %e, "upstream request failed");
@@ -208,6 +207,15 @@ async fn attempt(
     }
     let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut);
     Attempt::Done(resp.map(|()| body))
+}
+
+/// Nothing of `req` reached `backend`, which looks down: try it last for a
+/// while, count no completion on it, and let the request go to the next
+/// backend.
+fn pass_on(backend: &BackendState, guard: InflightGuard, req: Request<Incoming>) -> Attempt {
+    backend.mark_down();
+    guard.abandon();
+    Attempt::ConnectFailed(req)
 }
 
 /// Run `fut` until it ends or the backend is cut (`None`).
