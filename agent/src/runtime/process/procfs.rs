@@ -110,7 +110,16 @@ mod tests {
             .env("BG_PROCFS_TEST_TOKEN", &token)
             .spawn()
             .unwrap();
-        let found = with_env("BG_PROCFS_TEST_TOKEN").unwrap();
+        // spawn() returns once exec has begun, which can be a moment before
+        // the kernel shows the new environment: look until it does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found = with_env("BG_PROCFS_TEST_TOKEN").unwrap();
+            if found.iter().any(|(pid, _)| *pid == child.id()) || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&(child.id(), token)), "{found:?}");

@@ -71,7 +71,16 @@ async fn a_process_spawned_but_not_recorded_is_adopted_by_the_next_runtime() {
     let _guard = Guard(pid);
     assert!(record.is_provisional());
     assert_eq!(only_record(&dir), record, "saved before the spawn");
-    let found = procfs::with_env(TOKEN_ENV).unwrap();
+    // spawn() returns once exec has begun, a moment before the kernel
+    // shows the new environment; the next agent starts much later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let found = loop {
+        let found = procfs::with_env(TOKEN_ENV).unwrap();
+        if found.iter().any(|(p, _)| *p == pid) || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(found.contains(&(pid, record.token.clone())), "the child carries the token: {found:?}");
     // The agent dies here, before `complete` saved the pid.
     drop(child);
