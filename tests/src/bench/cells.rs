@@ -1,11 +1,16 @@
-//! Throughput cells: one peer, one load shape, one round. Each cell starts
-//! its proxy afresh (so its peak RSS is its own), warms it up, measures,
-//! and reads the proxy's CPU time and peak memory.
+//! Throughput cells: one peer, one load shape, one round. All peers of a
+//! load shape run side by side for the whole shape (an idle proxy costs
+//! nothing), and the load moves from one to the next every cell, the order
+//! rotated each round. Each peer is so measured within seconds of the
+//! others, many times over: on a shared VM, whose speed drifts by tens of
+//! percent from one minute to the next, that is what makes peers
+//! comparable (see `summary`).
 
 use super::peers::{Peer, RunningPeer, Tools};
 use super::Plan;
 use crate::load::{Load, LoadReport};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,7 +44,7 @@ pub struct Cell {
     pub peer: &'static str,
     /// The load shape.
     pub mode: Mode,
-    /// Which round.
+    /// Which round (in a summary: how many rounds).
     pub round: usize,
     /// Answers per second.
     pub rps: f64,
@@ -51,10 +56,23 @@ pub struct Cell {
     pub ok: u64,
     /// Requests failed.
     pub failed: u64,
-    /// Peak RSS of the proxy in KiB (0 for direct).
+    /// Peak RSS of the proxy in KiB so far (0 for direct).
     pub peak_rss_kib: u64,
     /// CPU time of the proxy per request in microseconds (0 for direct).
     pub cpu_us_per_req: f64,
+    /// CPU ticks (1/100 s) the proxy used during the cell.
+    #[serde(skip)]
+    pub cpu_ticks: u64,
+}
+
+/// Every cell, and every latency sample of each peer and shape (sorted),
+/// for percentiles over all of a peer's requests.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// Every cell of every round.
+    pub cells: Vec<Cell>,
+    /// Latency samples in microseconds per peer and shape, sorted.
+    pub latencies_us: BTreeMap<(&'static str, Mode), Vec<u32>>,
 }
 
 fn load(mode: Mode, clients: usize, target: SocketAddr, d: Duration) -> Load {
@@ -71,32 +89,24 @@ async fn run_for(load: Load, d: Duration) -> LoadReport {
     handle.stop().await
 }
 
-/// Measure one cell.
-pub async fn cell(
-    tools: &Tools,
-    plan: &Plan,
-    peer: Peer,
-    mode: Mode,
-    round: usize,
-    upstream: SocketAddr,
-) -> Cell {
-    let running = RunningPeer::start(tools, peer, &[upstream]);
+/// Measure one cell on a running peer.
+async fn cell(plan: &Plan, running: &RunningPeer, mode: Mode, round: usize) -> (Cell, LoadReport) {
     run_for(load(mode, plan.clients, running.addr, plan.warmup), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
     let report = run_for(load(mode, plan.clients, running.addr, plan.cell + plan.warmup), plan.cell).await;
-    let cpu = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
     if report.failed > 0 {
         eprintln!(
             "  {} {}: {} failed, e.g. {:?}",
-            peer.name(),
+            running.peer.name(),
             mode.name(),
             report.failed,
             report.errors.first()
         );
     }
-    Cell {
-        peer: peer.name(),
+    let cell = Cell {
+        peer: running.peer.name(),
         mode,
         round,
         rps: report.rps(),
@@ -105,27 +115,32 @@ pub async fn cell(
         ok: report.ok,
         failed: report.failed,
         peak_rss_kib: running.peak_rss_kib(),
-        cpu_us_per_req: cpu as f64 * 10_000.0 / report.total().max(1) as f64,
-    }
+        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
+        cpu_ticks,
+    };
+    (cell, report)
 }
 
-/// Every cell of every round; the peer order rotates each round so that
-/// no peer always runs first (on a cold machine) or last.
+/// Every cell of every round, per load shape: the shape's peers are
+/// started once, side by side, and each round visits each of them in an
+/// order rotated by one, so that no peer always follows the same one.
 pub async fn all(
     tools: &Tools,
     plan: &Plan,
     peers: &[Peer],
     modes: &[Mode],
     upstream: SocketAddr,
-) -> Vec<Cell> {
-    let mut cells = Vec::new();
-    for round in 0..plan.rounds {
-        for i in 0..peers.len() {
-            let peer = peers[(i + round) % peers.len()];
-            for &mode in modes {
-                let c = cell(tools, plan, peer, mode, round, upstream).await;
+) -> Measured {
+    let mut measured = Measured::default();
+    for &mode in modes {
+        // Started afresh per shape, so that peak RSS is the shape's own.
+        let running: Vec<RunningPeer> =
+            peers.iter().map(|&p| RunningPeer::start(tools, p, &[upstream])).collect();
+        for round in 0..plan.rounds {
+            for i in 0..running.len() {
+                let (c, report) = cell(plan, &running[(i + round) % running.len()], mode, round).await;
                 eprintln!(
-                    "round {round} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",
+                    "round {round:>2} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",
                     c.peer,
                     mode.name(),
                     c.rps,
@@ -134,30 +149,13 @@ pub async fn all(
                     c.peak_rss_kib,
                     c.cpu_us_per_req
                 );
-                cells.push(c);
+                measured.latencies_us.entry((c.peer, mode)).or_default().extend(report.latencies_us);
+                measured.cells.push(c);
             }
         }
     }
-    cells
-}
-
-/// The median of each figure over the rounds of one peer and mode.
-pub fn median(cells: &[Cell], peer: &str, mode: Mode) -> Option<Cell> {
-    let of: Vec<&Cell> = cells.iter().filter(|c| c.peer == peer && c.mode == mode).collect();
-    let first = *of.first()?;
-    fn med<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v[v.len() / 2]
+    for samples in measured.latencies_us.values_mut() {
+        samples.sort_unstable();
     }
-    Some(Cell {
-        round: of.len(),
-        rps: med(of.iter().map(|c| c.rps).collect()),
-        p50_us: med(of.iter().map(|c| c.p50_us).collect()),
-        p99_us: med(of.iter().map(|c| c.p99_us).collect()),
-        ok: of.iter().map(|c| c.ok).sum(),
-        failed: of.iter().map(|c| c.failed).sum(),
-        peak_rss_kib: med(of.iter().map(|c| c.peak_rss_kib).collect()),
-        cpu_us_per_req: med(of.iter().map(|c| c.cpu_us_per_req).collect()),
-        ..first.clone()
-    })
+    measured
 }

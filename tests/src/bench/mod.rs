@@ -8,6 +8,7 @@ pub mod inprocess;
 pub mod peers;
 pub mod procs;
 pub mod report;
+pub mod summary;
 pub mod svg;
 pub mod switching;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 /// How long and how often each measurement runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Rounds over all peers (the median round is reported).
+    /// Rounds over all peers; each round measures one cell per peer.
     pub rounds: usize,
     /// Measured time per cell.
     pub cell: Duration,
@@ -49,9 +50,9 @@ impl Plan {
     /// The numbers BENCHMARKS.md reports.
     pub fn full() -> Plan {
         Plan {
-            rounds: 5,
-            cell: Duration::from_secs(8),
-            warmup: Duration::from_secs(1),
+            rounds: 24,
+            cell: Duration::from_secs(2),
+            warmup: Duration::from_millis(300),
             clients: 32,
             switches: 20,
             switch_every: Duration::from_millis(250),

@@ -1,9 +1,9 @@
 //! The results of a run: the JSON document, and the Markdown tables printed
 //! to stdout (and pasted into BENCHMARKS.md).
 
-use super::cells::{median, Cell, Mode};
+use super::cells::{Cell, Mode};
 use super::inprocess::InProcess;
-use super::peers::Peer;
+use super::summary::Paired;
 use super::switching::SwitchRun;
 use serde::Serialize;
 use std::fmt::Write;
@@ -59,23 +59,15 @@ pub struct Results {
     pub clients: usize,
     /// Every cell of every round.
     pub cells: Vec<Cell>,
-    /// The median per peer and mode (`round` holds the number of rounds).
-    pub medians: Vec<Cell>,
+    /// One per peer and mode (`round` holds the number of cells); see
+    /// [`super::summary::summary`].
+    pub summaries: Vec<Cell>,
+    /// bg-proxy against each peer, round by round.
+    pub paired: Vec<Paired>,
     /// Switching runs per proxy.
     pub switching: Vec<SwitchRun>,
     /// The in-process switch and drain figures of bg-proxy.
     pub inprocess: Option<InProcess>,
-}
-
-/// The medians of every peer and mode, in report order.
-pub fn medians(cells: &[Cell]) -> Vec<Cell> {
-    let mut out = Vec::new();
-    for mode in Mode::ALL {
-        for peer in Peer::ALL {
-            out.extend(median(cells, peer.name(), mode));
-        }
-    }
-    out
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -102,14 +94,18 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "Mode `{}`: {} rounds × {:.0} s per cell, {} clients, medians over rounds.\n",
+        "Mode `{}`: {} rounds × {:.0} s per cell and peer, {} clients; req/s the median over the cells, \
+         p50 and p99 over all requests, ratios to the best peer from these.\n",
         r.mode, r.rounds, r.cell_seconds, r.clients
     );
     for missing in &r.missing {
         let _ = writeln!(s, "- skipped: {missing}");
     }
     for mode in Mode::ALL {
-        let rows: Vec<&Cell> = r.medians.iter().filter(|c| c.mode == mode).collect();
+        let rows: Vec<&Cell> = r.summaries.iter().filter(|c| c.mode == mode).collect();
+        if rows.is_empty() {
+            continue;
+        }
         let direct = rows.iter().find(|c| c.peer == "direct").map_or(0.0, |c| c.rps);
         let peers = rows.iter().filter(|c| c.peer == "nginx" || c.peer == "haproxy");
         let best_rps = peers.clone().map(|c| c.rps).fold(0.0, f64::max);
@@ -135,6 +131,31 @@ pub fn markdown(r: &Results) -> String {
                 ratio(c.rps, best_rps),
                 if best_p99.is_finite() { ratio(c.p99_us as f64, best_p99) } else { "–".into() },
                 c.failed
+            );
+        }
+    }
+    if !r.paired.is_empty() {
+        let _ = writeln!(s, "\n### bg-proxy ÷ each peer, cell by cell in the same round\n");
+        let _ = writeln!(
+            s,
+            "| load | against | rounds | req/s ratio, median (quartiles) | rounds ahead | p99 ratio, median (quartiles) | rounds ahead |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+        for p in &r.paired {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} ({:.2}–{:.2}) | {} | {:.2} ({:.2}–{:.2}) | {} |",
+                p.mode.name(),
+                p.against,
+                p.rounds,
+                p.rps_ratio[1],
+                p.rps_ratio[0],
+                p.rps_ratio[2],
+                p.rps_rounds_ahead,
+                p.p99_ratio[1],
+                p.p99_ratio[0],
+                p.p99_ratio[2],
+                p.p99_rounds_ahead
             );
         }
     }

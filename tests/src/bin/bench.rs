@@ -10,7 +10,8 @@
 
 use bg_tests::bench::peers::{Peer, Tools};
 use bg_tests::bench::procs::{free_addr, on_path, pinned, Proc};
-use bg_tests::bench::report::{markdown, medians, Machine, Results};
+use bg_tests::bench::report::{markdown, Machine, Results};
+use bg_tests::bench::summary::{paired, summaries};
 use bg_tests::bench::{cells, inprocess, svg, switching, Plan};
 use clap::Parser;
 use std::os::unix::process::CommandExt;
@@ -44,6 +45,9 @@ struct Args {
     /// Seconds per measured cell instead of the plan's (for profiling).
     #[arg(long)]
     cell_secs: Option<u64>,
+    /// Rounds instead of the plan's.
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 /// Run this process again under `taskset -c 0`, so the load generator has
@@ -96,6 +100,9 @@ fn main() {
     if let Some(secs) = args.cell_secs {
         plan.cell = std::time::Duration::from_secs(secs);
     }
+    if let Some(rounds) = args.rounds {
+        plan.rounds = rounds.max(1);
+    }
     let modes = if args.modes.is_empty() { cells::Mode::ALL.to_vec() } else { args.modes.clone() };
     let mut missing = Vec::new();
     for (peer, package) in [(Peer::Nginx, "nginx"), (Peer::Haproxy, "haproxy")] {
@@ -118,36 +125,26 @@ fn main() {
         let mut cmd = pinned(0, &tools.upstream);
         cmd.arg(up_addr.to_string());
         let upstream = Proc::start("bench-upstream", cmd, up_addr, None);
-        let cells = if args.no_throughput {
-            Vec::new()
+        let measured = if args.no_throughput {
+            Default::default()
         } else {
             cells::all(&tools, &plan, &peers, &modes, up_addr).await
         };
         drop(upstream);
 
-        if args.no_switching {
-            return Results {
-                mode: if args.quick { "quick" } else { "full" },
-                machine,
-                missing,
-                cell_seconds: plan.cell.as_secs_f64(),
-                rounds: plan.rounds,
-                clients: plan.clients,
-                medians: medians(&cells),
-                cells,
-                switching: Vec::new(),
-                inprocess: None,
-            };
-        }
-        let (v1, v2) = (websample(&tools, "v1"), websample(&tools, "v2"));
-        let ups = [(addr_of(&v1), "v1".to_string()), (addr_of(&v2), "v2".to_string())];
-        let mut runs = Vec::new();
-        for peer in peers.iter().copied().filter(|p| *p != Peer::Direct) {
-            let run = switching::run(&tools, &plan, peer, &ups).await;
-            eprintln!("switching {}: {} requests, {} failed", run.peer, run.requests, run.failed);
-            runs.push(run);
-        }
-        let inproc = inprocess::run(&plan, ups[0].0, ups[1].0).await;
+        let (switching, inprocess) = if args.no_switching {
+            (Vec::new(), None)
+        } else {
+            let (v1, v2) = (websample(&tools, "v1"), websample(&tools, "v2"));
+            let ups = [(v1.addr, "v1".to_string()), (v2.addr, "v2".to_string())];
+            let mut runs = Vec::new();
+            for peer in peers.iter().copied().filter(|p| *p != Peer::Direct) {
+                let run = switching::run(&tools, &plan, peer, &ups).await;
+                eprintln!("switching {}: {} requests, {} failed", run.peer, run.requests, run.failed);
+                runs.push(run);
+            }
+            (runs, Some(inprocess::run(&plan, ups[0].0, ups[1].0).await))
+        };
         Results {
             mode: if args.quick { "quick" } else { "full" },
             machine,
@@ -155,10 +152,11 @@ fn main() {
             cell_seconds: plan.cell.as_secs_f64(),
             rounds: plan.rounds,
             clients: plan.clients,
-            medians: medians(&cells),
-            cells,
-            switching: runs,
-            inprocess: Some(inproc),
+            summaries: summaries(&measured),
+            paired: paired(&measured.cells),
+            cells: measured.cells,
+            switching,
+            inprocess,
         }
     });
 
@@ -166,7 +164,7 @@ fn main() {
     println!("{text}");
     for (path, contents) in [
         (&args.json, serde_json::to_string_pretty(&results).expect("results are JSON")),
-        (&args.svg, svg::render(&results.medians, &caption(&results))),
+        (&args.svg, svg::render(&results.summaries, &caption(&results))),
     ] {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -176,13 +174,9 @@ fn main() {
     }
 }
 
-fn addr_of(p: &Proc) -> std::net::SocketAddr {
-    p.addr
-}
-
 fn caption(r: &Results) -> String {
     format!(
-        "{} cores, {}; {} clients; median of {} rounds x {:.0} s; proxies pinned to one core",
+        "{} cores, {}; {} clients; {} rounds x {:.0} s per proxy; proxies pinned to one core",
         r.machine.cores, r.machine.cpu, r.clients, r.rounds, r.cell_seconds
     )
 }

@@ -1,0 +1,169 @@
+//! From cells to the figures reported: one summary per peer and load
+//! shape, and bg-proxy against each peer round by round.
+//!
+//! Rounds of the same peer differ by up to a third on a shared 2-core VM,
+//! so a peer's figure is a median over many short cells, its percentiles
+//! are taken over all of its requests, and the comparison that counts is
+//! paired: bg-proxy's cell divided by the other peer's cell of the same
+//! round, seconds apart. Each peer is compared on its own, not with the
+//! best of two per round, which would favour the peers by chance alone.
+
+use super::cells::{Cell, Measured, Mode};
+use super::peers::Peer;
+use serde::Serialize;
+
+/// bg-proxy against one peer in one load shape, round by round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    /// The load shape.
+    pub mode: Mode,
+    /// The peer bg-proxy is compared with.
+    pub against: &'static str,
+    /// Rounds with both peers measured.
+    pub rounds: usize,
+    /// bg-proxy's req/s over the peer's, per round: quartiles 1, 2, 3.
+    pub rps_ratio: [f64; 3],
+    /// Rounds in which bg-proxy answered at least as many requests/s.
+    pub rps_rounds_ahead: usize,
+    /// bg-proxy's p99 over the peer's, per round: quartiles 1, 2, 3.
+    pub p99_ratio: [f64; 3],
+    /// Rounds in which bg-proxy's p99 was at most the peer's.
+    pub p99_rounds_ahead: usize,
+}
+
+/// The `q` quantile (0..=1) of values already sorted, by nearest rank.
+fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
+/// The `q` quantile (0..=1) of `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    nearest_rank(&v, q).unwrap_or(f64::NAN)
+}
+
+fn quartiles(values: &[f64]) -> [f64; 3] {
+    [quantile(values, 0.25), quantile(values, 0.5), quantile(values, 0.75)]
+}
+
+/// One peer in one shape: the median req/s over its cells, p50 and p99
+/// over all its requests, its highest peak RSS, CPU time over requests,
+/// the sums of answers and failures; `round` holds the number of cells.
+pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
+    let of: Vec<&Cell> = measured.cells.iter().filter(|c| c.peer == peer && c.mode == mode).collect();
+    let first = *of.first()?;
+    let samples = measured.latencies_us.get(&(first.peer, mode)).map_or(&[][..], Vec::as_slice);
+    let requests: u64 = of.iter().map(|c| c.ok + c.failed).sum();
+    let ticks: u64 = of.iter().map(|c| c.cpu_ticks).sum();
+    let pct = |q: f64| nearest_rank(samples, q).map_or(0, u64::from);
+    Some(Cell {
+        round: of.len(),
+        rps: quantile(&of.iter().map(|c| c.rps).collect::<Vec<_>>(), 0.5),
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        ok: of.iter().map(|c| c.ok).sum(),
+        failed: of.iter().map(|c| c.failed).sum(),
+        peak_rss_kib: of.iter().map(|c| c.peak_rss_kib).max().unwrap_or(0),
+        cpu_us_per_req: ticks as f64 * 10_000.0 / requests.max(1) as f64,
+        cpu_ticks: ticks,
+        ..first.clone()
+    })
+}
+
+/// The summaries of every peer and shape, in report order.
+pub fn summaries(measured: &Measured) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for mode in Mode::ALL {
+        for peer in Peer::ALL {
+            out.extend(summary(measured, peer.name(), mode));
+        }
+    }
+    out
+}
+
+/// bg-proxy against every other proxy, per shape.
+pub fn paired(cells: &[Cell]) -> Vec<Paired> {
+    let mut out = Vec::new();
+    for mode in Mode::ALL {
+        for against in [Peer::Nginx, Peer::Haproxy].map(Peer::name) {
+            let mut rps = Vec::new();
+            let mut p99 = Vec::new();
+            for ours in cells.iter().filter(|c| c.peer == Peer::BgProxy.name() && c.mode == mode) {
+                let Some(theirs) =
+                    cells.iter().find(|c| c.peer == against && c.mode == mode && c.round == ours.round)
+                else {
+                    continue;
+                };
+                rps.push(ours.rps / theirs.rps.max(1e-9));
+                p99.push(ours.p99_us as f64 / (theirs.p99_us as f64).max(1.0));
+            }
+            if rps.is_empty() {
+                continue;
+            }
+            out.push(Paired {
+                mode,
+                against,
+                rounds: rps.len(),
+                rps_ratio: quartiles(&rps),
+                rps_rounds_ahead: rps.iter().filter(|&&r| r >= 1.0).count(),
+                p99_ratio: quartiles(&p99),
+                p99_rounds_ahead: p99.iter().filter(|&&r| r <= 1.0).count(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(peer: &'static str, round: usize, rps: f64, p99_us: u64) -> Cell {
+        Cell {
+            peer,
+            mode: Mode::KeepAlive,
+            round,
+            rps,
+            p50_us: 0,
+            p99_us,
+            ok: 100,
+            failed: 0,
+            peak_rss_kib: 1000 + round as u64,
+            cpu_us_per_req: 0.0,
+            cpu_ticks: 1,
+        }
+    }
+
+    #[test]
+    fn pairs_compare_the_same_round_and_count_the_rounds_ahead() {
+        let cells = vec![
+            cell("bg-proxy", 0, 110.0, 900),
+            cell("nginx", 0, 100.0, 1000),
+            cell("bg-proxy", 1, 45.0, 1100),
+            cell("nginx", 1, 50.0, 1000),
+            cell("bg-proxy", 2, 60.0, 500),
+            cell("nginx", 2, 50.0, 1000),
+        ];
+        let p = paired(&cells);
+        assert_eq!(p.len(), 1, "only nginx was measured: {p:?}");
+        let p = &p[0];
+        assert_eq!((p.against, p.rounds, p.rps_rounds_ahead, p.p99_rounds_ahead), ("nginx", 3, 2, 2));
+        assert_eq!(p.rps_ratio, [0.9, 1.1, 1.2]);
+        assert_eq!(p.p99_ratio, [0.5, 0.9, 1.1]);
+    }
+
+    #[test]
+    fn a_summary_takes_percentiles_over_all_requests_and_the_highest_rss() {
+        let m = Measured {
+            cells: vec![cell("nginx", 0, 10.0, 0), cell("nginx", 1, 30.0, 0), cell("nginx", 2, 20.0, 0)],
+            latencies_us: [(("nginx", Mode::KeepAlive), (1..=1000).collect())].into(),
+        };
+        let s = summary(&m, "nginx", Mode::KeepAlive).expect("nginx was measured");
+        assert_eq!((s.round, s.rps, s.p50_us, s.p99_us), (3, 20.0, 500, 990));
+        assert_eq!((s.ok, s.peak_rss_kib), (300, 1002));
+        assert!((s.cpu_us_per_req - 3.0 * 10_000.0 / 300.0).abs() < 1e-9, "{}", s.cpu_us_per_req);
+        assert!(summary(&m, "haproxy", Mode::KeepAlive).is_none());
+    }
+}
