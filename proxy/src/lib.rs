@@ -29,7 +29,8 @@
 //! assert_eq!(report.cut, 0);
 //! # Ok(()) }
 //! ```
-#![forbid(unsafe_code)]
+// One `setsockopt` in `listen_options.rs` is the only unsafe code.
+#![deny(unsafe_code)]
 
 mod backend;
 mod body;
@@ -39,6 +40,7 @@ mod first_bytes;
 mod forward;
 mod headers;
 mod lazy_stream;
+mod listen_options;
 mod pool;
 mod prefixed;
 mod routes;

@@ -66,22 +66,10 @@ fn is_transient(e: &std::io::Error) -> bool {
 // `AsyncFd::new` is deprecated in favour of an `unsafe` constructor whose
 // contract is that the descriptor stays open and the same for the life of
 // the `AsyncFd`; a `std::net::TcpListener` moved into it owns its
-// descriptor, so that holds, and this crate stays free of `unsafe`.
+// descriptor, so that holds without an `unsafe` block of our own.
 #[allow(deprecated)]
 fn register_listener(listener: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
     AsyncFd::with_interest(listener, Interest::READABLE)
-}
-
-/// Set, once on the listener, the options every accepted socket inherits
-/// from it (Linux copies them on accept), instead of a system call per
-/// connection: `TCP_NODELAY`, and quick ACKs off, so that the ACK of a new
-/// connection's first request rides on the answer rather than going out
-/// as a packet of its own (HAProxy's `tcp-smart-accept`; keep-alive
-/// connections delay their ACKs this way anyway once they have answered).
-fn set_inherited_options(listener: &std::net::TcpListener) -> std::io::Result<()> {
-    rustix::net::sockopt::set_tcp_nodelay(listener, true)?;
-    rustix::net::sockopt::set_tcp_quickack(listener, false)?;
-    Ok(())
 }
 
 /// Accept one connection, non-blocking from the start (no `fcntl`), with
@@ -106,7 +94,7 @@ pub(crate) async fn serve(
     // every accepted socket with the poller at once (see `lazy_stream`).
     let listener = listener
         .into_std()
-        .and_then(|l| set_inherited_options(&l).map(|()| l))
+        .and_then(|l| crate::listen_options::set(&l).map(|()| l))
         .and_then(register_listener)
         .map_err(|source| ProxyError::Listener { addr: addr.clone(), source })?;
     inner.start_reaper();
@@ -312,23 +300,5 @@ async fn drive<C: Future + Unpin>(
         biased;
         output = &mut conn => Some(output),
         _ = hard_stop.wait() => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rustix::net::sockopt::{tcp_nodelay, tcp_quickack};
-
-    #[test]
-    fn accepted_sockets_inherit_no_delay_and_delayed_acks_from_the_listener() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        set_inherited_options(&listener).expect("listener options");
-        let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        listener.set_nonblocking(false).expect("blocking accept");
-        let (stream, peer) = accept(&listener).expect("accept");
-        assert!(peer.ip().is_loopback(), "{peer}");
-        assert!(tcp_nodelay(&stream).expect("TCP_NODELAY"), "TCP_NODELAY not inherited");
-        assert!(!tcp_quickack(&stream).expect("TCP_QUICKACK"), "quick ACKs still on");
     }
 }
