@@ -19,7 +19,8 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --manifest-path "$root/Cargo.toml" --release --target "$target" -p websample >&2
 
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
-cp "$root/target/$target/release/websample" "$ctx/websample"
+# Where cargo put it: CARGO_TARGET_DIR when set, as cargo itself reads it.
+cp "${CARGO_TARGET_DIR:-$root/target}/$target/release/websample" "$ctx/websample"
 cp "$root/examples/websample/docker/Dockerfile" "$ctx/Dockerfile"
 for tag in "${tags[@]}"; do
   printf '\nLABEL org.bluegreen.websample.tag=%s\nENV VERSION=%s\n' "$tag" "${tag%-hc}" > "$ctx/Dockerfile.tag"
