@@ -331,15 +331,28 @@ impl Service {
             };
             ControlError::Conflict { service: self.name.clone(), running }
         };
-        match self.op_lock.clone().try_lock_owned() {
+        // Looked at under the model's lock, so that "the last operation is
+        // releasing the service" cannot be mistaken for "an operation has
+        // taken the service and not marked itself running yet".
+        let (taken, ending) = {
+            let mut m = self.lock();
+            let taken = self.op_lock.clone().try_lock_owned();
+            if taken.is_ok() {
+                m.op_ending = false;
+            }
+            (taken, m.op_ending)
+        };
+        match taken {
             Ok(guard) => Ok(guard),
             // The last operation has already reported its end and is
             // releasing the service: a script that acts on that report at
             // once must not see a conflict.
-            Err(_) if self.lock().operation.is_none() => {
-                tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
+            Err(_) if ending => {
+                let guard = tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
                     .await
-                    .map_err(|_| conflict())
+                    .map_err(|_| conflict())?;
+                self.lock().op_ending = false;
+                Ok(guard)
             }
             Err(_) => Err(conflict()),
         }

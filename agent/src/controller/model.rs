@@ -75,6 +75,10 @@ pub struct ServiceModel {
     /// What holds the service outside an operation (self-healing), for
     /// the conflict answer.
     pub(crate) busy: Option<String>,
+    /// The last operation has reported its end and has not released the
+    /// service yet: a request arriving now waits for it briefly instead of
+    /// being refused. Cleared by whoever takes the service next.
+    pub(crate) op_ending: bool,
 }
 
 impl ServiceModel {
@@ -148,6 +152,7 @@ impl ServiceModel {
     /// Record an operation's end in the history.
     pub(crate) fn end_operation(&mut self, outcome: Outcome, spec: Option<Spec>) {
         let started_at = self.operation.take().map(|o| o.started_at).unwrap_or_else(now_rfc3339);
+        self.op_ending = true;
         self.op_target = None;
         *self.outcome_counts.entry((outcome.kind, outcome.outcome)).or_default() += 1;
         self.history.push(HistoryEntry { outcome: outcome.clone(), started_at, spec });
