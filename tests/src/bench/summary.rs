@@ -37,15 +37,15 @@ fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     sorted.get(rank - 1).copied()
 }
 
-/// The `q` quantile (0..=1) of `values`.
-fn quantile(values: &[f64], q: f64) -> f64 {
+/// The quantiles `qs` (each 0..=1) of `values`, sorting them once.
+fn quantiles<const N: usize>(values: &[f64], qs: [f64; N]) -> [f64; N] {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    nearest_rank(&v, q).unwrap_or(f64::NAN)
+    qs.map(|q| nearest_rank(&v, q).unwrap_or(f64::NAN))
 }
 
 fn quartiles(values: &[f64]) -> [f64; 3] {
-    [quantile(values, 0.25), quantile(values, 0.5), quantile(values, 0.75)]
+    quantiles(values, [0.25, 0.5, 0.75])
 }
 
 /// One peer in one shape: the median req/s over its cells, p50 and p99
@@ -60,7 +60,7 @@ pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
     let pct = |q: f64| nearest_rank(samples, q).map_or(0, u64::from);
     Some(Cell {
         round: of.len(),
-        rps: quantile(&of.iter().map(|c| c.rps).collect::<Vec<_>>(), 0.5),
+        rps: quantiles(&of.iter().map(|c| c.rps).collect::<Vec<_>>(), [0.5])[0],
         p50_us: pct(0.5),
         p99_us: pct(0.99),
         ok: of.iter().map(|c| c.ok).sum(),
