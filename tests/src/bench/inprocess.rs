@@ -2,7 +2,7 @@
 //! call itself takes, how soon clients see the new version, and how long a
 //! drain waits compared with the slowest request in flight.
 
-use super::switching::{summarize, time_to_new};
+use super::switching::{median_max_us, stale_windows, summarize, time_to_new};
 use super::Plan;
 use crate::load::Load;
 use bg_proxy::{Backend, Color, Proxy, ProxyConfig, RouteTable, Weights};
@@ -24,6 +24,10 @@ pub struct InProcess {
     pub to_new_median_us: u64,
     /// Longest such time, µs.
     pub to_new_max_us: u64,
+    /// Median stale window (see [`stale_windows`]), µs.
+    pub stale_median_us: u64,
+    /// Longest stale window, µs.
+    pub stale_max_us: u64,
     /// Requests failed during the switches.
     pub failed: u64,
     /// Seconds the slow request sleeps in the drain test.
@@ -70,6 +74,7 @@ pub async fn run(plan: &Plan, v1: SocketAddr, v2: SocketAddr) -> InProcess {
     }
     let report = load.stop().await;
     let (to_new_median_us, to_new_max_us, _) = summarize(&time_to_new(&report.records, &switches));
+    let (stale_median_us, stale_max_us) = median_max_us(&stale_windows(&report.records, &switches));
     calls.sort_by(f64::total_cmp);
 
     // Drain: one slow request on blue, switch to green, drain blue.
@@ -92,6 +97,8 @@ pub async fn run(plan: &Plan, v1: SocketAddr, v2: SocketAddr) -> InProcess {
         call_max_us: calls.last().copied().unwrap_or(0.0),
         to_new_median_us,
         to_new_max_us,
+        stale_median_us,
+        stale_max_us,
         failed: report.failed + slow.failed,
         drain_sleep_s: plan.drain_sleep,
         slow_request_ms: rec.finished.duration_since(rec.started).as_secs_f64() * 1e3,

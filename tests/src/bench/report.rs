@@ -166,9 +166,9 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| proxy | switches | how | requests | failed | switch → first new answer, median | max | switch command errors |"
+            "| proxy | switches | how | requests | failed | old version still sent to after the call, median | max | switch → first new answer, median | max | switch command errors |"
         );
-        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
         for w in &r.switching {
             let how = match w.peer {
                 "bg-proxy" => "atomic route swap (SIGUSR1 → update_routes)",
@@ -178,12 +178,14 @@ pub fn markdown(r: &Results) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2} ms | {:.2} ms | {} |",
+                "| {} | {} | {} | {} | {} | {} µs | {} µs | {:.2} ms | {:.2} ms | {} |",
                 w.peer,
                 w.switches,
                 how,
                 w.requests,
                 w.failed,
+                w.stale_median_us,
+                w.stale_max_us,
                 w.to_new_median_us as f64 / 1e3,
                 w.to_new_max_us as f64 / 1e3,
                 w.switch_errors
@@ -202,6 +204,11 @@ pub fn markdown(r: &Results) -> String {
         let _ =
             writeln!(s, "| call → first answer of the new version, median | {:.0} µs |", p.to_new_median_us);
         let _ = writeln!(s, "| call → first answer of the new version, max | {:.0} µs |", p.to_new_max_us);
+        let _ = writeln!(
+            s,
+            "| old version still sent to after the call, median / max | {} / {} µs |",
+            p.stale_median_us, p.stale_max_us
+        );
         let _ = writeln!(s, "| failed requests during the switches | {} |", p.failed);
         let _ = writeln!(
             s,

@@ -31,6 +31,10 @@ pub struct SwitchRun {
     pub to_new_max_us: u64,
     /// Switches after which no answer of the new version came at all.
     pub never_switched: usize,
+    /// Median of the stale windows (see [`stale_windows`]), µs.
+    pub stale_median_us: u64,
+    /// Longest stale window, µs.
+    pub stale_max_us: u64,
 }
 
 /// For each switch (when it was called, and the version it moved to), how
@@ -48,12 +52,40 @@ pub fn time_to_new(records: &[RequestRecord], switches: &[(Instant, String)]) ->
         .collect()
 }
 
+/// For each switch, how long after the call requests were still sent to
+/// the version it moved away from: the latest start, after the call, of a
+/// request the old version answered and that ended before the next switch
+/// (one still open then may have been routed by that switch; zero if none). This is when the switch took effect as clients see it,
+/// without the time the first new answer spends in flight.
+pub fn stale_windows(records: &[RequestRecord], switches: &[(Instant, String)]) -> Vec<Duration> {
+    switches
+        .iter()
+        .enumerate()
+        .map(|(i, (at, version))| {
+            let next = switches.get(i + 1).map(|(t, _)| *t);
+            records
+                .iter()
+                .filter(|r| r.started >= *at && next.is_none_or(|n| r.finished < n))
+                .filter(|r| r.version.as_deref().is_some_and(|v| v != version))
+                .map(|r| r.started.duration_since(*at))
+                .max()
+                .unwrap_or(Duration::ZERO)
+        })
+        .collect()
+}
+
 /// Median and maximum in µs of the known durations, and how many are missing.
 pub fn summarize(times: &[Option<Duration>]) -> (u64, u64, usize) {
-    let mut us: Vec<u64> = times.iter().flatten().map(|d| d.as_micros() as u64).collect();
+    let known: Vec<Duration> = times.iter().flatten().copied().collect();
+    let (median, max) = median_max_us(&known);
+    (median, max, times.len() - known.len())
+}
+
+/// Median and maximum of `times` in µs (zeros when empty).
+pub fn median_max_us(times: &[Duration]) -> (u64, u64) {
+    let mut us: Vec<u64> = times.iter().map(|d| d.as_micros() as u64).collect();
     us.sort_unstable();
-    let missing = times.len() - us.len();
-    (us.get(us.len() / 2).copied().unwrap_or(0), us.last().copied().unwrap_or(0), missing)
+    (us.get(us.len() / 2).copied().unwrap_or(0), us.last().copied().unwrap_or(0))
 }
 
 /// Run the switching test against one peer.
@@ -79,6 +111,7 @@ pub async fn run(tools: &Tools, plan: &Plan, peer: Peer, upstreams: &[(SocketAdd
     let a = keepalive.stop().await;
     let b = fresh.stop().await;
     let (to_new_median_us, to_new_max_us, never_switched) = summarize(&time_to_new(&a.records, &switches));
+    let (stale_median_us, stale_max_us) = median_max_us(&stale_windows(&a.records, &switches));
     let mut errors = a.errors.clone();
     errors.extend(b.errors.iter().cloned());
     errors.truncate(5);
@@ -92,5 +125,62 @@ pub async fn run(tools: &Tools, plan: &Plan, peer: Peer, upstreams: &[(SocketAdd
         to_new_median_us,
         to_new_max_us,
         never_switched,
+        stale_median_us,
+        stale_max_us,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: Instant, sent_ms: u64, took_ms: u64, version: &str) -> RequestRecord {
+        let started = at + Duration::from_millis(sent_ms);
+        RequestRecord {
+            started,
+            finished: started + Duration::from_millis(took_ms),
+            status: Some(200),
+            version: Some(version.to_string()),
+        }
+    }
+
+    #[test]
+    fn first_new_answer_counts_only_requests_sent_after_the_call() {
+        let t = Instant::now();
+        let switches = vec![(t + Duration::from_millis(10), "v2".to_string())];
+        let records = vec![
+            // Sent before the call, answered by v2 after it: not counted.
+            record(t, 9, 2, "v2"),
+            record(t, 11, 3, "v2"),
+            record(t, 12, 1, "v2"),
+        ];
+        assert_eq!(time_to_new(&records, &switches), vec![Some(Duration::from_millis(3))]);
+        assert_eq!(time_to_new(&[], &switches), vec![None]);
+    }
+
+    #[test]
+    fn stale_window_is_the_last_old_request_sent_before_the_next_switch() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let switches = vec![(t + ms(10), "v2".to_string()), (t + ms(20), "v1".to_string())];
+        let records = vec![
+            record(t, 5, 1, "v1"),
+            record(t, 11, 1, "v1"),
+            record(t, 13, 1, "v1"),
+            record(t, 14, 1, "v2"),
+            // Open across the second switch, which may have routed it.
+            record(t, 19, 2, "v1"),
+            // After the second switch v1 is the new version again.
+            record(t, 25, 1, "v1"),
+        ];
+        assert_eq!(stale_windows(&records, &switches), vec![ms(3), Duration::ZERO]);
+    }
+
+    #[test]
+    fn median_and_max_of_nothing_are_zero() {
+        assert_eq!(median_max_us(&[]), (0, 0));
+        let d = Duration::from_micros;
+        assert_eq!(median_max_us(&[d(5), d(1), d(9)]), (5, 9));
+        assert_eq!(summarize(&[Some(d(4)), None]), (4, 4, 1));
     }
 }
