@@ -39,33 +39,16 @@ taskset -c 0 "$bin/bench-upstream" "127.0.0.1:$((port + 1))" >/dev/null &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT
 
-cat >"$out/haproxy.cfg" <<CFG
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 3s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-    option http-keep-alive
-    http-reuse always
-frontend fe
-    bind 127.0.0.1:$port
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    default_backend be
-backend be
-    server s1 127.0.0.1:$((port + 1))
-CFG
+# The config the benchmark runs HAProxy with.
+[ "$peer" = haproxy ] && haproxy_cfg=$("$bin/bench" --write-config haproxy --config-dir "$out" \
+  --listen "127.0.0.1:$port" --upstream "127.0.0.1:$((port + 1))")
 
 start_proxy() { # $1: callgrind output file (instructions only)
   local wrap=(taskset -c 1)
   [ "$tool" = instructions ] && wrap+=(valgrind --tool=callgrind --callgrind-out-file="$1")
   case $peer in
     bg-proxy) "${wrap[@]}" "$bin/bg-proxy-bench-server" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" >"$1.log" 2>&1 & ;;
-    haproxy) "${wrap[@]}" haproxy -db -f "$out/haproxy.cfg" >"$1.log" 2>&1 & ;;
+    haproxy) "${wrap[@]}" haproxy -db -f "$haproxy_cfg" >"$1.log" 2>&1 & ;;
     *) echo "unknown peer $peer" >&2; exit 2 ;;
   esac
   proxy=$!

@@ -206,6 +206,17 @@ impl RunningPeer {
 }
 
 /// nginx's `upstream.conf`: the one server that takes the traffic.
+/// Write the config the benchmark starts `peer` with (nginx or HAProxy)
+/// into `dir`, listening on `listen` in front of `upstreams`; its path.
+/// `None` for the peers that take no config file.
+pub fn write_config(peer: Peer, dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> Option<PathBuf> {
+    match peer {
+        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0])),
+        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams)),
+        Peer::Direct | Peer::BgProxy => None,
+    }
+}
+
 fn upstream_line(addr: SocketAddr) -> String {
     format!("server {addr};\n")
 }

@@ -8,7 +8,7 @@
 //! skipped (with a note) when not. See BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
-use bg_tests::bench::peers::{Peer, Tools};
+use bg_tests::bench::peers::{write_config as write_config_of, Peer, Tools};
 use bg_tests::bench::procs::{free_addr, on_path, pinned, Proc};
 use bg_tests::bench::report::{markdown, Machine, Results};
 use bg_tests::bench::summary::{paired, summaries};
@@ -48,6 +48,31 @@ struct Args {
     /// Rounds instead of the plan's.
     #[arg(long)]
     rounds: Option<usize>,
+    /// Only write the config the run would start nginx or haproxy with
+    /// (into --config-dir, for --listen in front of --upstream), print its
+    /// path and exit: the profile script runs the same configs.
+    #[arg(long, value_name = "PEER", requires_all = ["config_dir", "listen", "upstream"])]
+    write_config: Option<String>,
+    /// Where --write-config puts the file.
+    #[arg(long, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// The address the written config listens on.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The upstream the written config sends to.
+    #[arg(long, value_name = "ADDR")]
+    upstream: Option<std::net::SocketAddr>,
+}
+
+/// `--write-config`: the peer's config file, written and printed.
+fn write_config(args: &Args, name: &str) -> Result<PathBuf, String> {
+    let peer =
+        Peer::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| format!("unknown peer {name}"))?;
+    let (Some(dir), Some(listen), Some(upstream)) = (&args.config_dir, args.listen, args.upstream) else {
+        return Err("--write-config needs --config-dir, --listen and --upstream".into());
+    };
+    write_config_of(peer, dir, listen, &[upstream])
+        .ok_or_else(|| format!("{name} takes no config file (nginx or haproxy do)"))
 }
 
 /// Run this process again under `taskset -c 0`, so the load generator has
@@ -92,6 +117,16 @@ fn websample(tools: &Tools, version: &str) -> Proc {
 
 fn main() {
     let args = Args::parse();
+    if let Some(name) = &args.write_config {
+        match write_config(&args, name) {
+            Ok(path) => println!("{}", path.display()),
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let pinned_ok = pin_self();
     build_helpers();
     let bin_dir = std::env::current_exe().expect("current exe").parent().expect("bin dir").to_path_buf();
