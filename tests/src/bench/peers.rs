@@ -205,7 +205,6 @@ impl RunningPeer {
     }
 }
 
-/// nginx's `upstream.conf`: the one server that takes the traffic.
 /// Write the config the benchmark starts `peer` with (nginx or HAProxy)
 /// into `dir`, listening on `listen` in front of `upstreams`; its path.
 /// `None` for the peers that take no config file.
@@ -217,6 +216,7 @@ pub fn write_config(peer: Peer, dir: &Path, listen: SocketAddr, upstreams: &[Soc
     }
 }
 
+/// nginx's `upstream.conf`: the one server that takes the traffic.
 fn upstream_line(addr: SocketAddr) -> String {
     format!("server {addr};\n")
 }

@@ -55,8 +55,9 @@ pub fn time_to_new(records: &[RequestRecord], switches: &[(Instant, String)]) ->
 /// For each switch, how long after the call requests were still sent to
 /// the version it moved away from: the latest start, after the call, of a
 /// request the old version answered and that ended before the next switch
-/// (one still open then may have been routed by that switch; zero if none). This is when the switch took effect as clients see it,
-/// without the time the first new answer spends in flight.
+/// (one still open then may have been routed by that switch); zero if
+/// none. This is when the switch took effect as clients see it, without
+/// the time the first new answer spends in flight.
 pub fn stale_windows(records: &[RequestRecord], switches: &[(Instant, String)]) -> Vec<Duration> {
     switches
         .iter()

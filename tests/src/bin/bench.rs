@@ -8,7 +8,7 @@
 //! skipped (with a note) when not. See BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
-use bg_tests::bench::peers::{write_config as write_config_of, Peer, Tools};
+use bg_tests::bench::peers::{write_config, Peer, Tools};
 use bg_tests::bench::procs::{free_addr, on_path, pinned, Proc};
 use bg_tests::bench::report::{markdown, Machine, Results};
 use bg_tests::bench::summary::{paired, summaries};
@@ -64,14 +64,17 @@ struct Args {
     upstream: Option<std::net::SocketAddr>,
 }
 
-/// `--write-config`: the peer's config file, written and printed.
-fn write_config(args: &Args, name: &str) -> Result<PathBuf, String> {
-    let peer =
-        Peer::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| format!("unknown peer {name}"))?;
+/// `--write-config`: the peer's config file, written; its path.
+fn write_peer_config(args: &Args, name: &str) -> Result<PathBuf, String> {
+    let peer = Peer::ALL
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| format!("unknown peer {name:?} (nginx or haproxy)"))?;
     let (Some(dir), Some(listen), Some(upstream)) = (&args.config_dir, args.listen, args.upstream) else {
         return Err("--write-config needs --config-dir, --listen and --upstream".into());
     };
-    write_config_of(peer, dir, listen, &[upstream])
+    std::fs::create_dir_all(dir).map_err(|e| format!("--config-dir {}: {e}", dir.display()))?;
+    write_config(peer, dir, listen, &[upstream])
         .ok_or_else(|| format!("{name} takes no config file (nginx or haproxy do)"))
 }
 
@@ -118,7 +121,7 @@ fn websample(tools: &Tools, version: &str) -> Proc {
 fn main() {
     let args = Args::parse();
     if let Some(name) = &args.write_config {
-        match write_config(&args, name) {
+        match write_peer_config(&args, name) {
             Ok(path) => println!("{}", path.display()),
             Err(e) => {
                 eprintln!("bench: {e}");
