@@ -307,7 +307,13 @@ impl Service {
             let ctx = ops::OpCtx { id, kind, revision, cancel };
             let result = service.run(&ctx, request, plan).await;
             service.finish(&ctx, result);
+            // Released and unmarked in one step under the model's lock,
+            // where `acquire` looks at both: whoever holds the service
+            // after this (the next operation, the healer, a kept-warm
+            // color's stop) is never taken for an ending operation.
+            let mut m = service.lock();
             drop(guard);
+            m.op_ending = false;
         });
         Ok(OperationAccepted { operation: id, service: self.name.clone(), kind, revision, since })
     }
@@ -335,25 +341,17 @@ impl Service {
         // releasing the service" cannot be mistaken for "an operation has
         // taken the service and not marked itself running yet".
         let (taken, ending) = {
-            let mut m = self.lock();
-            let taken = self.op_lock.clone().try_lock_owned();
-            if taken.is_ok() {
-                m.op_ending = false;
-            }
-            (taken, m.op_ending)
+            let m = self.lock();
+            (self.op_lock.clone().try_lock_owned(), m.op_ending)
         };
         match taken {
             Ok(guard) => Ok(guard),
             // The last operation has already reported its end and is
             // releasing the service: a script that acts on that report at
             // once must not see a conflict.
-            Err(_) if ending => {
-                let guard = tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
-                    .await
-                    .map_err(|_| conflict())?;
-                self.lock().op_ending = false;
-                Ok(guard)
-            }
+            Err(_) if ending => tokio::time::timeout(RELEASE_WAIT, self.op_lock.clone().lock_owned())
+                .await
+                .map_err(|_| conflict()),
             Err(_) => Err(conflict()),
         }
     }

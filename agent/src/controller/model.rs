@@ -77,7 +77,7 @@ pub struct ServiceModel {
     pub(crate) busy: Option<String>,
     /// The last operation has reported its end and has not released the
     /// service yet: a request arriving now waits for it briefly instead of
-    /// being refused. Cleared by whoever takes the service next.
+    /// being refused. Cleared once the operation has released it.
     pub(crate) op_ending: bool,
 }
 
