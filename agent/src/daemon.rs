@@ -16,7 +16,6 @@ use bg_proxy::{Proxy, ProxyConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -84,7 +83,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tracing::info!(source = inherited.source(), sockets = ?inherited.unclaimed(), "using inherited listening sockets");
     }
 
-    let state = store.load()?.unwrap_or(PersistedState { version: STATE_VERSION, services: BTreeMap::new() });
+    let state = store.load()?.unwrap_or(PersistedState {
+        version: STATE_VERSION,
+        services: BTreeMap::new(),
+        last_operation: 0,
+    });
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
         RuntimeKind::Docker => {
             let docker = DockerRuntime::connect(config.runtime.docker_host.as_deref())?;
@@ -93,15 +96,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.agent.state_dir)?),
     };
-    let events = EventHub::new();
+    let events = EventHub::persistent(&store.dir().join("events.seq")).map_err(|source| StateError::Io {
+        context: "cannot reserve event sequence numbers in",
+        path: store.dir().join("events.seq"),
+        source,
+    })?;
+    let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         runtime: runtime.clone(),
         events: events.clone(),
         persister: Persister::new(store, state),
-        op_ids: AtomicU64::new(0),
         shutdown: shutdown.clone(),
+        tasks: tracker.clone(),
     });
-    let tracker = TaskTracker::new();
     let mut shareable = Shareable::default();
 
     // On a cold start proxies serve first, so that clients queue rather than

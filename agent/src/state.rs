@@ -23,6 +23,10 @@ pub struct PersistedState {
     pub version: u32,
     /// Per service.
     pub services: BTreeMap<String, ServiceRecord>,
+    /// The highest operation id issued so far, across services; ids keep
+    /// growing across restarts.
+    #[serde(default)]
+    pub last_operation: u64,
 }
 
 /// One service's persisted state.
@@ -137,14 +141,28 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// A store in `dir` (created with mode 0700 if missing).
+    /// A store in `dir`, created with mode 0700 if missing and made 0700
+    /// if it exists: the state file holds the services' env, secrets
+    /// included, whatever the umask.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            context: "cannot create state directory",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |context: &'static str| {
+            let path = dir.to_path_buf();
+            move |source| StateError::Io { context, path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("cannot create state directory"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("cannot make the state directory private (mode 0700)"))?;
         Ok(StateStore { dir: dir.to_path_buf() })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The state file.
@@ -201,7 +219,7 @@ impl StateStore {
         };
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
+            let mut f = create_private(&tmp).map_err(io("cannot create", &tmp))?;
             f.write_all(&bytes).map_err(io("cannot write", &tmp))?;
             f.sync_all().map_err(io("cannot sync", &tmp))?;
         }
@@ -210,6 +228,9 @@ impl StateStore {
             if self.load().is_ok() {
                 let prev = self.previous_path();
                 std::fs::copy(&path, &prev).map_err(io("cannot keep previous copy as", &prev))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&prev, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io("cannot make private", &prev))?;
             }
         }
         std::fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
@@ -220,12 +241,21 @@ impl StateStore {
     }
 }
 
+/// Create (or truncate) `path` with mode 0600, whatever the umask.
+pub(crate) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode through open(2): set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> PersistedState {
-        let mut s = PersistedState { version: STATE_VERSION, services: BTreeMap::new() };
+        let mut s = PersistedState { version: STATE_VERSION, services: BTreeMap::new(), last_operation: 0 };
         s.services.insert(
             "web".into(),
             ServiceRecord {
@@ -271,5 +301,28 @@ mod tests {
         let before = std::fs::read(store.previous_path()).unwrap();
         store.save(&sample()).unwrap();
         assert_eq!(std::fs::read(store.previous_path()).unwrap(), before);
+    }
+
+    #[test]
+    fn state_dir_and_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = StateStore::open(&state_dir).unwrap();
+        store.save(&sample()).unwrap();
+        store.save(&sample()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(&store.path()), 0o600);
+        assert_eq!(mode(&store.previous_path()), 0o600);
+    }
+
+    #[test]
+    fn files_without_last_operation_still_load() {
+        let old = r#"{"version": 1, "services": {}}"#;
+        let s: PersistedState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.last_operation, 0);
     }
 }

@@ -84,6 +84,15 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
         ),
         ("unclosed table header", format!("{agent}\n[services.web\n"), 5, "services.web"),
         (
+            "two services on 0.0.0.0:P and 127.0.0.1:P (the second bind would fail)",
+            format!(
+                "{agent}\n[services.web]\nlisten = [\"0.0.0.0:18080\"]\nimage = \"websample:v1\"\n\n\
+                 [services.api]\nlisten = [\"127.0.0.1:18080\"]\nimage = \"websample:v1\"\n"
+            ),
+            10,
+            "services.api.listen[0]",
+        ),
+        (
             "control_socket_group that does not exist",
             format!("{agent}control_socket_group = \"bg-no-such-group\"\n\n{service}"),
             4,

@@ -5,6 +5,7 @@
 //! about), serde into these structs, then validation into the typed
 //! [`Config`](super::Config).
 
+mod claims;
 mod locate;
 mod validate;
 

@@ -27,9 +27,9 @@ use crate::events::EventHub;
 use crate::runtime::Runtime;
 use crate::state::{PersistedState, ServiceRecord, StateError, StateStore};
 use bg_proxy::Proxy;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a request waits for an operation that has reported its end to
 /// release the service (or for a warm old color to finish stopping).
@@ -74,19 +74,12 @@ pub struct Shared {
     pub runtime: Arc<dyn Runtime>,
     /// Where events go.
     pub events: EventHub,
-    /// The state file.
+    /// The state file (and the operation ids, which it keeps).
     pub persister: Persister,
-    /// Operation ids, unique across services.
-    pub op_ids: AtomicU64,
     /// Fires when the agent shuts down.
     pub shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// The next operation id.
-    fn next_op_id(&self) -> u64 {
-        self.op_ids.fetch_add(1, Ordering::Relaxed) + 1
-    }
+    /// Every task a controller spawns; the agent waits for them at shutdown.
+    pub tasks: TaskTracker,
 }
 
 /// Writes one service's record into the shared state file.
@@ -96,9 +89,27 @@ pub struct Persister {
 }
 
 impl Persister {
-    /// A persister over `store`, starting from `state`.
-    pub fn new(store: StateStore, state: PersistedState) -> Persister {
+    /// A persister over `store`, starting from `state`. Operation ids
+    /// continue after the highest one `state` knows of.
+    pub fn new(store: StateStore, mut state: PersistedState) -> Persister {
+        let in_history = state
+            .services
+            .values()
+            .flat_map(|s| {
+                s.history.iter().map(|h| h.outcome.operation).chain(s.operation.iter().map(|o| o.id))
+            })
+            .max()
+            .unwrap_or(0);
+        state.last_operation = state.last_operation.max(in_history);
         Persister { store, state: Mutex::new(state) }
+    }
+
+    /// The next operation id, unique across services and restarts once
+    /// the next [`Persister::save`] has written it.
+    fn next_op_id(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_operation += 1;
+        state.last_operation
     }
 
     /// Replace one service's record and write the whole file.
@@ -289,24 +300,46 @@ impl Service {
     /// Accept an operation and run it in the background; the answer names
     /// the operation to follow in the event stream.
     pub async fn start(self: &Arc<Self>, request: OpRequest) -> Result<OperationAccepted, ControlError> {
-        if matches!(request, OpRequest::Abort) {
-            self.cancel_running().await;
-        }
+        // An abort is a command to the running operation first: stop it and
+        // wait until it has undone its work; what is left (a candidate it
+        // leaves, e.g. after a finished deploy) is removed by the abort.
+        let stopped = match request {
+            OpRequest::Abort => self.cancel_running().await,
+            _ => None,
+        };
         let guard = self.acquire().await?;
-        let plan = self.plan(&request)?;
+        let plan = match (self.plan(&request), stopped) {
+            (Ok(plan), stopped) => ops::Plan { stopped, ..plan },
+            (Err(_), Some(stopped)) => ops::Plan::stopped(stopped),
+            (Err(e), None) => return Err(e),
+        };
         let kind = request.kind();
-        let id = self.shared.next_op_id();
+        let id = self.shared.persister.next_op_id();
         let since = self.shared.events.next_seq();
-        let cancel = self.shared.shutdown.child_token();
+        // Abort only: a shutdown is not an abort (see below).
+        let cancel = CancellationToken::new();
         *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
         let revision = self.lock().begin_operation(id, kind, plan.revision, plan.target);
         self.emit(Some(id), EventKind::OperationStarted { kind, revision });
         self.persist();
         let service = self.clone();
-        tokio::spawn(async move {
+        let shutdown = self.shared.shutdown.clone();
+        self.shared.tasks.spawn(async move {
             let ctx = ops::OpCtx { id, kind, revision, cancel };
-            let result = service.run(&ctx, request, plan).await;
-            service.finish(&ctx, result);
+            tokio::select! {
+                // A stopping agent is not a failure: the operation stops at
+                // the await point it is at, where the state file is whole
+                // (every write is synchronous), and is left recorded as
+                // running for the next agent to finish or undo exactly as
+                // after a crash (recover.rs). Nothing is rolled back or
+                // cleaned up on the way out.
+                biased;
+                _ = shutdown.cancelled() => {
+                    let phase = service.lock().operation.as_ref().map(|o| o.phase.clone()).unwrap_or_default();
+                    tracing::info!(service = %service.name, op = id, %phase, "agent stopping; the next agent finishes or undoes this operation");
+                }
+                result = service.run(&ctx, request, plan) => service.finish(&ctx, result),
+            }
             // Released and unmarked in one step under the model's lock,
             // where `acquire` looks at both: whoever holds the service
             // after this (the next operation, the healer, a kept-warm
@@ -356,13 +389,18 @@ impl Service {
         }
     }
 
-    /// Cancel the running operation (if any) and wait until it has cleaned
-    /// up and released the service.
-    async fn cancel_running(&self) {
-        let token = self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(token) = token {
-            token.cancel();
-            let _released = self.op_lock.lock().await;
-        }
+    /// Cancel the running operation (if any), wait until it has cleaned up
+    /// and released the service, and return how it ended.
+    async fn cancel_running(&self) -> Option<crate::api::Outcome> {
+        let (token, id) = {
+            let m = self.lock();
+            let token = self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            (token, m.operation.as_ref().map(|o| o.id))
+        };
+        let (token, id) = (token?, id?);
+        token.cancel();
+        let _released = self.op_lock.lock().await;
+        let m = self.lock();
+        m.last_outcome.clone().filter(|o| o.operation == id)
     }
 }

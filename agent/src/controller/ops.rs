@@ -59,6 +59,28 @@ pub(super) struct Plan {
     pub rolling: Option<super::rolling::RollingPlan>,
     /// The replica a replica operation acts on.
     pub replica: Option<(Color, u32)>,
+    /// For an abort: how the operation it stopped ended.
+    pub stopped: Option<Outcome>,
+}
+
+impl Plan {
+    /// Nothing to work on.
+    fn empty() -> Plan {
+        Plan {
+            revision: None,
+            target: None,
+            spec: None,
+            canary: None,
+            rolling: None,
+            replica: None,
+            stopped: None,
+        }
+    }
+
+    /// An abort whose work was done by the operation it stopped.
+    pub fn stopped(outcome: Outcome) -> Plan {
+        Plan { revision: Some(outcome.revision), stopped: Some(outcome), ..Plan::empty() }
+    }
 }
 
 /// A canary request, validated.
@@ -103,8 +125,7 @@ impl Service {
     pub(super) fn plan(&self, request: &OpRequest) -> Result<Plan, ControlError> {
         let model = self.lock();
         let idle = model.idle();
-        let empty =
-            Plan { revision: None, target: None, spec: None, canary: None, rolling: None, replica: None };
+        let empty = Plan::empty();
         match request {
             OpRequest::Deploy(req) => {
                 let spec = self.config.spec.with_overrides(&req.overrides());
@@ -200,11 +221,19 @@ impl Service {
             OpRequest::Promote => self.promote(ctx).await,
             OpRequest::Rollback => self.rollback(ctx, plan).await,
             OpRequest::Abort => {
-                let target = plan.target.expect("abort plan has a target");
+                let stopped = plan
+                    .stopped
+                    .map(|o| format!("stopped {} #{} ({}: {}); ", o.kind, o.operation, o.outcome, o.message));
+                let Some(target) = plan.target else {
+                    return Ok(stopped.unwrap_or_default().trim_end_matches("; ").to_string());
+                };
                 self.phase(ctx, "removing", format!("removing the candidate in {target}"));
                 self.restore_weights();
                 self.retire_color(target, Some(ctx.id)).await;
-                Ok(format!("candidate in {target} removed; traffic stays where it was"))
+                Ok(format!(
+                    "{}candidate in {target} removed; traffic stays where it was",
+                    stopped.unwrap_or_default()
+                ))
             }
             OpRequest::Canary(_) => self.canary(ctx, plan.canary.expect("canary plan")).await,
             OpRequest::Rolling(_) => self.rolling(ctx, plan.rolling.expect("rolling plan")).await,
@@ -300,7 +329,12 @@ impl Service {
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
         let target = self.lock().idle();
         self.cancel_warm_timer();
-        // The idle color may still hold the previous release, kept warm.
+        // A new candidate replaces the one in the idle color, and with it
+        // any canary split: until it is promoted (or given a canary weight
+        // of its own) it gets no share of live traffic.
+        self.restore_weights();
+        // The idle color may still hold the previous release, kept warm, or
+        // the candidate being replaced.
         if self.lock().colors.get(&target).is_some_and(|c| !c.replicas.is_empty()) {
             self.phase(ctx, "stopping", format!("removing the previous release kept warm in {target}"));
             self.retire_color(target, Some(ctx.id)).await;
@@ -645,7 +679,7 @@ impl Service {
             }
         }
         let service = self.clone();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(keep) => {}

@@ -93,14 +93,39 @@ impl Service {
         self.apply_routes();
 
         if let Some(op) = interrupted {
+            use crate::api::OperationKind as K;
             let target = op.target;
             let active = self.lock().active;
+            // Shown as running while it is resolved.
+            self.lock().operation = Some(crate::api::OperationStatus {
+                id: op.id,
+                kind: op.kind,
+                phase: "recovering".into(),
+                revision: op.revision,
+                started_at: op.started_at.clone(),
+                detail: String::new(),
+            });
             let message = match (op.kind, target) {
-                (crate::api::OperationKind::Promote | crate::api::OperationKind::Rollback, Some(t))
-                    if active == Some(t) =>
+                // Traffic had moved to the target (a promote, a deploy or
+                // canary that went on to promote, a rollback): finish the
+                // switch as the operation would have, old color kept warm
+                // when `keep_old` says so.
+                (K::Promote | K::Rollback | K::Deploy | K::Canary, Some(t))
+                    if active == Some(t)
+                        && self.lock().colors.get(&t.other()).is_some_and(|c| !c.replicas.is_empty()) =>
                 {
-                    self.retire_color(t.other(), None).await;
-                    format!("the agent restarted during this {:?}; the switch to {t} had happened, so it was completed", op.kind)
+                    let old = t.other();
+                    {
+                        let mut m = self.lock();
+                        m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
+                    }
+                    let keep = self.config.deploy.keep_old;
+                    if keep.is_zero() {
+                        self.retire_color(old, None).await;
+                    } else {
+                        self.keep_warm(old, keep);
+                    }
+                    format!("the agent restarted during this {}; the switch to {t} had happened, so it was completed", op.kind)
                 }
                 (_, Some(t))
                     if active != Some(t) && self.lock().is_candidate(t)
@@ -111,9 +136,9 @@ impl Service {
                         m.weights = m.active.map(Weights::all_to);
                     }
                     self.retire_color(t, None).await;
-                    format!("the agent restarted during this {:?}; the half-done {t} color was removed and traffic stays on the stable color", op.kind)
+                    format!("the agent restarted during this {}; the half-done {t} color was removed and traffic stays on the stable color", op.kind)
                 }
-                _ => format!("the agent restarted during this {:?}; nothing was left to undo", op.kind),
+                _ => format!("the agent restarted during this {}; nothing was left to undo", op.kind),
             };
             let outcome = Outcome {
                 operation: op.id,
@@ -123,18 +148,7 @@ impl Service {
                 revision: op.revision,
                 at: now_rfc3339(),
             };
-            {
-                let mut m = self.lock();
-                m.operation = Some(crate::api::OperationStatus {
-                    id: op.id,
-                    kind: op.kind,
-                    phase: "recovering".into(),
-                    revision: op.revision,
-                    started_at: op.started_at.clone(),
-                    detail: String::new(),
-                });
-                m.end_operation(outcome.clone(), None);
-            }
+            self.lock().end_operation(outcome.clone(), None);
             tracing::warn!(service = %self.name, revision = op.revision, "{message}");
             self.emit(Some(op.id), EventKind::OperationFinished { result: outcome });
         }

@@ -117,7 +117,7 @@ impl Service {
         }
         let service = self.clone();
         let mut rx = watch.receiver();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = monitor.cancelled() => break,
@@ -325,24 +325,21 @@ impl Service {
         if backends.is_empty() {
             return DrainReport::default();
         }
-        let proxy = self.proxy.clone();
-        let ids = backends.clone();
-        let events = self.shared.events.clone();
-        let name = self.name.clone();
         let wanted = self.config.replicas;
-        let ticker = tokio::spawn(async move {
-            let mut last = u64::MAX;
-            loop {
-                let inflight: u64 = ids.iter().map(|id| proxy.inflight(id)).sum();
-                if inflight != last {
-                    last = inflight;
-                    events.emit(&name, op, EventKind::Progress { healthy: wanted, wanted, inflight });
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        let drain = self.proxy.drain(&backends, self.config.deploy.drain_timeout);
+        tokio::pin!(drain);
+        let mut last = u64::MAX;
+        let report = loop {
+            let inflight: u64 = backends.iter().map(|id| self.proxy.inflight(id)).sum();
+            if inflight != last {
+                last = inflight;
+                self.emit(op, EventKind::Progress { healthy: wanted, wanted, inflight });
             }
-        });
-        let report = self.proxy.drain(&backends, self.config.deploy.drain_timeout).await;
-        ticker.abort();
+            tokio::select! {
+                report = &mut drain => break report,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        };
         self.emit(
             op,
             EventKind::Drained {

@@ -2,6 +2,7 @@
 //! addresses and enums, and refuse contradictions, naming the line and the
 //! dotted key of the first problem.
 
+use super::claims::Claims;
 use super::locate::line_of;
 use super::{RawAgent, RawConfig, RawDeploy, RawHealth, RawRolling, RawRuntime, RawService};
 use crate::api::Spec;
@@ -152,6 +153,17 @@ impl Ctx<'_> {
     }
 }
 
+/// Why `addr` cannot be bound beside `other`, claimed by config key `by`.
+fn clash_message(addr: SocketAddr, other: SocketAddr, by: &str) -> String {
+    if addr == other {
+        format!("{addr} is already used by {by}")
+    } else {
+        format!(
+            "{addr} clashes with {other} of {by} (a wildcard address such as 0.0.0.0 or [::] takes the port on every address)"
+        )
+    }
+}
+
 /// Validate the raw config into the typed one.
 pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
     let cx = Ctx { text, path };
@@ -159,20 +171,19 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     let runtime = runtime(&cx, &raw.runtime)?;
 
     // Addresses already taken, with the key that took them.
-    let mut taken: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut taken = Claims::default();
     if let Some(addr) = agent.control_listen {
-        taken.insert(addr, "agent.control_listen".into());
+        let _ = taken.claim(addr, "agent.control_listen");
     }
     if let Some(addr) = agent.metrics_listen {
-        if let Some(other) = taken.get(&addr) {
+        if let Err((other, by)) = taken.claim(addr, "agent.metrics_listen") {
             let span = raw.agent.metrics_listen.as_ref().map(|v| v.span()).unwrap_or(0..0);
             return Err(cx.err(
                 span,
                 "agent.metrics_listen",
-                format!("{addr} is already used by {other}: give each listener its own port"),
+                format!("{}: give each listener its own port", clash_message(addr, other, &by)),
             ));
         }
-        taken.insert(addr, "agent.metrics_listen".into());
     }
 
     // In file order, so a clash is reported on the later of the two lines.
@@ -307,7 +318,7 @@ fn service(
     name: &Spanned<String>,
     raw: &RawService,
     kind: RuntimeKind,
-    taken: &mut BTreeMap<SocketAddr, String>,
+    taken: &mut Claims,
 ) -> Result<ServiceConfig, ConfigError> {
     let n = name.get_ref();
     let prefix = format!("services.{n}");
@@ -342,14 +353,13 @@ fn service(
             for (i, v) in l.get_ref().iter().enumerate() {
                 let item_key = format!("{listen_key}[{i}]");
                 let addr = cx.socket_addr(v, &item_key)?;
-                if let Some(other) = taken.get(&addr) {
+                if let Err((other, by)) = taken.claim(addr, item_key.clone()) {
                     return Err(cx.err(
                         v.span(),
                         &item_key,
-                        format!("{addr} is already used by {other}: every listener needs its own address"),
+                        format!("{}: every listener needs its own address", clash_message(addr, other, &by)),
                     ));
                 }
-                taken.insert(addr, item_key);
                 addrs.push(addr);
             }
             addrs
