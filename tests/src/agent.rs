@@ -111,6 +111,7 @@ pub struct Agent {
     socket_activated: bool,
     env: Vec<(String, String)>,
     docker_host: Option<String>,
+    runtime_keys: Vec<(String, String)>,
     log: LogSettings,
     socket_group: Option<String>,
 }
@@ -149,6 +150,7 @@ impl Agent {
             socket_activated: false,
             env: vec![],
             docker_host: None,
+            runtime_keys: Vec::new(),
             log: LogSettings::default(),
             socket_group: None,
         }
@@ -211,6 +213,12 @@ impl Agent {
         self
     }
 
+    /// Set a raw TOML value in `[runtime]`; `value` is TOML (`"\"3s\""`).
+    pub fn runtime_key(mut self, key: &str, value: &str) -> Agent {
+        self.runtime_keys.push((key.into(), value.into()));
+        self
+    }
+
     /// Write the config, start the agent, wait until its API answers.
     pub async fn start(self) -> RunningAgent {
         let dir = tempfile::Builder::new().prefix("bg-agent-test-").tempdir().expect("temp dir");
@@ -245,6 +253,9 @@ impl Agent {
         toml.push_str(&format!("\n[runtime]\nkind = \"{kind}\"\n"));
         if let Some(host) = &self.docker_host {
             toml.push_str(&format!("docker_host = {host:?}\n"));
+        }
+        for (key, value) in &self.runtime_keys {
+            toml.push_str(&format!("{key} = {value}\n"));
         }
         for svc in &self.services {
             let addr = free_addr();

@@ -159,3 +159,52 @@ async fn operation_ids_and_event_numbers_grow_across_restarts() {
     assert_eq!(unique.len(), ids.len(), "duplicate operation ids in history: {ids:?}");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_killed_by_a_signal_fails_the_deploy_at_once_not_at_the_deadline() {
+    let agent = Agent::process().service(Svc::new("web").set("health", "deadline", "\"120s\"")).start().await;
+    agent.bgctl(&["deploy", "web"]).assert_exit_code(0);
+    agent
+        .bgctl(&["deploy", "web", "--env", "VERSION=v2", "--env", "UNHEALTHY=1", "--no-wait"])
+        .assert_exit_code(0);
+    wait_phase(&agent, "health").await;
+    let pids = agent.processes_with("VERSION=v2");
+    assert_eq!(pids.len(), 1, "one candidate process: {pids:?}");
+    // What the OOM killer does.
+    let killed = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = agent.wait_idle("web", Duration::from_secs(30)).await;
+    assert!(killed.elapsed() < Duration::from_secs(15), "noticed after {:?}", killed.elapsed());
+    let (kind, message) = outcome(&s);
+    assert_eq!(kind, "failed", "{s}");
+    assert!(message.contains("SIGKILL"), "the failure says how it died: {message}");
+    assert_eq!(live_versions(&agent, 50).await.version("v1"), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_that_fails_stops_the_promote_and_traffic_stays() {
+    let mut agent = Agent::process().service(Svc::new("web")).start().await;
+    agent.bgctl(&["deploy", "web"]).assert_exit_code(0);
+    agent.bgctl(&["deploy", "web", "--env", "VERSION=v2"]).assert_exit_code(0);
+    let before = agent.status("web").await;
+    // A directory where the state file's temporary copy goes: every write
+    // fails, also for root (file modes would not stop root).
+    let blocker = agent.state_dir().join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let out = agent.bgctl(&["promote", "web"]);
+    out.assert_exit_code(1);
+    assert!(out.stdout.contains("cannot persist state"), "{}", out.stdout);
+    let s = agent.status("web").await;
+    assert_eq!(s["active"], before["active"], "traffic moved without a state write: {s}");
+    assert_eq!(live_versions(&agent, 100).await.version("v1"), 100);
+
+    // The disk is back: the same promote goes through, and a new agent
+    // reads what the proxy serves.
+    std::fs::remove_dir(&blocker).unwrap();
+    agent.bgctl(&["promote", "web"]).assert_exit_code(0);
+    agent.kill9();
+    agent.restart().await;
+    let s = agent.wait_idle("web", OP).await;
+    assert_ne!(s["active"], before["active"], "{s}");
+    assert_eq!(live_versions(&agent, 50).await.version("v2"), 50);
+}

@@ -273,8 +273,12 @@ async fn docker_engine_unreachable_traffic_flows_deploys_fail_clearly_and_the_ag
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = Relay::start(&dir.path().join("engine.sock"), "/var/run/docker.sock".as_ref()).await;
     let service = unique_service("engine");
-    let agent =
-        Agent::docker().docker_host(&relay.url()).service(Svc::new(&service).replicas(2)).start().await;
+    let agent = Agent::docker()
+        .docker_host(&relay.url())
+        .runtime_key("call_timeout", "\"3s\"")
+        .service(Svc::new(&service).replicas(2))
+        .start()
+        .await;
     let first = agent.op(&service, "deploy", json!({}), OP).await;
     assert_eq!(outcome(&first).0, "succeeded", "{first}\n{}", agent.log());
 
@@ -285,6 +289,30 @@ async fn docker_engine_unreachable_traffic_flows_deploys_fail_clearly_and_the_ag
     // unhealthy_threshold (2) checks of 100 ms go by.
     relay.hang().await;
     stays_serving(&agent, &service, "blue", 2, Duration::from_secs(3)).await;
+    // A deploy against the hung engine fails within the call timeout, not
+    // bollard's two minutes, naming the engine; status answers meanwhile.
+    let started = std::time::Instant::now();
+    let accepted = agent
+        .api_post(&format!("/v1/services/{service}/deploy"), json!({"image": "websample:v2"}))
+        .await
+        .unwrap();
+    assert_eq!(accepted.0, 202, "{accepted:?}");
+    let asked = std::time::Instant::now();
+    let s = agent.status(&service).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "status waited {:?} behind the engine",
+        asked.elapsed()
+    );
+    assert!(!s["operation"].is_null(), "{s}");
+    let s = agent.wait_idle(&service, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    let (kind, message) = outcome(&s);
+    assert_eq!(kind, "failed", "{s}");
+    assert!(message.contains("did not answer in time"), "the failure names the hung engine: {message}");
+    assert!(took < Duration::from_secs(15), "a hung engine held the deploy {took:?}");
+    assert!(replicas(&s, "green").is_empty(), "nothing left of the failed deploy: {s}");
+    eprintln!("deploy against a hung engine failed after {took:?}: {message}");
 
     // The engine refuses connections.
     relay.refuse().await;

@@ -90,7 +90,13 @@ pub struct RuntimeConfig {
     /// Docker engine address (`unix:///var/run/docker.sock` by default, or
     /// `$DOCKER_HOST`).
     pub docker_host: Option<String>,
+    /// How long one engine request may take before it fails with an error
+    /// naming the engine (image pulls and stops have their own limits).
+    pub call_timeout: Duration,
 }
+
+/// Default `[runtime] call_timeout`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `[runtime] kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

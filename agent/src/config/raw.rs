@@ -119,6 +119,7 @@ pub(super) struct RawAgent {
 pub(super) struct RawRuntime {
     pub kind: Option<Spanned<String>>,
     pub docker_host: Option<Spanned<String>>,
+    pub call_timeout: Option<Spanned<String>>,
 }
 
 /// `[services.NAME]`.

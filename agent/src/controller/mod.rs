@@ -112,11 +112,20 @@ impl Persister {
         state.last_operation
     }
 
-    /// Replace one service's record and write the whole file.
+    /// Replace one service's record and write the whole file. When the
+    /// write fails the record is put back as it was, so no later write of
+    /// another service carries a change that was refused here.
     pub fn save(&self, service: &str, record: ServiceRecord) -> Result<(), StateError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.services.insert(service.to_string(), record);
-        self.store.save(&state)
+        let before = state.services.insert(service.to_string(), record);
+        let result = self.store.save(&state);
+        if result.is_err() {
+            match before {
+                Some(b) => state.services.insert(service.to_string(), b),
+                None => state.services.remove(service),
+            };
+        }
+        result
     }
 
     /// The record of one service as last loaded or saved.
@@ -274,10 +283,40 @@ impl Service {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rebuild the proxy's route table from the model and swap it in.
+    /// Rebuild the proxy's route table from the model and swap it in,
+    /// under the model's lock: tables are installed in the order of the
+    /// model changes they reflect, so no table is older than the model.
     fn apply_routes(&self) {
-        let table = self.lock().route_table();
-        self.proxy.set_routes(table);
+        let model = self.lock();
+        self.proxy.set_routes(model.route_table());
+    }
+
+    /// The commit step of every change that moves traffic: change the
+    /// model, write the state file, install the route table, in that
+    /// order and under the model's lock. A state write that fails undoes
+    /// the change, so traffic stays where it was and the file never lags
+    /// behind what the proxy does (a crash after the write is finished by
+    /// the next agent from the file). Returns what `change` returned
+    /// (events to emit once the change is in).
+    fn commit<R>(&self, change: impl FnOnce(&mut ServiceModel) -> R) -> Result<R, StateError> {
+        let mut model = self.lock();
+        let before = model.clone();
+        let out = change(&mut model);
+        if let Err(e) = self.shared.persister.save(&self.name, model.record()) {
+            *model = before;
+            drop(model);
+            tracing::error!(service = %self.name, error = %e, "cannot persist state; the change was not made");
+            self.emit(
+                None,
+                EventKind::Message {
+                    level: "error".into(),
+                    message: format!("cannot persist state, so traffic did not move: {e}"),
+                },
+            );
+            return Err(e);
+        }
+        self.proxy.set_routes(model.route_table());
+        Ok(out)
     }
 
     /// Write the model to the state file; a failure is reported, not fatal

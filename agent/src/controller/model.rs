@@ -55,7 +55,7 @@ pub(crate) struct ColorModel {
 }
 
 /// The model of one service.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ServiceModel {
     pub(crate) revision: u64,
     pub(crate) active: Option<Color>,
@@ -147,6 +147,30 @@ impl ServiceModel {
         });
         self.op_target = target;
         revision
+    }
+
+    /// Set the traffic state of the replicas of `color` that `which`
+    /// picks; the replica events to emit for those that changed.
+    pub(crate) fn set_states(
+        &mut self,
+        color: Color,
+        which: impl Fn(&ReplicaModel) -> bool,
+        state: ReplicaState,
+    ) -> Vec<crate::api::EventKind> {
+        let mut changed = Vec::new();
+        for r in self.color(color).replicas.iter_mut().filter(|r| which(r)) {
+            if r.state != state {
+                r.state = state;
+                changed.push(crate::api::EventKind::Replica {
+                    color,
+                    replica: r.number.to_string(),
+                    health: r.health,
+                    state,
+                    reason: None,
+                });
+            }
+        }
+        changed
     }
 
     /// Record an operation's end in the history.

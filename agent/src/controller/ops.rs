@@ -368,13 +368,11 @@ impl Service {
         self.set_color_state(target, ReplicaState::Serving);
         let first = self.lock().active.is_none();
         if first {
-            {
-                let mut m = self.lock();
+            self.commit(|m| {
                 m.active = Some(target);
                 m.weights = Some(Weights::all_to(target));
-            }
-            self.apply_routes();
-            self.persist();
+            })
+            .map_err(|e| state_failure(&e, "nothing is live yet"))?;
             self.emit_switched(Some(ctx.id));
             return Ok(format!("revision {revision} is live on {target}"));
         }
@@ -399,17 +397,22 @@ impl Service {
             (m.active, new, m.colors.get(&new).and_then(|c| c.spec.as_ref()).map(|s| s.revision).unwrap_or(0))
         };
         self.phase(ctx, "switching", format!("switching traffic to {new} (revision {revision})"));
-        {
-            let mut m = self.lock();
-            m.active = Some(new);
-            m.weights = Some(Weights::all_to(new));
-        }
-        if let Some(old) = old {
-            self.set_color_state(old, ReplicaState::Draining);
-        }
         let before = self.proxy.stats().color(super::model::proxy_color(new)).clone();
-        self.apply_routes();
-        self.persist();
+        let changed = self
+            .commit(|m| {
+                m.active = Some(new);
+                m.weights = Some(Weights::all_to(new));
+                old.map(|old| m.set_states(old, |_| true, ReplicaState::Draining)).unwrap_or_default()
+            })
+            .map_err(|e| {
+                state_failure(
+                    &e,
+                    &format!("traffic stays on {}", old.map_or("nothing".into(), |o| o.to_string())),
+                )
+            })?;
+        for event in changed {
+            self.emit(Some(ctx.id), event);
+        }
         self.emit_switched(Some(ctx.id));
         let Some(old) = old else {
             return Ok(format!("revision {revision} is live on {new}"));
@@ -435,7 +438,7 @@ impl Service {
                             "rolling-back",
                             format!("monitor failed ({reason}); switching back to {old}"),
                         );
-                        self.swap_back(ctx, new, old).await;
+                        self.swap_back(ctx, new, old).await?;
                         return Err(OpFailure::new(
                             OutcomeKind::RolledBack,
                             format!("revision {revision} rolled back to {old}: {reason}"),
@@ -521,18 +524,21 @@ impl Service {
 
     /// Instant rollback: `back` is still running; swap to it, drain and
     /// remove `from`.
-    async fn swap_back(&self, ctx: &OpCtx, from: Color, back: Color) {
-        {
-            let mut m = self.lock();
-            m.active = Some(back);
-            m.weights = Some(Weights::all_to(back));
-            m.color(back).warm_until = None;
+    async fn swap_back(&self, ctx: &OpCtx, from: Color, back: Color) -> Result<(), OpFailure> {
+        let changed = self
+            .commit(|m| {
+                m.active = Some(back);
+                m.weights = Some(Weights::all_to(back));
+                m.color(back).warm_until = None;
+                m.set_states(back, |_| true, ReplicaState::Serving)
+            })
+            .map_err(|e| state_failure(&e, &format!("traffic stays on {from}")))?;
+        for event in changed {
+            self.emit(Some(ctx.id), event);
         }
-        self.set_color_state(back, ReplicaState::Serving);
-        self.apply_routes();
-        self.persist();
         self.emit_switched(Some(ctx.id));
         self.retire_color(from, Some(ctx.id)).await;
+        Ok(())
     }
 
     async fn rollback(self: &Arc<Self>, ctx: &OpCtx, plan: Plan) -> Result<String, OpFailure> {
@@ -566,7 +572,7 @@ impl Service {
                 "{idle} is kept warm but not healthy; traffic stays on {active}"
             )));
         }
-        self.swap_back(ctx, active, idle).await;
+        self.swap_back(ctx, active, idle).await?;
         self.lock().previous = None;
         self.persist();
         Ok(format!("rolled back to {idle}; {active} drained and stopped"))
@@ -577,13 +583,13 @@ impl Service {
         let pcolor = super::model::proxy_color(new);
         let stable = pcolor.other();
         if let Some(w) = plan.weight {
-            self.set_split(new, w);
+            self.set_split(new, w)?;
             self.emit_switched(Some(ctx.id));
             return Ok(format!("{w}% of new clients go to {new}"));
         }
         for (i, &step) in plan.steps.iter().enumerate() {
             self.phase(ctx, "canary", format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()));
-            self.set_split(new, step);
+            self.set_split(new, step)?;
             self.emit_switched(Some(ctx.id));
             let start = self.proxy.stats();
             let mut waited = Duration::ZERO;
@@ -655,10 +661,9 @@ impl Service {
         Ok(format!("canary passed every step; {last}% of new clients go to {new}"))
     }
 
-    fn set_split(&self, new: Color, pct: u8) {
-        self.lock().weights = Some(Weights::split(new, pct));
-        self.apply_routes();
-        self.persist();
+    fn set_split(&self, new: Color, pct: u8) -> Result<(), OpFailure> {
+        self.commit(|m| m.weights = Some(Weights::split(new, pct)))
+            .map_err(|e| state_failure(&e, "the split did not change"))
     }
 
     async fn abandon_canary(&self, ctx: &OpCtx, new: Color) {
@@ -704,6 +709,11 @@ impl Service {
             t.cancel();
         }
     }
+}
+
+/// An operation stopped because the state file could not be written.
+fn state_failure(e: &crate::state::StateError, traffic: &str) -> OpFailure {
+    OpFailure::failed(format!("cannot persist state ({e}); the operation stopped and {traffic}"))
 }
 
 /// Whether `color` can take traffic: a healthy candidate.

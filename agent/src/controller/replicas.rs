@@ -210,12 +210,11 @@ impl Service {
                 let model = self.lock();
                 let replicas = model.colors.get(&color).map(|c| c.replicas.as_slice()).unwrap_or(&[]);
                 let healthy = replicas.iter().filter(|r| r.health == Health::Healthy).count() as u32;
+                // The health monitor's verdict, not its wording: a replica
+                // killed by a signal (OOM) has exited too.
                 let exited = replicas
                     .iter()
-                    .find(|r| {
-                        r.health == Health::Unhealthy
-                            && r.reason.as_deref().is_some_and(|m| m.contains("exited"))
-                    })
+                    .find(|r| r.exited)
                     .map(|r| (r.number, r.handle.clone(), r.reason.clone().unwrap_or_default()));
                 (healthy, exited)
             };
@@ -287,21 +286,14 @@ impl Service {
         let (op, changed, backends) = {
             let mut model = self.lock();
             let op = model.operation.as_ref().map(|o| o.id);
-            let mut changed = Vec::new();
-            let mut backends = Vec::new();
-            for r in model.color(color).replicas.iter_mut().filter(|r| which(r)) {
-                backends.push(r.backend.clone());
-                if r.state != state {
-                    r.state = state;
-                    changed.push(EventKind::Replica {
-                        color,
-                        replica: r.number.to_string(),
-                        health: r.health,
-                        state,
-                        reason: None,
-                    });
-                }
-            }
+            let backends = model
+                .color(color)
+                .replicas
+                .iter()
+                .filter(|r| which(r))
+                .map(|r| r.backend.clone())
+                .collect::<Vec<_>>();
+            let changed = model.set_states(color, which, state);
             (op, changed, backends)
         };
         for event in changed {

@@ -27,9 +27,13 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Seconds bollard waits for one API answer (2 minutes, bollard's own
-/// default). Stop calls get their grace period on top.
+/// Seconds bollard waits for one API answer while the client is set up;
+/// [`DockerRuntime::with_call_timeout`] sets the limit every call uses.
 const API_TIMEOUT_SECS: u64 = 120;
+/// The default limit of one engine request (`[runtime] call_timeout`).
+const DEFAULT_CALL_TIMEOUT: Duration = crate::config::DEFAULT_CALL_TIMEOUT;
+/// The limit of one image pull, which streams while layers arrive.
+const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Extra time a stop call may take beyond its grace period, for the
 /// engine to deliver SIGKILL and reap.
 const STOP_SLACK: Duration = Duration::from_secs(30);
@@ -99,7 +103,16 @@ impl DockerRuntime {
             message: format!("cannot set up a Docker client: {hint}"),
             source: Some(Box::new(e)),
         })?;
+        let base = base.with_timeout(DEFAULT_CALL_TIMEOUT);
         Ok(DockerRuntime { base, client: tokio::sync::OnceCell::new(), hint })
+    }
+
+    /// Fail any single engine request that takes longer than `limit`
+    /// (default 15 s), so a hung engine fails an operation in seconds with
+    /// an error naming it. Image pulls and stops have their own limits.
+    pub fn with_call_timeout(mut self, limit: Duration) -> Self {
+        self.base = self.base.with_timeout(limit);
+        self
     }
 
     /// Negotiate the API version (once) and check that the engine answers.
@@ -156,7 +169,8 @@ impl DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        let docker = self.client().await?;
+        // A pull streams for as long as the image takes to arrive.
+        let docker = self.client().await?.clone().with_timeout(PULL_TIMEOUT);
         tracing::info!(%image, "pulling image");
         let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
         let mut stream = docker.create_image(Some(options), None, None);

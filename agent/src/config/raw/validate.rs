@@ -303,7 +303,12 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
             Some(s.to_string())
         }
     };
-    Ok(RuntimeConfig { kind, docker_host })
+    let call_timeout = cx.duration(&raw.call_timeout, "runtime.call_timeout", DEFAULT_CALL_TIMEOUT)?;
+    if call_timeout.is_zero() {
+        let span = raw.call_timeout.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, "runtime.call_timeout", "must be above zero, e.g. \"15s\""));
+    }
+    Ok(RuntimeConfig { kind, docker_host, call_timeout })
 }
 
 fn valid_service_name(name: &str) -> bool {
