@@ -47,6 +47,43 @@ pub struct ServiceRecord {
     pub operation: Option<OperationRecord>,
     /// Past operations, oldest first, at most [`HISTORY_LIMIT`].
     pub history: Vec<HistoryEntry>,
+    /// An operation that stopped half-way on purpose and waits for the
+    /// operator (`failure_action = "pause"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedRecord>,
+}
+
+/// A paused operation, as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PausedRecord {
+    /// A promote whose monitor window failed: traffic is on the active
+    /// color and `old` still runs, out of rotation. `promote` finishes it,
+    /// `abort` or `rollback` switches back.
+    Promote {
+        /// The color traffic came from.
+        old: Color,
+    },
+    /// A rolling update stopped after a failed batch. `rolling --resume`
+    /// goes on, `abort` brings every replica back to `previous`.
+    Rolling {
+        /// The revision it rolls out.
+        target: RevisionSpec,
+        /// The revision it replaces.
+        previous: RevisionSpec,
+        /// Replicas per batch.
+        parallelism: u32,
+        /// Pause between batches, milliseconds.
+        delay_ms: u64,
+        /// Start-first or stop-first.
+        order: crate::config::RollingOrder,
+        /// What a failed batch does.
+        failure_action: crate::config::FailureAction,
+        /// Watch after each batch, milliseconds.
+        monitor_ms: u64,
+        /// Failed batches tolerated, as a fraction.
+        max_failure_ratio: f64,
+    },
 }
 
 /// A spec and the revision it was deployed as.
@@ -266,6 +303,7 @@ mod tests {
                 previous: None,
                 operation: None,
                 history: vec![],
+                paused: None,
             },
         );
         s

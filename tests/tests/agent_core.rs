@@ -208,3 +208,97 @@ async fn a_state_write_that_fails_stops_the_promote_and_traffic_stays() {
     assert_ne!(s["active"], before["active"], "{s}");
     assert_eq!(live_versions(&agent, 50).await.version("v2"), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rolling_update_survives_a_restart_and_abort_brings_the_old_spec_back() {
+    let svc = Svc::new("web").replicas(3).set("health", "deadline", "\"2s\"");
+    let mut agent = Agent::process().service(svc).start().await;
+    agent.bgctl(&["deploy", "web"]).assert_exit_code(0);
+    let out = agent.bgctl(&[
+        "rolling",
+        "web",
+        "--env",
+        "VERSION=v2",
+        "--env",
+        "UNHEALTHY=1",
+        "--failure-action",
+        "pause",
+        "--order",
+        "stop-first",
+    ]);
+    out.assert_exit_code(1);
+    assert!(out.stdout.contains("paused"), "{}", out.stdout);
+
+    // A restart keeps the pause, and gives the color its empty slot back.
+    assert!(agent.stop().success());
+    agent.restart().await;
+    let s = agent
+        .wait_status("web", "three healthy replicas", OP, |s| {
+            let rs = bg_tests::status::replicas(s, "blue");
+            rs.len() == 3 && rs.iter().all(|r| r["health"] == "healthy" && r["state"] == "serving")
+        })
+        .await;
+    assert!(s["operation"].is_null(), "{s}");
+
+    // The hint bgctl printed works: abort undoes the update.
+    let out = agent.bgctl(&["abort", "web"]);
+    out.assert_exit_code(0);
+    assert!(out.stdout.contains("undone"), "{}", out.stdout);
+    let s = agent.status("web").await;
+    let rs = bg_tests::status::replicas(&s, "blue");
+    assert_eq!(rs.len(), 3, "{s}");
+    assert!(rs.iter().all(|r| r["revision"] == 1), "every replica on the old revision: {rs:?}");
+    assert_eq!(live_versions(&agent, 60).await.version("v1"), 60);
+    // Nothing is paused any more.
+    agent.bgctl(&["rolling", "web", "--resume"]).assert_exit_code(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_promote_is_undone_by_abort_and_finished_by_promote() {
+    let svc = Svc::new("web")
+        .set("deploy", "monitor", "\"30s\"")
+        .set("deploy", "failure_action", "\"pause\"")
+        .set("health", "deadline", "\"5s\"");
+    let mut agent = Agent::process().service(svc).start().await;
+    agent.bgctl(&["deploy", "web"]).assert_exit_code(0);
+
+    for (round, finish, version) in [(2, "abort", "v1"), (3, "promote", "v3")] {
+        let v = format!("VERSION=v{round}");
+        agent.bgctl(&["deploy", "web", "--env", &v, "--promote", "--no-wait"]).assert_exit_code(0);
+        let watching = wait_phase(&agent, "monitor").await;
+        let new = watching["active"].as_str().unwrap().to_string();
+        // The new color dies in the monitor window: the promote pauses.
+        let pids = agent.processes_with(&v);
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        let s = agent.wait_idle("web", OP).await;
+        assert_eq!(outcome(&s).0, "paused", "{s}");
+        if round == 3 {
+            // Still paused after a restart.
+            assert!(agent.stop().success());
+            agent.restart().await;
+        }
+        // The healer brings the new color back; then the hint is followed.
+        agent
+            .wait_status("web", "the new color healthy again", OP, |s| {
+                bg_tests::status::replicas(s, &new).iter().all(|r| r["health"] == "healthy")
+            })
+            .await;
+        let out = agent.bgctl(&[finish, "web"]);
+        out.assert_exit_code(0);
+        let s = agent.status("web").await;
+        let old = if new == "blue" { "green" } else { "blue" };
+        match finish {
+            "abort" => {
+                assert_eq!(s["active"], old, "abort switched back: {s}");
+                assert!(bg_tests::status::replicas(&s, &new).is_empty(), "{s}");
+            }
+            _ => {
+                assert_eq!(s["active"], new.as_str(), "promote kept the new color: {s}");
+                assert!(bg_tests::status::replicas(&s, old).is_empty(), "old color stopped: {s}");
+            }
+        }
+        assert_eq!(live_versions(&agent, 50).await.version(version), 50, "round {round}");
+    }
+}

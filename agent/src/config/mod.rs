@@ -167,7 +167,8 @@ pub struct HealthConfig {
 }
 
 /// What to do when the monitor window (or a rolling batch) fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FailureAction {
     /// Go back to the previous color or spec.
     Rollback,
@@ -178,7 +179,8 @@ pub enum FailureAction {
 }
 
 /// The order of a rolling replacement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RollingOrder {
     /// Drain and stop the old replica, then start the new one.
     StopFirst,

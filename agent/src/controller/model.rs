@@ -8,7 +8,9 @@ use crate::api::{
 use crate::config::ServiceConfig;
 use crate::events::now_rfc3339;
 use crate::runtime::ReplicaHandle;
-use crate::state::{ColorRecord, OperationRecord, ReplicaRecord, RevisionSpec, ServiceRecord, HISTORY_LIMIT};
+use crate::state::{
+    ColorRecord, OperationRecord, PausedRecord, ReplicaRecord, RevisionSpec, ServiceRecord, HISTORY_LIMIT,
+};
 use bg_proxy::{Backend, BackendId, Proxy, RouteTable};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +56,67 @@ pub(crate) struct ColorModel {
     pub warm_until: Option<u64>,
 }
 
+/// An operation that stopped half-way on purpose (`failure_action =
+/// "pause"`) and waits for the operator; persisted, so a restart keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Paused {
+    /// The monitor window after a switch failed: traffic stays on the
+    /// active color, `old` runs out of rotation. `promote` finishes the
+    /// promote; `abort` (or `rollback`) switches back to `old`.
+    Promote {
+        /// The color traffic came from.
+        old: Color,
+    },
+    /// A rolling update stopped after a failed batch: `rolling --resume`
+    /// goes on, `abort` brings every replica back to the previous spec.
+    Rolling(Box<super::rolling::RollingPlan>),
+}
+
+impl Paused {
+    /// As persisted.
+    pub(crate) fn record(&self) -> PausedRecord {
+        match self {
+            Paused::Promote { old } => PausedRecord::Promote { old: *old },
+            Paused::Rolling(p) => PausedRecord::Rolling {
+                target: p.target.clone(),
+                previous: p.previous.clone(),
+                parallelism: p.parallelism,
+                delay_ms: p.delay.as_millis() as u64,
+                order: p.order,
+                failure_action: p.failure_action,
+                monitor_ms: p.monitor.as_millis() as u64,
+                max_failure_ratio: p.max_failure_ratio,
+            },
+        }
+    }
+
+    /// From the state file.
+    pub(crate) fn from_record(r: &PausedRecord) -> Paused {
+        match r {
+            PausedRecord::Promote { old } => Paused::Promote { old: *old },
+            PausedRecord::Rolling {
+                target,
+                previous,
+                parallelism,
+                delay_ms,
+                order,
+                failure_action,
+                monitor_ms,
+                max_failure_ratio,
+            } => Paused::Rolling(Box::new(super::rolling::RollingPlan {
+                target: target.clone(),
+                previous: previous.clone(),
+                parallelism: *parallelism,
+                delay: std::time::Duration::from_millis(*delay_ms),
+                order: *order,
+                failure_action: *failure_action,
+                monitor: std::time::Duration::from_millis(*monitor_ms),
+                max_failure_ratio: *max_failure_ratio,
+            })),
+        }
+    }
+}
+
 /// The model of one service.
 #[derive(Debug, Default, Clone)]
 pub struct ServiceModel {
@@ -67,7 +130,7 @@ pub struct ServiceModel {
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) last_outcome: Option<Outcome>,
     pub(crate) warm_cancel: Option<CancellationToken>,
-    pub(crate) paused_rolling: Option<super::rolling::RollingPlan>,
+    pub(crate) paused: Option<Paused>,
     /// Ended operations by (kind, outcome), for metrics; never decreases.
     pub(crate) outcome_counts: BTreeMap<(OperationKind, crate::api::OutcomeKind), u64>,
     /// When traffic last moved (unix seconds).
@@ -298,6 +361,7 @@ impl ServiceModel {
                 started_at: o.started_at.clone(),
             }),
             history: self.history.clone(),
+            paused: self.paused.as_ref().map(Paused::record),
         }
     }
 }

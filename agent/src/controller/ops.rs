@@ -4,7 +4,7 @@
 //! nothing; a failure after acceptance leaves traffic where it was, or puts
 //! it back.
 
-use super::model::ServiceModel;
+use super::model::{Paused, ServiceModel};
 use super::{ControlError, OpRequest, Service};
 use crate::api::{
     CanaryRequest, Color, EventKind, Health, OperationKind, Outcome, OutcomeKind, ReplicaState, Spec, Weights,
@@ -61,6 +61,9 @@ pub(super) struct Plan {
     pub replica: Option<(Color, u32)>,
     /// For an abort: how the operation it stopped ended.
     pub stopped: Option<Outcome>,
+    /// The paused operation this request finishes (promote) or undoes
+    /// (abort).
+    pub paused: Option<Paused>,
 }
 
 impl Plan {
@@ -74,6 +77,7 @@ impl Plan {
             rolling: None,
             replica: None,
             stopped: None,
+            paused: None,
         }
     }
 
@@ -133,6 +137,16 @@ impl Service {
                 Ok(Plan { revision: Some(model.revision + 1), target: Some(idle), spec: Some(spec), ..empty })
             }
             OpRequest::Promote => {
+                if let Some(Paused::Promote { old }) = &model.paused {
+                    let revision =
+                        model.active.and_then(|a| model.colors.get(&a)).and_then(|c| c.spec.as_ref());
+                    return Ok(Plan {
+                        revision: revision.map(|s| s.revision),
+                        target: model.active,
+                        paused: Some(Paused::Promote { old: *old }),
+                        ..empty
+                    });
+                }
                 promotable(&model, idle)?;
                 Ok(Plan {
                     revision: model.colors.get(&idle).and_then(|c| c.spec.as_ref()).map(|s| s.revision),
@@ -165,6 +179,20 @@ impl Service {
                 }
             }
             OpRequest::Abort => {
+                match &model.paused {
+                    Some(Paused::Promote { old }) => {
+                        return Ok(Plan { target: Some(*old), paused: model.paused.clone(), ..empty })
+                    }
+                    Some(Paused::Rolling(p)) => {
+                        return Ok(Plan {
+                            revision: Some(p.previous.revision),
+                            target: model.active,
+                            paused: model.paused.clone(),
+                            ..empty
+                        })
+                    }
+                    None => {}
+                }
                 if model.is_candidate(idle) {
                     Ok(Plan { target: Some(idle), ..empty })
                 } else {
@@ -218,8 +246,12 @@ impl Service {
                 let promote = req.promote.unwrap_or(self.config.deploy.auto_promote);
                 self.deploy(ctx, spec, promote).await
             }
-            OpRequest::Promote => self.promote(ctx).await,
+            OpRequest::Promote => match plan.paused {
+                Some(Paused::Promote { old }) => self.finish_paused_promote(ctx, old).await,
+                _ => self.promote(ctx).await,
+            },
             OpRequest::Rollback => self.rollback(ctx, plan).await,
+            OpRequest::Abort if plan.paused.is_some() => self.abort_paused(ctx, plan.paused).await,
             OpRequest::Abort => {
                 let stopped = plan
                     .stopped
@@ -327,7 +359,15 @@ impl Service {
     }
 
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
-        let target = self.lock().idle();
+        let target = {
+            let mut m = self.lock();
+            // A new release settles a paused promote: its old color is
+            // replaced below.
+            if matches!(m.paused, Some(Paused::Promote { .. })) {
+                m.paused = None;
+            }
+            m.idle()
+        };
         self.cancel_warm_timer();
         // A new candidate replaces the one in the idle color, and with it
         // any canary split: until it is promoted (or given a canary weight
@@ -445,9 +485,11 @@ impl Service {
                         ));
                     }
                     FailureAction::Pause => {
+                        self.lock().paused = Some(Paused::Promote { old });
+                        self.persist();
                         return Err(OpFailure::new(
                             OutcomeKind::Paused,
-                            format!("monitor failed ({reason}); traffic stays on {new}, {old} is kept warm: run bgctl rollback {} or bgctl promote", self.name),
+                            format!("monitor failed ({reason}); traffic stays on {new}, {old} still runs out of rotation: finish with bgctl promote {name}, or switch back with bgctl abort {name}", name = self.name),
                         ));
                     }
                     FailureAction::Continue => {
@@ -572,6 +614,9 @@ impl Service {
                 "{idle} is kept warm but not healthy; traffic stays on {active}"
             )));
         }
+        if matches!(self.lock().paused, Some(Paused::Promote { .. })) {
+            self.lock().paused = None;
+        }
         self.swap_back(ctx, active, idle).await?;
         self.lock().previous = None;
         self.persist();
@@ -669,6 +714,69 @@ impl Service {
     async fn abandon_canary(&self, ctx: &OpCtx, new: Color) {
         self.restore_weights();
         self.retire_color(new, Some(ctx.id)).await;
+    }
+
+    /// `promote` after a monitor window paused it: the operator accepts
+    /// the new color; the old one is stopped (or kept warm for `keep_old`).
+    async fn finish_paused_promote(self: &Arc<Self>, ctx: &OpCtx, old: Color) -> Result<String, OpFailure> {
+        let new = old.other();
+        {
+            let mut m = self.lock();
+            m.paused = None;
+            m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
+        }
+        self.persist();
+        let keep = self.config.deploy.keep_old;
+        if keep.is_zero() {
+            self.phase(ctx, "stopping", format!("stopping {old}"));
+            self.retire_color(old, Some(ctx.id)).await;
+            Ok(format!("promote to {new} finished; {old} stopped"))
+        } else {
+            self.keep_warm(old, keep);
+            self.persist();
+            Ok(format!(
+                "promote to {new} finished; {old} is kept warm for {}",
+                humantime::format_duration(keep)
+            ))
+        }
+    }
+
+    /// `abort` of a paused operation: back to where it started. A paused
+    /// promote switches back to the old color; a paused rolling update
+    /// brings every replica back to the previous spec.
+    async fn abort_paused(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        paused: Option<Paused>,
+    ) -> Result<String, OpFailure> {
+        match paused {
+            Some(Paused::Promote { old }) => {
+                let new = old.other();
+                if !self.lock().all_healthy(old) {
+                    return Err(OpFailure::failed(format!(
+                        "{old} is not healthy; traffic stays on {new}, still paused"
+                    )));
+                }
+                self.phase(ctx, "switching", format!("switching back to {old}"));
+                self.lock().paused = None;
+                self.swap_back(ctx, new, old).await?;
+                Ok(format!("paused promote undone: traffic is back on {old}, {new} removed"))
+            }
+            Some(Paused::Rolling(plan)) => {
+                self.lock().paused = None;
+                self.persist();
+                let back = super::rolling::RollingPlan {
+                    target: plan.previous.clone(),
+                    previous: plan.target.clone(),
+                    ..*plan
+                };
+                let revision = back.target.revision;
+                self.rolling(ctx, back).await.map(|_| {
+                    format!("paused rolling update undone: every replica runs revision {revision} again")
+                })
+            }
+            None => Ok("nothing was paused".into()),
+        }
     }
 
     /// Keep `color` running out of rotation for `keep`, then stop it unless

@@ -4,7 +4,7 @@
 //! operation that a crash cut short: a half-done deploy or canary is
 //! aborted, a promote that had switched is completed.
 
-use super::model::ServiceModel;
+use super::model::{Paused, ServiceModel};
 use super::Service;
 use crate::api::{Color, EventKind, Outcome, OutcomeKind, ReplicaState, Weights};
 use crate::events::now_rfc3339;
@@ -28,6 +28,7 @@ impl Service {
                     previous: rec.previous.clone(),
                     last_outcome: rec.history.last().map(|h| h.outcome.clone()),
                     history: rec.history.clone(),
+                    paused: rec.paused.as_ref().map(Paused::from_record),
                     ..ServiceModel::default()
                 };
                 for (color, c) in &rec.colors {
@@ -153,6 +154,8 @@ impl Service {
             self.emit(Some(op.id), EventKind::OperationFinished { result: outcome });
         }
 
+        self.fill_missing_slots();
+
         // An old color kept warm keeps its remaining time.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let warm: Vec<(Color, u64)> = {
@@ -172,6 +175,43 @@ impl Service {
         }
         self.apply_routes();
         self.persist();
+    }
+
+    /// The active color runs `replicas` replicas again: a crash between
+    /// retiring a replica and recording its replacement (a stop-first
+    /// batch) left its slot empty, and with `replicas = 1` nothing would
+    /// serve. Each empty slot is tracked as gone, so the healer starts it
+    /// with the color's spec, through the health gate.
+    fn fill_missing_slots(&self) {
+        let missing: Vec<(Color, u32, RevisionSpec)> = {
+            let m = self.lock();
+            let Some(active) = m.active else { return };
+            let Some(c) = m.colors.get(&active) else { return };
+            let Some(spec) = c.spec.clone() else { return };
+            let have: Vec<u32> = c.replicas.iter().map(|r| r.number).collect();
+            let wanted = (self.config.replicas as usize).saturating_sub(have.len());
+            (1..).filter(|n| !have.contains(n)).take(wanted).map(|n| (active, n, spec.clone())).collect()
+        };
+        for (color, number, spec) in missing {
+            let name = crate::runtime::replica_name(&self.name, color, number);
+            self.emit(
+                None,
+                EventKind::Message {
+                    level: "warn".into(),
+                    message: format!("{color} is short of replica {number} ({name}); it will be started"),
+                },
+            );
+            let record = crate::state::ReplicaRecord {
+                number,
+                runtime_id: name.clone(),
+                name,
+                addr: "127.0.0.1:0".into(),
+                revision: spec.revision,
+                spec: None,
+                state: ReplicaState::Serving,
+            };
+            self.track_gone(color, &record, spec);
+        }
     }
 
     /// No state file entry but running replicas: the newest revision

@@ -5,6 +5,7 @@
 //! stop signal, so stop-first loses no request either: with one replica,
 //! requests wait in the proxy's queue while its successor starts.
 
+use super::model::Paused;
 use super::ops::{OpCtx, OpFailure};
 use super::{ControlError, Service};
 use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState, RollingRequest, Spec, SpecOverrides};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A validated rolling request, merged with the service's `[rolling]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RollingPlan {
     pub target: RevisionSpec,
     pub previous: RevisionSpec,
@@ -81,7 +82,10 @@ impl Service {
         let previous = color
             .and_then(|c| c.spec.clone())
             .ok_or_else(|| ControlError::BadRequest("the active color has no spec".into()))?;
-        let resuming = model.paused_rolling.as_ref();
+        let resuming = match &model.paused {
+            Some(Paused::Rolling(plan)) => Some(plan),
+            _ => None,
+        };
         if req.resume && resuming.is_none() {
             return Err(ControlError::BadRequest("nothing to resume: no rolling update is paused".into()));
         }
@@ -125,7 +129,9 @@ impl Service {
         {
             let mut m = self.lock();
             m.revision = m.revision.max(plan.target.revision);
-            m.paused_rolling = None;
+            if matches!(m.paused, Some(Paused::Rolling(_))) {
+                m.paused = None;
+            }
         }
         let todo: Vec<u32> = {
             let m = self.lock();
@@ -196,7 +202,8 @@ impl Service {
             }
             return Err(match plan.failure_action {
                 FailureAction::Pause => {
-                    self.lock().paused_rolling = Some(plan.clone());
+                    self.lock().paused = Some(Paused::Rolling(Box::new(plan.clone())));
+                    self.persist();
                     OpFailure::new(
                         OutcomeKind::Paused,
                         format!("rolling update paused after batch {}: {reason}. Fix it, then: bgctl rolling {} --resume", i + 1, self.name),
