@@ -85,7 +85,14 @@ pub struct Shared {
 /// Writes one service's record into the shared state file.
 pub struct Persister {
     store: StateStore,
-    state: Mutex<PersistedState>,
+    state: Mutex<Written>,
+}
+
+/// What the persister last wrote, and the generation of each service's
+/// record in it.
+struct Written {
+    state: PersistedState,
+    generations: std::collections::BTreeMap<String, u64>,
 }
 
 impl Persister {
@@ -101,36 +108,46 @@ impl Persister {
             .max()
             .unwrap_or(0);
         state.last_operation = state.last_operation.max(in_history);
-        Persister { store, state: Mutex::new(state) }
+        Persister { store, state: Mutex::new(Written { state, generations: Default::default() }) }
     }
 
     /// The next operation id, unique across services and restarts once
     /// the next [`Persister::save`] has written it.
     fn next_op_id(&self) -> u64 {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.last_operation += 1;
-        state.last_operation
+        let mut written = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        written.state.last_operation += 1;
+        written.state.last_operation
     }
 
-    /// Replace one service's record and write the whole file. When the
-    /// write fails the record is put back as it was, so no later write of
-    /// another service carries a change that was refused here.
-    pub fn save(&self, service: &str, record: ServiceRecord) -> Result<(), StateError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let before = state.services.insert(service.to_string(), record);
-        let result = self.store.save(&state);
-        if result.is_err() {
-            match before {
-                Some(b) => state.services.insert(service.to_string(), b),
-                None => state.services.remove(service),
-            };
+    /// Replace one service's record and write the whole file, unless a
+    /// record of a later `generation` was written already (then this one
+    /// is stale and skipped). When the write fails the record is put back
+    /// as it was, so no later write of another service carries a change
+    /// that was refused here.
+    pub fn save(&self, service: &str, record: ServiceRecord, generation: u64) -> Result<(), StateError> {
+        let mut written = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if written.generations.get(service).is_some_and(|g| *g > generation) {
+            return Ok(());
+        }
+        let before = written.state.services.insert(service.to_string(), record);
+        let result = self.store.save(&written.state);
+        match (&result, before) {
+            (Ok(()), _) => {
+                written.generations.insert(service.to_string(), generation);
+            }
+            (Err(_), Some(b)) => {
+                written.state.services.insert(service.to_string(), b);
+            }
+            (Err(_), None) => {
+                written.state.services.remove(service);
+            }
         }
         result
     }
 
     /// The record of one service as last loaded or saved.
     pub fn record(&self, service: &str) -> Option<ServiceRecord> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).services.get(service).cloned()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).state.services.get(service).cloned()
     }
 }
 
@@ -145,6 +162,9 @@ pub struct Service {
     op_cancel: Mutex<Option<CancellationToken>>,
     /// Wakes the healer ([`Service::heal`]) when a replica exits.
     heal_wake: tokio::sync::Notify,
+    /// Generations of the records handed to the persister, taken under the
+    /// model's lock, so a record's generation orders it like the model.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// A service's control-plane numbers for `/metrics`.
@@ -217,6 +237,7 @@ impl Service {
             op_lock: Arc::new(tokio::sync::Mutex::new(())),
             op_cancel: Mutex::new(None),
             heal_wake: tokio::sync::Notify::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -302,7 +323,8 @@ impl Service {
         let mut model = self.lock();
         let before = model.clone();
         let out = change(&mut model);
-        if let Err(e) = self.shared.persister.save(&self.name, model.record()) {
+        let generation = self.next_generation();
+        if let Err(e) = self.shared.persister.save(&self.name, model.record(), generation) {
             *model = before;
             drop(model);
             tracing::error!(service = %self.name, error = %e, "cannot persist state; the change was not made");
@@ -321,15 +343,27 @@ impl Service {
 
     /// Write the model to the state file; a failure is reported, not fatal
     /// to the operation (the next write retries).
+    ///
+    /// The record is taken under the model's lock with a generation number,
+    /// and the persister never writes a record older than one it already
+    /// wrote: two writers that race write the newest model last.
     fn persist(&self) {
-        let record = self.lock().record();
-        if let Err(e) = self.shared.persister.save(&self.name, record) {
+        let (record, generation) = {
+            let model = self.lock();
+            (model.record(), self.next_generation())
+        };
+        if let Err(e) = self.shared.persister.save(&self.name, record, generation) {
             tracing::error!(service = %self.name, error = %e, "cannot persist state");
             self.emit(
                 None,
                 EventKind::Message { level: "error".into(), message: format!("cannot persist state: {e}") },
             );
         }
+    }
+
+    /// The generation of the next record; call with the model locked.
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     fn emit(&self, op: Option<u64>, kind: EventKind) -> u64 {

@@ -120,10 +120,13 @@ impl Service {
                         let mut m = self.lock();
                         m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
                     }
+                    // As the operation would have: a rollback removes the
+                    // color it left, a promote keeps it warm for keep_old.
                     let keep = self.config.deploy.keep_old;
-                    if keep.is_zero() {
+                    if keep.is_zero() || op.kind == K::Rollback {
                         self.retire_color(old, None).await;
                     } else {
+                        self.set_color_state(old, ReplicaState::Out);
                         self.keep_warm(old, keep);
                     }
                     format!("the agent restarted during this {}; the switch to {t} had happened, so it was completed", op.kind)
@@ -155,6 +158,7 @@ impl Service {
         }
 
         self.fill_missing_slots();
+        self.trim_extra_replicas().await;
 
         // An old color kept warm keeps its remaining time.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -212,6 +216,37 @@ impl Service {
             };
             self.track_gone(color, &record, spec);
         }
+    }
+
+    /// The active color runs no more than `replicas` replicas: a crash in
+    /// a start-first batch, after the new replica joined the rotation and
+    /// before the old one left, leaves one too many. The highest numbers
+    /// go (start-first gives new replicas fresh, higher numbers, so the
+    /// half-done batch is undone), drained before they stop.
+    async fn trim_extra_replicas(&self) {
+        let (color, extra) = {
+            let m = self.lock();
+            let Some(active) = m.active else { return };
+            let Some(c) = m.colors.get(&active) else { return };
+            let mut numbers: Vec<u32> = c.replicas.iter().map(|r| r.number).collect();
+            numbers.sort_unstable();
+            let keep = (self.config.replicas as usize).min(numbers.len());
+            (active, numbers.split_off(keep))
+        };
+        if extra.is_empty() {
+            return;
+        }
+        self.emit(
+            None,
+            EventKind::Message {
+                level: "warn".into(),
+                message: format!(
+                    "{color} runs more than {} replicas; removing replica(s) {extra:?}",
+                    self.config.replicas
+                ),
+            },
+        );
+        self.retire_replicas(None, color, &extra).await;
     }
 
     /// No state file entry but running replicas: the newest revision

@@ -299,7 +299,7 @@ impl Service {
     ) -> Result<(), String> {
         match order {
             RollingOrder::StopFirst => {
-                self.retire_replicas(ctx, color, batch).await;
+                self.retire_replicas(Some(ctx.id), color, batch).await;
                 let starts = batch.iter().map(|&n| self.start_into_rotation(ctx, color, n, spec));
                 let results = futures_util::future::join_all(starts).await;
                 results.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ())
@@ -320,10 +320,10 @@ impl Service {
                 let results: Result<Vec<()>, String> =
                     futures_util::future::join_all(starts).await.into_iter().collect();
                 if let Err(e) = results {
-                    self.retire_replicas(ctx, color, &fresh).await;
+                    self.retire_replicas(Some(ctx.id), color, &fresh).await;
                     return Err(e);
                 }
-                self.retire_replicas(ctx, color, batch).await;
+                self.retire_replicas(Some(ctx.id), color, batch).await;
                 Ok(())
             }
         }
@@ -340,7 +340,7 @@ impl Service {
     ) -> Result<(), String> {
         self.start_replica(color, number, spec).await?;
         if let Err(e) = self.wait_replica_healthy(ctx, color, number).await {
-            self.retire_replicas(ctx, color, &[number]).await;
+            self.retire_replicas(Some(ctx.id), color, &[number]).await;
             return Err(e);
         }
         self.set_replica_state(color, number, ReplicaState::Serving);
@@ -350,7 +350,7 @@ impl Service {
     }
 
     /// Take replicas out of rotation, drain them, stop and forget them.
-    async fn retire_replicas(&self, ctx: &OpCtx, color: Color, numbers: &[u32]) {
+    pub(super) async fn retire_replicas(&self, op: Option<u64>, color: Color, numbers: &[u32]) {
         let backends = self.set_state(color, |r| numbers.contains(&r.number), ReplicaState::Draining);
         let replicas: Vec<_> = self
             .lock()
@@ -361,8 +361,8 @@ impl Service {
             .cloned()
             .collect();
         self.apply_routes();
-        self.drain_backends(color, backends, Some(ctx.id)).await;
-        self.stop_replicas(color, &replicas, Some(ctx.id)).await;
+        self.drain_backends(color, backends, op).await;
+        self.stop_replicas(color, &replicas, op).await;
         self.lock().color(color).replicas.retain(|r| !numbers.contains(&r.number));
         self.apply_routes();
         self.persist();
