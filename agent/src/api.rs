@@ -469,7 +469,7 @@ pub struct Outcome {
 /// One line of the event stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Sequence number, strictly growing within one agent process.
+    /// Sequence number, strictly growing, also across agent restarts.
     pub seq: u64,
     /// RFC 3339 time.
     pub at: String,

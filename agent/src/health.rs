@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What the checks say about a replica now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,18 +150,23 @@ async fn http_probe(target: SocketAddr, path: &str) -> Result<(), String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("GET {path} on {target}: {e}"))?;
-    // The connection future drives the socket; it ends with the request.
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let req = http::Request::get(path)
         .header(http::header::HOST, target.to_string())
         .header(http::header::CONNECTION, "close")
         .header(http::header::USER_AGENT, "bg-agent-health")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("GET {path}: bad request: {e}"))?;
-    let result = sender.send_request(req).await;
-    driver.abort();
+    // The connection is driven beside the request, in this task; it is
+    // dropped with the answer's head (the body is not needed).
+    let send = sender.send_request(req);
+    tokio::pin!(send, conn);
+    let result = tokio::select! {
+        biased;
+        r = &mut send => r,
+        // The connection ended (the server closed it after its answer):
+        // the answer, or why there is none, is ready.
+        _ = &mut conn => send.await,
+    };
     let resp = result.map_err(|e| format!("GET {path} on {target}: {e}"))?;
     if resp.status().is_success() {
         Ok(())
@@ -198,8 +204,10 @@ pub struct HealthMonitor;
 
 impl HealthMonitor {
     /// Check `target` per `config` until `cancel` fires or the replica
-    /// exits. The first check runs at once, then one every `interval`.
+    /// exits, on a task of `tasks`. The first check runs at once, then one
+    /// every `interval`.
     pub fn spawn(
+        tasks: &TaskTracker,
         target: SocketAddr,
         config: HealthConfig,
         runtime: Arc<dyn Runtime>,
@@ -212,12 +220,13 @@ impl HealthMonitor {
             let check = check.clone();
             Box::pin(async move { probe(target, &check, timeout).await })
         };
-        Self::spawn_with(config, runtime, handle, cancel, probe_fn)
+        Self::spawn_with(tasks, config, runtime, handle, cancel, probe_fn)
     }
 
     /// [`HealthMonitor::spawn`] with a custom probe, for tests and for
     /// checks that are not HTTP or TCP.
     pub fn spawn_with<F>(
+        tasks: &TaskTracker,
         config: HealthConfig,
         runtime: Arc<dyn Runtime>,
         handle: ReplicaHandle,
@@ -228,7 +237,7 @@ impl HealthMonitor {
         F: FnMut() -> BoxFuture<'static, Result<(), String>> + Send + 'static,
     {
         let (tx, rx) = watch::channel(HealthReport::starting());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tracker = HealthTracker::new(config.healthy_threshold, config.unhealthy_threshold);
             let mut runtime_view = RuntimeView::default();
             let mut ticks = tokio::time::interval(config.interval);
@@ -518,10 +527,14 @@ mod tests {
     async fn a_runtime_that_fails_or_hangs_does_not_make_a_passing_replica_unhealthy() {
         let runtime = Arc::new(FakeRuntime(std::sync::Mutex::new(FakeState::Running)));
         let cancel = CancellationToken::new();
-        let mut watch =
-            HealthMonitor::spawn_with(config(), runtime.clone(), handle(), cancel.clone(), || {
-                Box::pin(async { Ok(()) })
-            });
+        let mut watch = HealthMonitor::spawn_with(
+            &TaskTracker::new(),
+            config(),
+            runtime.clone(),
+            handle(),
+            cancel.clone(),
+            || Box::pin(async { Ok(()) }),
+        );
         watch.wait_healthy(Duration::from_secs(1)).await.unwrap();
         for broken in [FakeState::Down, FakeState::Hangs] {
             runtime.set(broken);
@@ -545,8 +558,13 @@ mod tests {
         let cancel = CancellationToken::new();
         let passing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let p = passing.clone();
-        let mut watch =
-            HealthMonitor::spawn_with(config(), runtime.clone(), handle(), cancel.clone(), move || {
+        let mut watch = HealthMonitor::spawn_with(
+            &TaskTracker::new(),
+            config(),
+            runtime.clone(),
+            handle(),
+            cancel.clone(),
+            move || {
                 let ok = p.load(std::sync::atomic::Ordering::Relaxed);
                 Box::pin(async move {
                     if ok {
@@ -555,7 +573,8 @@ mod tests {
                         Err("refused".into())
                     }
                 })
-            });
+            },
+        );
         watch.wait_healthy(Duration::from_secs(1)).await.unwrap();
         runtime.set(FakeState::Down);
         passing.store(false, std::sync::atomic::Ordering::Relaxed);

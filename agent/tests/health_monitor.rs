@@ -100,6 +100,7 @@ async fn healthy_after_threshold_passes_one_interval_apart() {
     let rt = FakeRuntime::running(None);
     let cancel = CancellationToken::new();
     let mut w = HealthMonitor::spawn_with(
+        &tokio_util::task::TaskTracker::new(),
         config(http()),
         rt,
         handle(),
@@ -119,6 +120,7 @@ async fn healthy_after_threshold_passes_one_interval_apart() {
 async fn healthy_turns_unhealthy_after_threshold_failures() {
     let rt = FakeRuntime::running(None);
     let mut w = HealthMonitor::spawn_with(
+        &tokio_util::task::TaskTracker::new(),
         config(http()),
         rt,
         handle(),
@@ -144,6 +146,7 @@ async fn an_exited_replica_fails_at_once_with_its_exit_code() {
     let rt = FakeRuntime::running(None);
     rt.set(RunState::Exited { code: 137 });
     let mut w = HealthMonitor::spawn_with(
+        &tokio_util::task::TaskTracker::new(),
         config(http()),
         rt,
         handle(),
@@ -164,6 +167,7 @@ async fn an_exited_replica_fails_at_once_with_its_exit_code() {
 async fn a_failing_native_healthcheck_blocks_passing() {
     let rt = FakeRuntime::running(Some(false));
     let mut w = HealthMonitor::spawn_with(
+        &tokio_util::task::TaskTracker::new(),
         config(http()),
         rt.clone(),
         handle(),
@@ -183,6 +187,7 @@ async fn a_failing_native_healthcheck_blocks_passing() {
 async fn cancelling_ends_the_monitor() {
     let cancel = CancellationToken::new();
     let mut w = HealthMonitor::spawn_with(
+        &tokio_util::task::TaskTracker::new(),
         config(http()),
         FakeRuntime::running(None),
         handle(),
@@ -206,7 +211,14 @@ async fn websample_becomes_healthy_over_http_and_tcp() {
     let h = start_websample(&rt, &[]).await;
     let cancel = CancellationToken::new();
     for check in [http(), HealthCheckKind::Tcp] {
-        let mut w = HealthMonitor::spawn(h.addr, config(check), rt.clone(), h.clone(), cancel.child_token());
+        let mut w = HealthMonitor::spawn(
+            &tokio_util::task::TaskTracker::new(),
+            h.addr,
+            config(check),
+            rt.clone(),
+            h.clone(),
+            cancel.child_token(),
+        );
         w.wait_healthy(Duration::from_secs(10)).await.unwrap();
     }
     cancel.cancel();
@@ -220,7 +232,14 @@ async fn unhealthy_websample_never_becomes_healthy() {
     let rt = Arc::new(ProcessRuntime::new(dir.path()).unwrap());
     let h = start_websample(&rt, &[("UNHEALTHY", "1")]).await;
     let cancel = CancellationToken::new();
-    let mut w = HealthMonitor::spawn(h.addr, config(http()), rt.clone(), h.clone(), cancel.clone());
+    let mut w = HealthMonitor::spawn(
+        &tokio_util::task::TaskTracker::new(),
+        h.addr,
+        config(http()),
+        rt.clone(),
+        h.clone(),
+        cancel.clone(),
+    );
     let err = w.wait_healthy(Duration::from_secs(2)).await.unwrap_err();
     match &err {
         HealthError::Deadline { reason, .. } => assert!(reason.contains("503"), "{err}"),
@@ -237,7 +256,14 @@ async fn a_killed_websample_turns_unhealthy_with_its_exit() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Arc::new(ProcessRuntime::new(dir.path()).unwrap());
     let h = start_websample(&rt, &[]).await;
-    let mut w = HealthMonitor::spawn(h.addr, config(http()), rt.clone(), h.clone(), CancellationToken::new());
+    let mut w = HealthMonitor::spawn(
+        &tokio_util::task::TaskTracker::new(),
+        h.addr,
+        config(http()),
+        rt.clone(),
+        h.clone(),
+        CancellationToken::new(),
+    );
     w.wait_healthy(Duration::from_secs(10)).await.unwrap();
 
     rt.stop(&h, "SIGKILL", Duration::from_secs(1)).await.unwrap();

@@ -131,9 +131,16 @@ impl Service {
                     }
                     format!("the agent restarted during this {}; the switch to {t} had happened, so it was completed", op.kind)
                 }
+                // A promote cut before its switch changed nothing: the
+                // candidate a finished deploy left stays, out of the
+                // rotation, for the next promote.
+                (K::Promote, Some(t)) if active != Some(t) && self.lock().is_candidate(t) => {
+                    let mut m = self.lock();
+                    m.weights = m.active.map(Weights::all_to);
+                    format!("the agent restarted during this promote, before the switch to {t}; traffic stays on the stable color and the candidate in {t} is kept: promote it again")
+                }
                 (_, Some(t))
-                    if active != Some(t) && self.lock().is_candidate(t)
-                        || active != Some(t) && op.kind == crate::api::OperationKind::Deploy =>
+                    if active != Some(t) && (self.lock().is_candidate(t) || op.kind == K::Deploy) =>
                 {
                     {
                         let mut m = self.lock();

@@ -90,6 +90,7 @@ impl Service {
     ) {
         let monitor = self.shared.shutdown.child_token();
         let watch = HealthMonitor::spawn(
+            &self.shared.tasks,
             handle.addr,
             self.config.health.clone(),
             self.shared.runtime.clone(),
