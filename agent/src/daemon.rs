@@ -109,6 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         persister: Persister::new(store, state),
         shutdown: shutdown.clone(),
         tasks: tracker.clone(),
+        prober: crate::health::real_prober(),
     });
     let mut shareable = Shareable::default();
 

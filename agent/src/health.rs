@@ -121,6 +121,17 @@ impl HealthTracker {
     }
 }
 
+/// How a replica is probed: `probe` in the agent; a fake in the
+/// controller's unit tests, which run on paused time.
+pub type Prober = Arc<
+    dyn Fn(SocketAddr, HealthCheckKind, Duration) -> BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
+/// The real [`probe`], as a [`Prober`].
+pub fn real_prober() -> Prober {
+    Arc::new(|target, check, timeout| Box::pin(async move { probe(target, &check, timeout).await }))
+}
+
 /// One probe of `target`: `Ok` when it passes, or why it failed.
 pub async fn probe(target: SocketAddr, check: &HealthCheckKind, timeout: Duration) -> Result<(), String> {
     let attempt = async {

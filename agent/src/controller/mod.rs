@@ -15,6 +15,8 @@ mod ops;
 mod recover;
 mod replicas;
 mod rolling;
+#[cfg(test)]
+mod tests;
 
 pub use model::ServiceModel;
 
@@ -80,6 +82,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every task a controller spawns; the agent waits for them at shutdown.
     pub tasks: TaskTracker,
+    /// How replicas are health-checked ([`crate::health::real_prober`]).
+    pub prober: crate::health::Prober,
 }
 
 /// Writes one service's record into the shared state file.

@@ -13,7 +13,9 @@ use crate::config::FailureAction;
 use crate::events::now_rfc3339;
 use crate::state::RevisionSpec;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+// tokio's clock, so deadlines follow paused time in tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often the monitor window and canary steps look at the numbers.

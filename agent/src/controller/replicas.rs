@@ -12,7 +12,8 @@ use crate::state::{ReplicaRecord, RevisionSpec};
 use bg_proxy::{BackendId, DrainReport};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often waits re-read the model (health verdicts arrive by watcher).
@@ -89,13 +90,16 @@ impl Service {
         state: ReplicaState,
     ) {
         let monitor = self.shared.shutdown.child_token();
-        let watch = HealthMonitor::spawn(
+        let (prober, target, check) =
+            (self.shared.prober.clone(), handle.addr, self.config.health.check.clone());
+        let timeout = self.config.health.timeout;
+        let watch = HealthMonitor::spawn_with(
             &self.shared.tasks,
-            handle.addr,
             self.config.health.clone(),
             self.shared.runtime.clone(),
             handle.clone(),
             monitor.clone(),
+            move || prober(target, check.clone(), timeout),
         );
         let backend = backend_id(&handle);
         let replica = ReplicaModel {

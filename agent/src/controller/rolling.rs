@@ -12,7 +12,8 @@ use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState, RollingReq
 use crate::config::{FailureAction, RollingOrder};
 use crate::state::RevisionSpec;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A validated rolling request, merged with the service's `[rolling]`.
 #[derive(Debug, Clone, PartialEq)]
