@@ -3,11 +3,11 @@
 //! `bg-proxy` atomically, drains and stops the old color, persists what it
 //! did, and serves the control API that `bgctl` talks to.
 //!
-//! Only [`api`] is built without the `daemon` feature: it holds the wire
-//! types `bgctl` shares with the agent.
+//! The wire types of the control API are the `bg-api` crate, re-exported
+//! here as [`api`]; `bgctl` and the tests use the same types.
 #![forbid(unsafe_code)]
 
-pub mod api;
+pub use bg_api as api;
 
 #[cfg(feature = "daemon")]
 pub mod config;

@@ -11,7 +11,7 @@ use crate::api::{
     CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, RollingRequest, ServiceList,
     SpecOverrides,
 };
-use crate::controller::{ControlError, OpRequest, Service};
+use crate::controller::{ControlError, Operation, Service};
 use crate::decode::{decode, decode_empty, Checked, DecodeError};
 use crate::events::EventHub;
 use bytes::{Bytes, BytesMut};
@@ -139,12 +139,12 @@ impl ControlApi {
             (Method::POST, ["v1", "services", name, op]) => {
                 let service = self.service(name)?.clone();
                 let request = match *op {
-                    "deploy" => OpRequest::Deploy(body::<DeployRequest>(req).await?),
-                    "promote" => empty_body(req, OpRequest::Promote).await?,
-                    "rollback" => empty_body(req, OpRequest::Rollback).await?,
-                    "abort" => empty_body(req, OpRequest::Abort).await?,
-                    "canary" => OpRequest::Canary(body::<CanaryRequest>(req).await?),
-                    "rolling" => OpRequest::Rolling(body::<RollingRequest>(req).await?),
+                    "deploy" => Operation::Deploy(body::<DeployRequest>(req).await?),
+                    "promote" => empty_body(req, Operation::Promote).await?,
+                    "rollback" => empty_body(req, Operation::Rollback).await?,
+                    "abort" => empty_body(req, Operation::Abort).await?,
+                    "canary" => Operation::Canary(body::<CanaryRequest>(req).await?),
+                    "rolling" => Operation::Rolling(body::<RollingRequest>(req).await?),
                     other => {
                         return Err(not_found(format!(
                             "no operation {other:?}; see GET /v1 docs in bg_agent::api"
@@ -157,9 +157,9 @@ impl ControlApi {
                 let service = self.service(name)?.clone();
                 let id = id.to_string();
                 let request = match *action {
-                    "drain" => empty_body(req, OpRequest::ReplicaDrain(id)).await?,
-                    "enable" => empty_body(req, OpRequest::ReplicaEnable(id)).await?,
-                    "update" => OpRequest::ReplicaUpdate(id, body::<SpecOverrides>(req).await?),
+                    "drain" => empty_body(req, Operation::ReplicaDrain(id)).await?,
+                    "enable" => empty_body(req, Operation::ReplicaEnable(id)).await?,
+                    "update" => Operation::ReplicaUpdate(id, body::<SpecOverrides>(req).await?),
                     other => {
                         return Err(not_found(format!(
                             "no replica action {other:?}: use drain, enable or update"
@@ -187,7 +187,7 @@ impl ControlApi {
     async fn start(
         &self,
         service: &Arc<Service>,
-        request: OpRequest,
+        request: Operation,
     ) -> Result<Response<Body>, Response<Body>> {
         match service.start(request).await {
             Ok(accepted) => Ok(json(StatusCode::ACCEPTED, &accepted)),
@@ -368,7 +368,7 @@ async fn body<T: Checked>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     decode::<T>(&bytes).map_err(bad_request)
 }
 
-async fn empty_body(req: Request<Incoming>, op: OpRequest) -> Result<OpRequest, Response<Body>> {
+async fn empty_body(req: Request<Incoming>, op: Operation) -> Result<Operation, Response<Body>> {
     let bytes = read_body(req).await?;
     decode_empty(&bytes).map_err(bad_request)?;
     Ok(op)

@@ -3,8 +3,8 @@
 //! rate is refused here with exit code 2, before any agent is contacted).
 
 use crate::client::AgentAddr;
+use bg_api::{ApiDuration, FailureAction, RollingOrder};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::time::Duration;
 
 /// The socket `bg-agent` listens on by default.
 pub const DEFAULT_AGENT: &str = "unix:///run/bg-agent/agent.sock";
@@ -184,14 +184,14 @@ pub struct CanaryArgs {
     pub steps: Option<Steps>,
     /// How long to hold each step before judging it, e.g. `30s`, `2m`.
     #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
-    pub interval: Option<HumanDuration>,
+    pub interval: Option<ApiDuration>,
     /// Abort when the new color's 5xx rate exceeds the stable color's over
     /// the same step by more than this: `1%` or `0.01` (default 1%).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with = "weight")]
     pub max_error_rate: Option<f64>,
     /// Abort when the new color's p99 latency passes this, e.g. `300ms`.
     #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "weight")]
-    pub max_p99: Option<HumanDuration>,
+    pub max_p99: Option<ApiDuration>,
     /// A step that saw fewer requests than this waits longer (up to another
     /// interval) before it is judged.
     #[arg(long, value_name = "N", conflicts_with = "weight")]
@@ -218,18 +218,18 @@ pub struct RollingArgs {
     pub parallelism: Option<u32>,
     /// Pause between batches, e.g. `10s`.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
-    pub delay: Option<HumanDuration>,
+    pub delay: Option<ApiDuration>,
     /// `start-first` starts the new replica before stopping the old one;
     /// `stop-first` drains and stops the old one first.
-    #[arg(long, value_enum)]
-    pub order: Option<Order>,
+    #[arg(long, value_parser = wire_choice::<RollingOrder>(ORDERS))]
+    pub order: Option<RollingOrder>,
     /// What to do when a batch fails: stop and wait (`pause`), go on
     /// (`continue`), or put every replica back (`rollback`).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = wire_choice::<FailureAction>(FAILURE_ACTIONS))]
     pub failure_action: Option<FailureAction>,
     /// Watch each batch this long after it is in, e.g. `30s`.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
-    pub monitor: Option<HumanDuration>,
+    pub monitor: Option<ApiDuration>,
     /// Failed batches tolerated, as a fraction of all batches: `0.2` or
     /// `20%`.
     #[arg(long, value_name = "R", value_parser = parse_rate)]
@@ -237,26 +237,6 @@ pub struct RollingArgs {
     /// Continue a paused rolling update instead of starting a new one.
     #[arg(long)]
     pub resume: bool,
-}
-
-/// Rolling update order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Order {
-    /// Start the new replica, then drain and stop the old one.
-    StartFirst,
-    /// Drain and stop the old replica, then start the new one.
-    StopFirst,
-}
-
-/// What a rolling update does when a batch fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FailureAction {
-    /// Stop where it is; `rolling --resume` or `abort` later.
-    Pause,
-    /// Go on with the next batch.
-    Continue,
-    /// Put every replaced replica back to the previous spec.
-    Rollback,
 }
 
 /// `bgctl replica ...`.
@@ -294,15 +274,6 @@ pub enum ReplicaCommand {
     },
 }
 
-/// A duration as the user wrote it (sent to the agent as is) and its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HumanDuration {
-    /// The text, e.g. `30s`.
-    pub text: String,
-    /// Its value.
-    pub value: Duration,
-}
-
 /// Canary steps in percent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steps(pub Vec<u8>);
@@ -323,13 +294,28 @@ pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Parses a humantime duration such as `30s`, `1m30s`, `300ms`.
-pub fn parse_duration(s: &str) -> Result<HumanDuration, String> {
-    let text = s.trim();
-    let value = humantime::parse_duration(text)
-        .map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 300ms: {e}"))?;
-    Ok(HumanDuration { text: text.to_string(), value })
+/// Parses a humantime duration such as `30s`, `1m30s`, `300ms`: the
+/// API's own type, read once here.
+pub fn parse_duration(s: &str) -> Result<ApiDuration, String> {
+    ApiDuration::parse(s)
 }
+
+/// A parser for one of the API's choice enums, offering exactly its wire
+/// names (so `--help` and the completions list them).
+fn wire_choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).map(|s| {
+        serde_json::from_value(serde_json::Value::String(s)).expect("every offered name is a wire name")
+    })
+}
+
+/// The wire names of [`RollingOrder`].
+pub const ORDERS: &[&str] = &["start-first", "stop-first"];
+/// The wire names of [`FailureAction`].
+pub const FAILURE_ACTIONS: &[&str] = &["pause", "continue", "rollback"];
 
 /// Parses a percentage 0-100, with or without a trailing `%`.
 pub fn parse_percent(s: &str) -> Result<u8, String> {
@@ -388,27 +374,6 @@ pub fn command_words(values: &[String]) -> Result<Option<Vec<String>>, String> {
     Ok(Some(words))
 }
 
-impl Order {
-    /// The wire form, `start-first` or `stop-first`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Order::StartFirst => "start-first",
-            Order::StopFirst => "stop-first",
-        }
-    }
-}
-
-impl FailureAction {
-    /// The wire form, `pause`, `continue` or `rollback`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureAction::Pause => "pause",
-            FailureAction::Continue => "continue",
-            FailureAction::Rollback => "rollback",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,8 +397,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30s").unwrap().value, Duration::from_secs(30));
-        assert_eq!(parse_duration("300ms").unwrap().text, "300ms");
+        assert_eq!(parse_duration("30s").unwrap().0, std::time::Duration::from_secs(30));
+        assert_eq!(parse_duration("300ms").unwrap().to_string(), "300ms");
+        for name in ORDERS {
+            assert!(serde_json::from_value::<RollingOrder>(serde_json::json!(name)).is_ok(), "{name}");
+        }
+        for name in FAILURE_ACTIONS {
+            assert!(serde_json::from_value::<FailureAction>(serde_json::json!(name)).is_ok(), "{name}");
+        }
         assert!(parse_duration("30 parsecs").unwrap_err().contains("30 parsecs"));
         assert!(parse_duration("").is_err());
     }

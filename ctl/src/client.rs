@@ -186,7 +186,7 @@ impl Client {
             Ok(Ok(b)) => b.to_bytes(),
             _ => Bytes::new(),
         };
-        let (code, message) = match serde_json::from_slice::<bg_agent::api::ErrorBody>(&body) {
+        let (code, message) = match serde_json::from_slice::<bg_api::ErrorBody>(&body) {
             Ok(e) => (e.error.code, e.error.message),
             Err(_) => {
                 let text =
@@ -259,7 +259,7 @@ impl Client {
     }
 }
 
-/// The machine code for an error answer that carried no [`ErrorBody`](bg_agent::api::ErrorBody).
+/// The machine code for an error answer that carried no [`ErrorBody`](bg_api::ErrorBody).
 fn default_code(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "bad_request",
@@ -308,19 +308,8 @@ impl LineStream {
     }
 }
 
-/// Percent-encodes one path segment or query value (everything but RFC 3986
-/// unreserved characters).
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encode one path segment.
+pub use bg_api::encode_segment as encode;
 
 #[cfg(test)]
 mod tests {

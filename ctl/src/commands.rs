@@ -11,7 +11,7 @@ use crate::fleet;
 use crate::follow::{self, Progress};
 use crate::ops::{self, Op, Report};
 use crate::render;
-use bg_agent::api::{
+use bg_api::{
     CanaryRequest, DeployRequest, History, RollingRequest, ServiceList, ServiceStatus, SpecOverrides,
 };
 use clap::CommandFactory;
@@ -69,10 +69,10 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
         }
         Command::Replica { action } => match action {
             ReplicaCommand::Drain { service, replica } => {
-                op(clients, &service, Op::Drain(replica), true, progress).await
+                op(clients, &service, Op::ReplicaDrain(replica), true, progress).await
             }
             ReplicaCommand::Enable { service, replica } => {
-                op(clients, &service, Op::Enable(replica), true, progress).await
+                op(clients, &service, Op::ReplicaEnable(replica), true, progress).await
             }
             ReplicaCommand::Update { service, replica, overrides } => {
                 let overrides = SpecOverrides {
@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
                     command: None,
                     env: overrides.env.into_iter().collect(),
                 };
-                op(clients, &service, Op::Update(replica, overrides), true, progress).await
+                op(clients, &service, Op::ReplicaUpdate(replica, overrides), true, progress).await
             }
             ReplicaCommand::List { service } => {
                 let service = &service;
@@ -177,9 +177,9 @@ fn canary_request(args: CanaryArgs) -> (String, CanaryRequest) {
     let request = CanaryRequest {
         weight: args.weight,
         steps: args.steps.map(|s| s.0).unwrap_or_default(),
-        interval: args.interval.map(|d| d.text),
+        interval: args.interval,
         max_error_rate: args.max_error_rate,
-        max_p99: args.max_p99.map(|d| d.text),
+        max_p99: args.max_p99,
         min_requests: args.min_requests,
         promote: args.promote,
     };
@@ -192,10 +192,10 @@ fn rolling_request(args: RollingArgs) -> Result<(String, RollingRequest), Error>
         command: cli::command_words(&args.command).map_err(Error::Usage)?,
         env: args.overrides.env.into_iter().collect(),
         parallelism: args.parallelism,
-        delay: args.delay.map(|d| d.text),
-        order: args.order.map(|o| o.as_str().to_string()),
-        failure_action: args.failure_action.map(|a| a.as_str().to_string()),
-        monitor: args.monitor.map(|d| d.text),
+        delay: args.delay,
+        order: args.order,
+        failure_action: args.failure_action,
+        monitor: args.monitor,
         max_failure_ratio: args.max_failure_ratio,
         resume: args.resume,
     };

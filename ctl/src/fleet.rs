@@ -14,7 +14,7 @@ use crate::client::Client;
 use crate::error::{Error, EXIT_FAILED, EXIT_OK};
 use crate::follow::Progress;
 use crate::ops::{self, Op, OpDone, Report};
-use bg_agent::api::DeployRequest;
+use bg_api::DeployRequest;
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 use std::future::Future;

@@ -6,7 +6,7 @@
 use crate::client::{encode, Client};
 use crate::error::Error;
 use crate::render;
-use bg_agent::api::{Event, EventKind, OperationAccepted, Outcome, ServiceStatus};
+use bg_api::{Event, EventKind, OperationAccepted, Outcome, Phase, ServiceStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -55,7 +55,7 @@ impl Progress {
             bar,
             prefix,
             label,
-            phase: "accepted".into(),
+            phase: Phase::Accepted,
             healthy: None,
             inflight: 0,
         };
@@ -84,7 +84,7 @@ pub struct Tracker {
     bar: Option<ProgressBar>,
     prefix: String,
     label: String,
-    phase: String,
+    phase: Phase,
     healthy: Option<(u32, u32)>,
     inflight: u64,
 }
@@ -98,7 +98,7 @@ impl Tracker {
         if let Some((healthy, wanted)) = self.healthy {
             msg.push_str(&format!(" · {healthy}/{wanted} healthy"));
         }
-        if self.inflight > 0 || self.phase == "draining" {
+        if self.inflight > 0 || self.phase == Phase::Draining {
             msg.push_str(&format!(" · {} in flight to drain", self.inflight));
         }
         bar.set_message(msg);
@@ -108,7 +108,7 @@ impl Tracker {
     pub fn event(&mut self, e: &Event) {
         let mut print = true;
         match &e.kind {
-            EventKind::Phase { phase, .. } => self.phase = phase.clone(),
+            EventKind::Phase { phase, .. } => self.phase = *phase,
             EventKind::Progress { healthy, wanted, inflight } => {
                 let changed = self.healthy != Some((*healthy, *wanted)) || self.inflight != *inflight;
                 self.healthy = Some((*healthy, *wanted));
@@ -226,7 +226,7 @@ pub fn decode_event(line: &str) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bg_agent::api::{OperationKind, OutcomeKind};
+    use bg_api::{OperationKind, OutcomeKind};
 
     #[test]
     fn operation_finished_as_the_agent_serializes_it_is_read_back() {

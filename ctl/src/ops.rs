@@ -2,13 +2,11 @@
 //! running one to its end (POST, then follow its events). Also the
 //! [`Report`] every command returns, printable as text or JSON.
 
-use crate::client::{encode, Client};
+use crate::client::Client;
 use crate::error::{Error, EXIT_FAILED, EXIT_OK};
 use crate::follow::{self, Progress};
 use crate::render;
-use bg_agent::api::{
-    CanaryRequest, DeployRequest, OperationAccepted, Outcome, OutcomeKind, RollingRequest, SpecOverrides,
-};
+use bg_api::{OperationAccepted, Outcome, OutcomeKind};
 use serde_json::Value;
 
 /// What a command produced: a JSON document and a text form for stdout, and
@@ -24,61 +22,8 @@ pub struct Report {
     pub exit_code: u8,
 }
 
-/// An operation request.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// `POST deploy`.
-    Deploy(DeployRequest),
-    /// `POST promote`.
-    Promote,
-    /// `POST rollback`.
-    Rollback,
-    /// `POST abort`.
-    Abort,
-    /// `POST canary`.
-    Canary(CanaryRequest),
-    /// `POST rolling`.
-    Rolling(RollingRequest),
-    /// `POST replicas/{id}/drain`.
-    Drain(String),
-    /// `POST replicas/{id}/enable`.
-    Enable(String),
-    /// `POST replicas/{id}/update`.
-    Update(String, SpecOverrides),
-}
-
-impl Op {
-    /// The request path for `service`.
-    pub fn path(&self, service: &str) -> String {
-        let base = format!("/v1/services/{}", encode(service));
-        match self {
-            Op::Deploy(_) => format!("{base}/deploy"),
-            Op::Promote => format!("{base}/promote"),
-            Op::Rollback => format!("{base}/rollback"),
-            Op::Abort => format!("{base}/abort"),
-            Op::Canary(_) => format!("{base}/canary"),
-            Op::Rolling(_) => format!("{base}/rolling"),
-            Op::Drain(id) => format!("{base}/replicas/{}/drain", encode(id)),
-            Op::Enable(id) => format!("{base}/replicas/{}/enable", encode(id)),
-            Op::Update(id, _) => format!("{base}/replicas/{}/update", encode(id)),
-        }
-    }
-
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        let body = match self {
-            Op::Deploy(r) => serde_json::to_value(r),
-            Op::Canary(r) => serde_json::to_value(r),
-            Op::Rolling(r) => serde_json::to_value(r),
-            Op::Update(_, o) => serde_json::to_value(o),
-            Op::Promote | Op::Rollback | Op::Abort | Op::Drain(_) | Op::Enable(_) => {
-                Ok(Value::Object(Default::default()))
-            }
-        };
-        // Plain structs of strings and numbers always serialize.
-        body.unwrap_or_default()
-    }
-}
+/// The operation requests, as the API defines them.
+pub use bg_api::Operation as Op;
 
 /// An operation the agent accepted, and how it ended when it was followed.
 #[derive(Debug, Clone)]
@@ -156,23 +101,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bg_agent::api::OperationKind;
-
-    #[test]
-    fn paths_and_bodies_follow_the_api_table() {
-        assert_eq!(Op::Promote.path("web"), "/v1/services/web/promote");
-        assert_eq!(
-            Op::Update("2".into(), SpecOverrides::default()).path("web"),
-            "/v1/services/web/replicas/2/update"
-        );
-        assert_eq!(Op::Abort.body(), serde_json::json!({}));
-        let deploy = Op::Deploy(DeployRequest {
-            image: Some("websample:v2".into()),
-            promote: Some(false),
-            ..Default::default()
-        });
-        assert_eq!(deploy.body(), serde_json::json!({"image": "websample:v2", "promote": false}));
-    }
+    use bg_api::OperationKind;
 
     fn done(kind: OperationKind, outcome: Option<OutcomeKind>) -> OpDone {
         OpDone {

@@ -2,7 +2,7 @@
 //! history, one line per event, one line per outcome. No color codes, so the
 //! output reads the same in a terminal, a pipe or a CI log.
 
-use bg_agent::api::{
+use bg_api::{
     Color, EventKind, History, OperationKind, Outcome, OutcomeKind, ReplicaState, ServiceStatus, Spec,
 };
 
@@ -72,11 +72,11 @@ pub fn outcome_name(outcome: OutcomeKind) -> &'static str {
     }
 }
 
-fn health_name(h: bg_agent::api::Health) -> &'static str {
+fn health_name(h: bg_api::Health) -> &'static str {
     match h {
-        bg_agent::api::Health::Starting => "starting",
-        bg_agent::api::Health::Healthy => "healthy",
-        bg_agent::api::Health::Unhealthy => "unhealthy",
+        bg_api::Health::Starting => "starting",
+        bg_api::Health::Healthy => "healthy",
+        bg_api::Health::Unhealthy => "unhealthy",
     }
 }
 
@@ -283,7 +283,7 @@ pub fn event_details(kind: &EventKind) -> (&'static str, String) {
         EventKind::OperationStarted { kind, revision } => {
             ("operation_started", format!("{} revision {revision}", kind_name(*kind)))
         }
-        EventKind::Phase { phase, detail } if detail.is_empty() => ("phase", phase.clone()),
+        EventKind::Phase { phase, detail } if detail.is_empty() => ("phase", phase.to_string()),
         EventKind::Phase { phase, detail } => ("phase", format!("{phase}: {detail}")),
         EventKind::Progress { healthy, wanted, inflight } => {
             ("progress", format!("{healthy}/{wanted} healthy, {inflight} in flight"))
@@ -319,7 +319,7 @@ pub fn event_details(kind: &EventKind) -> (&'static str, String) {
 }
 
 /// One event on one line: time, service, operation, type, details.
-pub fn event_line(e: &bg_agent::api::Event) -> String {
+pub fn event_line(e: &bg_api::Event) -> String {
     let (ty, details) = event_details(&e.kind);
     let op = e.operation.map_or("-".to_string(), |id| format!("#{id}"));
     format!("{}  {}  {}  {}  {}", e.at, e.service, op, ty, details)
@@ -328,7 +328,7 @@ pub fn event_line(e: &bg_agent::api::Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bg_agent::api::{ColorStatus, Health, OperationStatus, ReplicaStatus, Weights};
+    use bg_api::{ColorStatus, Health, OperationStatus, ReplicaStatus, Weights};
     use std::collections::BTreeMap;
 
     fn replica(id: &str, addr: &str, health: Health, state: ReplicaState, inflight: u64) -> ReplicaStatus {
@@ -377,7 +377,7 @@ mod tests {
             operation: Some(OperationStatus {
                 id: 12,
                 kind: OperationKind::Deploy,
-                phase: "health".into(),
+                phase: bg_api::Phase::Health,
                 revision: 8,
                 started_at: "2026-01-01T00:00:00Z".into(),
                 detail: "0/1 healthy".into(),
@@ -441,7 +441,7 @@ mod tests {
             at: "2026-01-01T00:01:00Z".into(),
         };
         assert_eq!(outcome_line("web", &o), "web: deploy #12 rolled-back (revision 8): green unhealthy");
-        let e = bg_agent::api::Event {
+        let e = bg_api::Event {
             seq: 4,
             at: "2026-01-01T00:01:00Z".into(),
             service: "web".into(),

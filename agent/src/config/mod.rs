@@ -44,10 +44,6 @@ pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum 5xx ratio during the monitor window (1%).
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
-/// Longest duration a config key or an API field may hold (365 days). A
-/// longer one is a typo, and one near `u64::MAX` seconds would overflow
-/// the clock arithmetic of the timers it feeds.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default time a request waits for a backend when none is healthy (10 s).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -166,27 +162,7 @@ pub struct HealthConfig {
     pub deadline: Duration,
 }
 
-/// What to do when the monitor window (or a rolling batch) fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureAction {
-    /// Go back to the previous color or spec.
-    Rollback,
-    /// Stop where it is and wait for a human.
-    Pause,
-    /// Ignore and go on.
-    Continue,
-}
-
-/// The order of a rolling replacement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RollingOrder {
-    /// Drain and stop the old replica, then start the new one.
-    StopFirst,
-    /// Start the new replica, wait until healthy, then drain and stop the old.
-    StartFirst,
-}
+pub use crate::api::{FailureAction, RollingOrder, MAX_DURATION};
 
 /// `[services.NAME.deploy]`.
 #[derive(Debug, Clone, PartialEq)]

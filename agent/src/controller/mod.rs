@@ -12,18 +12,17 @@
 mod heal;
 mod model;
 mod ops;
+mod plan;
 mod recover;
 mod replicas;
 mod rolling;
 #[cfg(test)]
 mod tests;
 
+pub use crate::api::Operation;
 pub use model::ServiceModel;
 
-use crate::api::{
-    CanaryRequest, Color, DeployRequest, EventKind, History, OperationAccepted, OperationKind,
-    RollingRequest, ServiceStatus, SpecOverrides,
-};
+use crate::api::{Color, EventKind, History, OperationAccepted, OperationKind, ServiceStatus};
 use crate::config::ServiceConfig;
 use crate::events::EventHub;
 use crate::runtime::Runtime;
@@ -188,46 +187,6 @@ pub struct ServiceMetrics {
     pub running: Option<OperationKind>,
 }
 
-/// What an operation request asks for.
-#[derive(Debug, Clone)]
-pub enum OpRequest {
-    /// Start the idle color (and maybe promote).
-    Deploy(DeployRequest),
-    /// Switch to the idle color.
-    Promote,
-    /// Go back.
-    Rollback,
-    /// Remove the candidate color.
-    Abort,
-    /// Weighted split or stepped analysis.
-    Canary(CanaryRequest),
-    /// Replace replicas in batches.
-    Rolling(RollingRequest),
-    /// Take one replica out of rotation and drain it.
-    ReplicaDrain(String),
-    /// Put one replica back in rotation.
-    ReplicaEnable(String),
-    /// Replace one replica's spec.
-    ReplicaUpdate(String, SpecOverrides),
-}
-
-impl OpRequest {
-    /// The operation kind this request starts.
-    pub fn kind(&self) -> OperationKind {
-        match self {
-            OpRequest::Deploy(_) => OperationKind::Deploy,
-            OpRequest::Promote => OperationKind::Promote,
-            OpRequest::Rollback => OperationKind::Rollback,
-            OpRequest::Abort => OperationKind::Abort,
-            OpRequest::Canary(_) => OperationKind::Canary,
-            OpRequest::Rolling(_) => OperationKind::Rolling,
-            OpRequest::ReplicaDrain(_) | OpRequest::ReplicaEnable(_) | OpRequest::ReplicaUpdate(..) => {
-                OperationKind::Replica
-            }
-        }
-    }
-}
-
 impl Service {
     /// A controller for one configured service, with an empty model.
     /// [`Service::recover`] fills it from the state file and the runtime.
@@ -376,18 +335,18 @@ impl Service {
 
     /// Accept an operation and run it in the background; the answer names
     /// the operation to follow in the event stream.
-    pub async fn start(self: &Arc<Self>, request: OpRequest) -> Result<OperationAccepted, ControlError> {
+    pub async fn start(self: &Arc<Self>, request: Operation) -> Result<OperationAccepted, ControlError> {
         // An abort is a command to the running operation first: stop it and
         // wait until it has undone its work; what is left (a candidate it
         // leaves, e.g. after a finished deploy) is removed by the abort.
         let stopped = match request {
-            OpRequest::Abort => self.cancel_running().await,
+            Operation::Abort => self.cancel_running().await,
             _ => None,
         };
         let guard = self.acquire().await?;
         let plan = match (self.plan(&request), stopped) {
-            (Ok(plan), stopped) => ops::Plan { stopped, ..plan },
-            (Err(_), Some(stopped)) => ops::Plan::stopped(stopped),
+            (Ok(plan), stopped) => plan::Plan { stopped, ..plan },
+            (Err(_), Some(stopped)) => plan::Plan::stopped(stopped),
             (Err(e), None) => return Err(e),
         };
         let kind = request.kind();
@@ -402,7 +361,7 @@ impl Service {
         let service = self.clone();
         let shutdown = self.shared.shutdown.clone();
         self.shared.tasks.spawn(async move {
-            let ctx = ops::OpCtx { id, kind, revision, cancel };
+            let ctx = plan::OpCtx { id, kind, revision, cancel };
             tokio::select! {
                 // A stopping agent is not a failure: the operation stops at
                 // the await point it is at, where the state file is whole
@@ -412,7 +371,7 @@ impl Service {
                 // cleaned up on the way out.
                 biased;
                 _ = shutdown.cancelled() => {
-                    let phase = service.lock().operation.as_ref().map(|o| o.phase.clone()).unwrap_or_default();
+                    let phase = service.lock().operation.as_ref().map(|o| o.phase.to_string()).unwrap_or_default();
                     tracing::info!(service = %service.name, op = id, %phase, "agent stopping; the next agent finishes or undoes this operation");
                 }
                 result = service.run(&ctx, request, plan) => service.finish(&ctx, result),

@@ -2,7 +2,7 @@
 //! answer, to the proxy's route table, and to the persisted record.
 
 use crate::api::{
-    Color, ColorStatus, Health, HistoryEntry, OperationKind, OperationStatus, Outcome, ReplicaState,
+    Color, ColorStatus, Health, HistoryEntry, OperationKind, OperationStatus, Outcome, Phase, ReplicaState,
     ReplicaStatus, ServiceStatus, Spec, Weights,
 };
 use crate::config::ServiceConfig;
@@ -69,7 +69,7 @@ pub(crate) enum Paused {
     },
     /// A rolling update stopped after a failed batch: `rolling --resume`
     /// goes on, `abort` brings every replica back to the previous spec.
-    Rolling(Box<super::rolling::RollingPlan>),
+    Rolling(Box<super::plan::RollingPlan>),
 }
 
 impl Paused {
@@ -103,7 +103,7 @@ impl Paused {
                 failure_action,
                 monitor_ms,
                 max_failure_ratio,
-            } => Paused::Rolling(Box::new(super::rolling::RollingPlan {
+            } => Paused::Rolling(Box::new(super::plan::RollingPlan {
                 target: target.clone(),
                 previous: previous.clone(),
                 parallelism: *parallelism,
@@ -203,7 +203,7 @@ impl ServiceModel {
         self.operation = Some(OperationStatus {
             id,
             kind,
-            phase: "starting".into(),
+            phase: Phase::Accepted,
             revision,
             started_at: now_rfc3339(),
             detail: String::new(),

@@ -6,7 +6,7 @@
 
 use super::model::{Paused, ServiceModel};
 use super::Service;
-use crate::api::{Color, EventKind, Outcome, OutcomeKind, ReplicaState, Weights};
+use crate::api::{Color, EventKind, Outcome, OutcomeKind, Phase, ReplicaState, Weights};
 use crate::events::now_rfc3339;
 use crate::runtime::ReplicaHandle;
 use crate::state::RevisionSpec;
@@ -101,7 +101,7 @@ impl Service {
             self.lock().operation = Some(crate::api::OperationStatus {
                 id: op.id,
                 kind: op.kind,
-                phase: "recovering".into(),
+                phase: Phase::Recovering,
                 revision: op.revision,
                 started_at: op.started_at.clone(),
                 detail: String::new(),

@@ -3,7 +3,7 @@
 //! out of rotation, drain it and stop it.
 
 use super::model::{ReplicaModel, ServiceModel};
-use super::ops::{OpCtx, OpFailure};
+use super::plan::{OpCtx, OpFailure};
 use super::Service;
 use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
 use crate::health::{HealthMonitor, HealthReport};

@@ -6,35 +6,16 @@
 //! requests wait in the proxy's queue while its successor starts.
 
 use super::model::Paused;
-use super::ops::{OpCtx, OpFailure};
+use super::plan::{validate_spec, OpCtx, OpFailure, RollingPlan};
 use super::{ControlError, Service};
-use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState, RollingRequest, Spec, SpecOverrides};
+use crate::api::{
+    Color, EventKind, Health, OutcomeKind, Phase, ReplicaState, RollingRequest, Spec, SpecOverrides,
+};
 use crate::config::{FailureAction, RollingOrder};
 use crate::state::RevisionSpec;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A validated rolling request, merged with the service's `[rolling]`.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RollingPlan {
-    pub target: RevisionSpec,
-    pub previous: RevisionSpec,
-    pub parallelism: u32,
-    pub delay: Duration,
-    pub order: RollingOrder,
-    pub failure_action: FailureAction,
-    pub monitor: Duration,
-    pub max_failure_ratio: f64,
-}
-
-fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ControlError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| ControlError::BadRequest(format!("{field}: {s:?} is not a duration ({e})"))),
-    }
-}
 
 impl Service {
     /// Validate a rolling request against the model and the config.
@@ -54,25 +35,8 @@ impl Service {
         if parallelism == 0 {
             return Err(ControlError::BadRequest("parallelism must be at least 1".into()));
         }
-        let order = match req.order.as_deref() {
-            None => cfg.order,
-            Some("stop-first") => RollingOrder::StopFirst,
-            Some("start-first") => RollingOrder::StartFirst,
-            Some(o) => {
-                return Err(ControlError::BadRequest(format!("order {o:?}: use start-first or stop-first")))
-            }
-        };
-        let failure_action = match req.failure_action.as_deref() {
-            None => cfg.failure_action,
-            Some("pause") => FailureAction::Pause,
-            Some("continue") => FailureAction::Continue,
-            Some("rollback") => FailureAction::Rollback,
-            Some(a) => {
-                return Err(ControlError::BadRequest(format!(
-                    "failure_action {a:?}: use pause, continue or rollback"
-                )))
-            }
-        };
+        let order = req.order.unwrap_or(cfg.order);
+        let failure_action = req.failure_action.unwrap_or(cfg.failure_action);
         let max_failure_ratio = req.max_failure_ratio.unwrap_or(cfg.max_failure_ratio);
         if !(0.0..=1.0).contains(&max_failure_ratio) {
             return Err(ControlError::BadRequest(format!(
@@ -102,7 +66,7 @@ impl Service {
                 spec: self.config.spec.with_overrides(&overrides),
             },
         };
-        super::ops::validate_spec(&target.spec, self.shared.runtime.kind())?;
+        validate_spec(&target.spec, self.shared.runtime.kind())?;
         let previous = match resuming {
             Some(paused) if req.resume => paused.previous.clone(),
             _ => previous,
@@ -111,10 +75,10 @@ impl Service {
             target,
             previous,
             parallelism,
-            delay: duration("delay", &req.delay, cfg.delay)?,
+            delay: req.delay.map_or(cfg.delay, Duration::from),
             order,
             failure_action,
-            monitor: duration("monitor", &req.monitor, cfg.monitor)?,
+            monitor: req.monitor.map_or(cfg.monitor, Duration::from),
             max_failure_ratio,
         })
     }
@@ -154,7 +118,7 @@ impl Service {
             if i > 0 && !plan.delay.is_zero() {
                 self.phase(
                     ctx,
-                    "delay",
+                    Phase::Delay,
                     format!("waiting {} before the next batch", humantime::format_duration(plan.delay)),
                 );
                 tokio::select! {
@@ -164,7 +128,7 @@ impl Service {
             }
             self.phase(
                 ctx,
-                "replacing",
+                Phase::Replacing,
                 format!(
                     "batch {}/{}: replica(s) {:?} to revision {}",
                     i + 1,
@@ -177,7 +141,7 @@ impl Service {
             if result.is_ok() && !plan.monitor.is_zero() {
                 self.phase(
                     ctx,
-                    "monitor",
+                    Phase::Monitor,
                     format!("watching batch {} for {}", i + 1, humantime::format_duration(plan.monitor)),
                 );
                 result = self.watch_batch(ctx, color, plan.monitor).await;
@@ -213,7 +177,7 @@ impl Service {
                 _ => {
                     self.phase(
                         ctx,
-                        "rolling-back",
+                        Phase::RollingBack,
                         format!(
                             "batch {} failed ({reason}); back to revision {}",
                             i + 1,
@@ -443,7 +407,7 @@ impl Service {
             return Err(OpFailure::failed("replica vanished"));
         }
         self.apply_routes();
-        self.phase(ctx, "draining", format!("draining replica {number} of {color}"));
+        self.phase(ctx, Phase::Draining, format!("draining replica {number} of {color}"));
         let report = self.drain_backends(color, backends, Some(ctx.id)).await;
         self.set_replica_state(color, number, ReplicaState::Out);
         self.persist();
@@ -497,11 +461,15 @@ impl Service {
         let new = RevisionSpec { revision, spec };
         let replica = self.lock().color(color).replicas.iter().find(|r| r.number == number).cloned();
         if let Some(r) = replica {
-            self.phase(ctx, "stopping", format!("stopping replica {number} of {color}"));
+            self.phase(ctx, Phase::Stopping, format!("stopping replica {number} of {color}"));
             self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
             self.lock().color(color).replicas.retain(|x| x.number != number);
         }
-        self.phase(ctx, "starting", format!("starting replica {number} of {color} with revision {revision}"));
+        self.phase(
+            ctx,
+            Phase::Starting,
+            format!("starting replica {number} of {color} with revision {revision}"),
+        );
         let started = match self.start_replica(color, number, &new).await {
             Ok(()) => self.wait_replica_healthy(ctx, color, number).await,
             Err(e) => Err(e),

@@ -6,8 +6,8 @@
 //! The fake runtime starts nothing; the fake prober answers health checks
 //! from a table the test sets. Everything else is the real controller.
 
-use super::{ControlError, OpRequest, Persister, Service, Shared};
-use crate::api::{Color, DeployRequest, Outcome, OutcomeKind, ServiceStatus};
+use super::{ControlError, Operation, Persister, Service, Shared};
+use crate::api::{Color, DeployRequest, Outcome, OutcomeKind, Phase, ServiceStatus};
 use crate::config::{Config, HealthCheckKind};
 use crate::events::EventHub;
 use crate::runtime::{BoxFuture, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport};
@@ -157,12 +157,12 @@ impl Harness {
         self.service.status()
     }
 
-    async fn start(&self, request: OpRequest) -> Result<u64, ControlError> {
+    async fn start(&self, request: Operation) -> Result<u64, ControlError> {
         self.service.start(request).await.map(|a| a.operation)
     }
 
     /// Start `request` and wait for its outcome.
-    async fn run(&self, request: OpRequest) -> Outcome {
+    async fn run(&self, request: Operation) -> Outcome {
         let id = self.start(request).await.expect("accepted");
         self.outcome(id).await
     }
@@ -181,7 +181,7 @@ impl Harness {
         panic!("operation {id} never ended: {:?}", self.status());
     }
 
-    async fn wait_phase(&self, phase: &str) {
+    async fn wait_phase(&self, phase: Phase) {
         for _ in 0..100_000 {
             if self.status().operation.is_some_and(|o| o.phase == phase) {
                 return;
@@ -204,12 +204,12 @@ impl Drop for Harness {
     }
 }
 
-fn deploy(version: &str, promote: bool, unhealthy: bool) -> OpRequest {
+fn deploy(version: &str, promote: bool, unhealthy: bool) -> Operation {
     let mut env = BTreeMap::from([("VERSION".to_string(), version.to_string())]);
     if unhealthy {
         env.insert("UNHEALTHY".into(), "1".into());
     }
-    OpRequest::Deploy(DeployRequest { image: None, command: None, env, promote: Some(promote) })
+    Operation::Deploy(DeployRequest { image: None, command: None, env, promote: Some(promote) })
 }
 
 #[tokio::test(start_paused = true)]
@@ -219,7 +219,7 @@ async fn an_abort_just_before_the_health_deadline_stops_the_deploy_one_just_afte
 
     let doomed = h.start(deploy("v2", false, true)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(9_900)).await;
-    let abort = h.run(OpRequest::Abort).await;
+    let abort = h.run(Operation::Abort).await;
     assert_eq!(abort.outcome, OutcomeKind::Succeeded, "{abort:?}");
     assert!(abort.message.contains(&format!("stopped deploy #{doomed}")), "{}", abort.message);
     assert_eq!(h.outcome(doomed).await.outcome, OutcomeKind::Aborted);
@@ -228,7 +228,7 @@ async fn an_abort_just_before_the_health_deadline_stops_the_deploy_one_just_afte
     let failing = h.start(deploy("v2", false, true)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10_100)).await;
     assert_eq!(h.outcome(failing).await.outcome, OutcomeKind::Failed, "the deadline passed first");
-    match h.start(OpRequest::Abort).await {
+    match h.start(Operation::Abort).await {
         Err(ControlError::BadRequest(m)) => assert!(m.contains("nothing to abort"), "{m}"),
         other => panic!("abort after the deploy failed by itself: {other:?}"),
     }
@@ -243,7 +243,7 @@ async fn a_rollback_just_before_keep_old_ends_swaps_one_just_after_redeploys() {
         let promoted = h.run(deploy("v2", true, false)).await;
         assert!(promoted.message.contains("kept warm"), "{promoted:?}");
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        let back = h.run(OpRequest::Rollback).await;
+        let back = h.run(Operation::Rollback).await;
         assert_eq!(back.outcome, OutcomeKind::Succeeded, "after {wait_ms} ms: {back:?}");
         assert!(back.message.contains(expect), "after {wait_ms} ms: {}", back.message);
         let s = h.status();
@@ -267,7 +267,7 @@ async fn a_request_sent_the_moment_an_operation_ends_is_not_a_conflict() {
     }
     // The deploy has reported its end and may not have released the
     // service yet: the promote waits for it instead of a 409.
-    let promote = h.start(OpRequest::Promote).await;
+    let promote = h.start(Operation::Promote).await;
     assert!(promote.is_ok(), "{promote:?}");
     assert_eq!(h.outcome(promote.unwrap()).await.outcome, OutcomeKind::Succeeded);
     assert_eq!(h.status().active, Some(Color::Green));
@@ -279,7 +279,7 @@ async fn the_monitor_window_catches_a_failure_before_its_end_and_not_after() {
         let h = Harness::new("monitor = \"2s\"\nfailure_action = \"rollback\"");
         h.run(deploy("v1", false, false)).await;
         let id = h.start(deploy("v2", true, false)).await.unwrap();
-        h.wait_phase("monitor").await;
+        h.wait_phase(Phase::Monitor).await;
         tokio::time::sleep(Duration::from_millis(sick_after_ms)).await;
         h.make_sick(Color::Green);
         let o = h.outcome(id).await;
@@ -297,7 +297,7 @@ async fn a_failed_state_write_leaves_the_model_and_the_table_as_they_were() {
     let before = h.status();
     let tmp = h._dir.path().join("state").join("state.json.tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let o = h.run(OpRequest::Promote).await;
+    let o = h.run(Operation::Promote).await;
     assert_eq!(o.outcome, OutcomeKind::Failed, "{o:?}");
     assert!(o.message.contains("cannot persist state"), "{}", o.message);
     let after = h.status();

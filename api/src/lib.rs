@@ -28,6 +28,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod operation;
+mod typed;
+
+pub use operation::{encode_segment, Operation};
+pub use typed::{ApiDuration, FailureAction, Phase, RollingOrder, MAX_DURATION};
+
 /// One of the two colors of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -231,13 +237,12 @@ pub enum OperationKind {
 /// The operation a service is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperationStatus {
-    /// Its sequence number in this agent (events carry it).
+    /// Its id, unique across services and restarts (events carry it).
     pub id: u64,
     /// What it is.
     pub kind: OperationKind,
-    /// Its current phase, e.g. `starting`, `health`, `switching`,
-    /// `draining`, `stopping`, `monitor`, `canary`, `paused`.
-    pub phase: String,
+    /// Its current step.
+    pub phase: Phase,
     /// The revision it works on.
     pub revision: u64,
     /// When it started, RFC 3339.
@@ -341,14 +346,14 @@ pub struct CanaryRequest {
     pub steps: Vec<u8>,
     /// Time at each step before judging it, humantime (`30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
+    pub interval: Option<ApiDuration>,
     /// Abort when the new color's 5xx rate exceeds the stable color's (over
     /// the same step) by more than this fraction (default 0.01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_error_rate: Option<f64>,
     /// Abort when the new color's p99 latency passes this, humantime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99: Option<String>,
+    pub max_p99: Option<ApiDuration>,
     /// Fewer requests than this at a step is judged "not enough data" and
     /// the step waits longer (up to another interval) before failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,16 +382,16 @@ pub struct RollingRequest {
     pub parallelism: Option<u32>,
     /// Pause between batches, humantime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<String>,
+    pub delay: Option<ApiDuration>,
     /// `start-first` or `stop-first`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<String>,
+    pub order: Option<RollingOrder>,
     /// `pause`, `continue` or `rollback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_action: Option<String>,
+    pub failure_action: Option<FailureAction>,
     /// Watch each batch this long after it is in, humantime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monitor: Option<String>,
+    pub monitor: Option<ApiDuration>,
     /// Failed batches tolerated, as a fraction of all batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_failure_ratio: Option<f64>,
@@ -497,7 +502,7 @@ pub enum EventKind {
     /// An operation moved to another phase.
     Phase {
         /// The new phase.
-        phase: String,
+        phase: Phase,
         /// A short description.
         detail: String,
     },
@@ -647,7 +652,7 @@ mod tests {
             at: "2026-01-01T00:00:00Z".into(),
             service: "web".into(),
             operation: Some(1),
-            kind: EventKind::Phase { phase: "draining".into(), detail: String::new() },
+            kind: EventKind::Phase { phase: Phase::Draining, detail: String::new() },
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "phase");
