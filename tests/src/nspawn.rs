@@ -196,7 +196,7 @@ impl Drop for Container {
             nix::unistd::Pid::from_raw(self.nspawn.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.nspawn.try_wait() {
                 return;
