@@ -278,6 +278,39 @@ fn the_package_under_real_systemd_restarts_without_losing_a_request() {
     let warnings = warnings_in(&journal);
     assert!(warnings.is_empty(), "the journal has warnings about our units:\n{}", warnings.join("\n"));
 
+    // Migration: replicas an agent without scopes started (the units
+    // before issue 22) sit in the service's cgroup; the next agent with
+    // scopes adopts them and moves them into scopes of their own.
+    std::fs::write(dropin.join("noscope.conf"), "[Service]\nEnvironment=BG_REPLICA_SCOPE=none\n").unwrap();
+    c.ok("systemctl daemon-reload && systemctl restart bg-agent.service");
+    let deploy = c.sh("bgctl deploy web --env VERSION=v3 --promote 2>&1; echo exit=$?");
+    assert!(deploy.contains("exit=0"), "bgctl deploy web --promote:\n{deploy}");
+    let old_layout = replica_pids(&c);
+    assert_eq!(old_layout.len(), 2, "{old_layout:?}");
+    for pid in &old_layout {
+        let cgroup = c.ok(&format!("cat /proc/{pid}/cgroup"));
+        assert!(cgroup.contains("bg-agent.service"), "without scopes, replica {pid} is elsewhere:\n{cgroup}");
+    }
+    std::fs::remove_file(dropin.join("noscope.conf")).unwrap();
+    c.ok("systemctl daemon-reload && systemctl restart bg-agent.service");
+    assert_eq!(replica_pids(&c), old_layout, "the replicas of the old layout did not survive the restart");
+    for pid in &old_layout {
+        let cgroup = c.ok(&format!("cat /proc/{pid}/cgroup"));
+        assert!(
+            cgroup.contains("/bluegreen.slice/bg-web-") && !cgroup.contains("bg-agent.service"),
+            "adopted replica {pid} was not moved into a scope:\n{cgroup}"
+        );
+    }
+    c.ok("systemctl restart bg-agent.service");
+    let journal = c.ok("journalctl -b -u bg-agent.service --no-pager -o cat");
+    let last_start = journal.rsplit("Starting bg-agent.service").next().unwrap_or_default();
+    assert!(
+        !last_start.contains("left-over process"),
+        "still left-over processes after the move:\n{last_start}"
+    );
+    let answer = c.ok(&format!("curl -fsS -i http://{addr}/"));
+    assert!(answer.to_lowercase().contains("x-version: v3"), "{answer}");
+
     eprintln!(
         "{test}: ready in {:?} (deb, websample, rootfs), booted at {:?}; {}; stop/start: start took {:?}; \
          watchdog restart after {:?}; total {:?}",

@@ -40,11 +40,11 @@ fn the_example_units_pass_systemd_analyze_verify() {
 fn the_service_is_notify_with_a_watchdog_and_spares_the_replicas() {
     let service =
         std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
-    // Replicas go to scopes of their own (BG_REPLICA_SCOPE=systemd), so
-    // KillMode=mixed only ever reaches the agent's own processes.
+    // Replicas go to scopes of their own (BG_REPLICA_SCOPE=systemd);
+    // KillMode=process spares those an older agent left in the cgroup.
     for line in [
         "Type=notify",
-        "KillMode=mixed",
+        "KillMode=process",
         "Environment=BG_REPLICA_SCOPE=systemd",
         "Requires=bg-agent.socket",
         "NoNewPrivileges=yes",

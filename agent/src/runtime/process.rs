@@ -194,6 +194,7 @@ impl ProcessRuntime {
                             // can still resolve it the same way.
                             tracing::warn!(name = %adopted.name, error = %e, "could not update the process record");
                         }
+                        Self::move_adopted(&placement, &adopted);
                         procs.insert(adopted.name.clone(), Proc { record: adopted, exit: None });
                     }
                     None => {
@@ -207,6 +208,7 @@ impl ProcessRuntime {
         for record in records {
             if procfs::is_alive(record.pid, record.start_time) {
                 tracing::info!(name = %record.name, pid = record.pid, "adopting running process");
+                Self::move_adopted(&placement, &record);
                 procs.insert(record.name.clone(), Proc { record, exit: None });
             } else {
                 tracing::info!(name = %record.name, pid = record.pid, "forgetting process that is gone");
@@ -215,6 +217,22 @@ impl ProcessRuntime {
             }
         }
         Ok(ProcessRuntime { dir, procs: Mutex::new(procs), placement })
+    }
+
+    /// Move an adopted process out of the agent's cgroup into a scope of
+    /// its own, if an earlier agent left it there. A failure is logged: the
+    /// process runs on where it is.
+    fn move_adopted(placement: &Placement, record: &Record) {
+        let id = if record.token.is_empty() { record.pid.to_string() } else { record.token.clone() };
+        match placement.move_adopted(&record.name, &id, record.pid) {
+            Ok(true) => {
+                tracing::info!(name = %record.name, pid = record.pid, "moved an adopted process into a scope of its own")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(name = %record.name, error = %e, "adopted process stays in the agent's cgroup")
+            }
+        }
     }
 
     fn get(&self, name: &str) -> Option<Proc> {

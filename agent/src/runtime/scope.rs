@@ -67,6 +67,16 @@ pub enum ScopeError {
         /// The scope unit.
         unit: String,
     },
+    /// An adopted process could not be moved into a scope.
+    #[error("{unit}: moving adopted process {pid} into its scope failed: {message}")]
+    Move {
+        /// The scope unit.
+        unit: String,
+        /// The process.
+        pid: u32,
+        /// What busctl or the wait said.
+        message: String,
+    },
     /// The process did not reach its scope in time.
     #[error("{unit}: the process was not placed in its scope within {waited:?}")]
     Timeout {
@@ -168,6 +178,74 @@ impl Placement {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+impl Placement {
+    /// Move process `pid` of replica `replica` (record token `token`),
+    /// adopted from an earlier agent, into a scope of its own when it still
+    /// shares the agent's cgroup (an agent started without scopes put it
+    /// there). `Ok(true)` when it was moved, `Ok(false)` when there was
+    /// nothing to do. Asks systemd directly (`StartTransientUnit` with the
+    /// pid, through `busctl`, which ships with `systemd-run`), since
+    /// `systemd-run --scope` only places itself; then waits until
+    /// `/proc/<pid>/cgroup` shows the scope.
+    pub fn move_adopted(&self, replica: &str, token: &str, pid: u32) -> Result<bool, ScopeError> {
+        let Placement::SystemdScope { systemd_run } = self else { return Ok(false) };
+        let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if ours.is_empty() || ours != theirs {
+            return Ok(false);
+        }
+        let unit = unit_name(replica, token);
+        let failed = |message: String| ScopeError::Move { unit: unit.clone(), pid, message };
+        let out = std::process::Command::new(systemd_run.with_file_name("busctl"))
+            .args(move_call(&unit, replica, pid))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| failed(format!("running busctl: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        let started = Instant::now();
+        while started.elapsed() < PLACE_TIMEOUT {
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if in_unit(&cgroups, &unit) {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(failed(format!("not in the scope after {PLACE_TIMEOUT:?}")))
+    }
+}
+
+/// busctl's arguments for `StartTransientUnit(unit, "fail", [Slice,
+/// Description, PIDs], [])`.
+fn move_call(unit: &str, replica: &str, pid: u32) -> Vec<String> {
+    [
+        "call",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        unit,
+        "fail",
+        "3",
+        "Slice",
+        "s",
+        SLICE,
+        "Description",
+        "s",
+        &format!("bluegreen replica {replica}"),
+        "PIDs",
+        "au",
+        "1",
+        &pid.to_string(),
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// `systemd-run` on `PATH`, else in `/usr/bin` or `/bin`.
@@ -282,6 +360,36 @@ mod tests {
         assert!(!in_unit(v2, "bg-web-blue-1-01234567.scope"));
         assert!(in_unit(v2, "bg-agent.service"));
         assert!(!in_unit("", "x.scope"));
+    }
+
+    #[test]
+    fn moving_an_adopted_process_is_one_start_transient_unit_call() {
+        let call = move_call("bg-web-blue-1-ab.scope", "bg-web-blue-1", 42);
+        assert_eq!(call[4], "StartTransientUnit");
+        assert_eq!(call[5], "ssa(sv)a(sa(sv))");
+        assert_eq!(
+            &call[6..],
+            [
+                "bg-web-blue-1-ab.scope",
+                "fail",
+                "3",
+                "Slice",
+                "s",
+                "bluegreen.slice",
+                "Description",
+                "s",
+                "bluegreen replica bg-web-blue-1",
+                "PIDs",
+                "au",
+                "1",
+                "42",
+                "0"
+            ]
+        );
+        // A process in another cgroup than ours (here: none we can read,
+        // or no systemd at all) is left where it is.
+        assert!(!Placement::Inherit.move_adopted("bg-web-blue-1", "ab", std::process::id()).unwrap());
+        assert!(!wrapped().move_adopted("bg-web-blue-1", "ab", u32::MAX).unwrap());
     }
 
     #[tokio::test]
