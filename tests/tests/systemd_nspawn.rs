@@ -10,7 +10,9 @@
 //! - `systemctl stop` leaves them running and `start` adopts them, READY
 //!   (the end of `systemctl start`) only once they are healthy;
 //! - a SIGSTOPped agent misses its watchdog and systemd restarts it;
-//! - the journal holds none of the known warnings about our units.
+//! - the journal holds none of the known warnings about our units;
+//! - replicas an agent without scopes left in the service's cgroup (the
+//!   units before issue 22) survive the switch and are moved into scopes.
 //!
 //! Needs root, debootstrap, systemd-nspawn, nsenter and cargo-deb: with
 //! `BG_DOCKER_TESTS=1` (CI) their absence fails the test, otherwise it says
