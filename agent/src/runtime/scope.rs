@@ -188,7 +188,10 @@ impl Placement {
     /// nothing to do. Asks systemd directly (`StartTransientUnit` with the
     /// pid, through `busctl`, which ships with `systemd-run`), since
     /// `systemd-run --scope` only places itself; then waits until
-    /// `/proc/<pid>/cgroup` shows the scope.
+    /// `/proc/<pid>/cgroup` shows the scope. busctl goes through the system
+    /// bus (dbus-daemon): systemd's private socket refuses busctl's
+    /// `Hello`. Without a bus the move fails and the caller logs it; the
+    /// process runs on where it is (`KillMode=process` spares it).
     pub fn move_adopted(&self, replica: &str, token: &str, pid: u32) -> Result<bool, ScopeError> {
         let Placement::SystemdScope { systemd_run } = self else { return Ok(false) };
         let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
