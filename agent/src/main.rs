@@ -7,9 +7,37 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
+/// What `--help` says after the options: files, environment, signals.
+const AFTER_HELP: &str = "\
+Runs every service of the config: an embedded reverse proxy on its `listen`
+addresses, its replicas (Docker containers or local processes), health
+checks and deploys driven by bgctl over the control socket.
+
+Files:
+  /etc/bg-agent/agent.toml   the config (annotated examples in
+                             /usr/share/doc/bluegreen/examples/)
+  /var/lib/bg-agent          state (services, revisions, process records)
+  /run/bg-agent/agent.sock   the control API, used by bgctl
+
+Under systemd (bg-agent.socket + bg-agent.service, shipped by the package):
+  systemctl enable --now bg-agent.socket bg-agent.service
+The sockets come from systemd (LISTEN_FDS, matched by address), READY is
+sent once every service's routes are healthy, the watchdog is pinged at half
+WatchdogSec. `systemctl restart bg-agent` loses no request and keeps the
+replicas running; the new agent adopts them.
+
+Environment:
+  BG_REPLICA_SCOPE=systemd   start process replicas in transient systemd
+                             scopes of their own (bluegreen.slice), outside
+                             the agent's cgroup; set by bg-agent.service
+  RUST_LOG                   log filter, e.g. bg_agent=debug
+
+Signals: SIGTERM or SIGINT stop the agent gracefully (replicas keep running).
+Exit status: 0 stopped, 1 failed while running, 2 bad config or arguments.";
+
 /// The bluegreen host agent.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Args {
     /// Config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]

@@ -15,7 +15,7 @@ fn the_example_units_pass_systemd_analyze_verify() {
     for name in ["bg-agent.service", "bg-agent.socket"] {
         let text = std::fs::read_to_string(units.join(name)).unwrap();
         // verify checks that ExecStart's program exists.
-        let text = text.replace("/usr/local/bin/bg-agent", agent.to_str().unwrap());
+        let text = text.replace("/usr/bin/bg-agent", agent.to_str().unwrap());
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let out = match Command::new("systemd-analyze")
@@ -40,11 +40,45 @@ fn the_example_units_pass_systemd_analyze_verify() {
 fn the_service_is_notify_with_a_watchdog_and_spares_the_replicas() {
     let service =
         std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
-    for line in ["Type=notify", "KillMode=process", "Requires=bg-agent.socket", "NoNewPrivileges=yes"] {
+    // Replicas go to scopes of their own (BG_REPLICA_SCOPE=systemd);
+    // KillMode=process spares those an older agent left in the cgroup.
+    for line in [
+        "Type=notify",
+        "KillMode=process",
+        "Environment=BG_REPLICA_SCOPE=systemd",
+        "Requires=bg-agent.socket",
+        "NoNewPrivileges=yes",
+        "ExecStart=/usr/bin/bg-agent --config /etc/bg-agent/agent.toml --log-format json",
+    ] {
         assert!(service.lines().any(|l| l == line), "bg-agent.service lacks {line}");
     }
     assert!(service.lines().any(|l| l.starts_with("WatchdogSec=")), "no watchdog");
     assert!(service.contains("--check-config"), "the config is not checked before start");
+    // Restarts on purpose must not trip the start limit (issue 22): more
+    // than systemd's default of 5 starts in 10 s.
+    let limit = |key: &str| service.lines().find_map(|l| l.strip_prefix(key)).map(str::to_string);
+    let burst: u32 = limit("StartLimitBurst=").expect("StartLimitBurst=").parse().unwrap();
+    let interval =
+        humantime::parse_duration(&limit("StartLimitIntervalSec=").expect("StartLimitIntervalSec=")).unwrap();
+    assert!(
+        burst >= 20 && interval / burst <= std::time::Duration::from_secs(3),
+        "{burst} starts in {interval:?}"
+    );
+    assert!(
+        !service.lines().any(|l| l.starts_with("ExecReload=")),
+        "ExecReload= but the agent has no reload"
+    );
+}
+
+#[test]
+fn the_socket_unit_outlives_service_restarts_and_sets_no_tcp_option_on_the_unix_socket() {
+    let socket = std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.socket")).unwrap();
+    let directives: Vec<&str> = socket.lines().filter(|l| !l.starts_with('#')).collect();
+    // PartOf=bg-agent.service restarts the socket with the service, closing
+    // the listeners; NoDelay= fails on the unix control socket.
+    for bad in ["PartOf=", "BindsTo=", "NoDelay=", "KeepAlive=", "DeferAcceptSec="] {
+        assert!(!directives.iter().any(|l| l.starts_with(bad)), "bg-agent.socket sets {bad}");
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod scope;
 pub mod signal;
 
 use crate::api::{Color, Spec};
@@ -174,6 +175,10 @@ pub enum RuntimeError {
     /// The replica is not known to the runtime.
     #[error("replica {0} not found")]
     NotFound(String),
+    /// A process replica could not be placed in its own cgroup
+    /// ([`scope`]).
+    #[error(transparent)]
+    Scope(#[from] scope::ScopeError),
 }
 
 /// Starts, stops, lists and inspects replicas. Implementations are cheap to

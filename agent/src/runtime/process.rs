@@ -9,6 +9,9 @@
 //! adopted processes (started by an earlier agent) are watched through
 //! `/proc/<pid>` and their recorded start time.
 //!
+//! Under systemd each process is started in a transient scope of its own
+//! ([`super::scope`]), so that it lives outside the agent's cgroup.
+//!
 //! A crash never leaves a process that no record names: the record is saved
 //! (provisional, without a pid) before the spawn, and the process carries
 //! the record's token in its environment, so the next agent can find it in
@@ -20,6 +23,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+use super::scope::{Placement, SERVICE_ENV};
 use super::signal::parse_signal;
 use super::{labels, BoxFuture, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport};
 use nix::sys::signal::{killpg, Signal};
@@ -46,6 +50,8 @@ pub struct ProcessRuntime {
     dir: PathBuf,
     /// Every process this runtime knows, by replica name.
     procs: Mutex<HashMap<String, Proc>>,
+    /// Which cgroup new processes go to.
+    placement: Placement,
 }
 
 /// One known process.
@@ -81,7 +87,7 @@ impl Proc {
 
 impl std::fmt::Debug for ProcessRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessRuntime").field("dir", &self.dir).finish()
+        f.debug_struct("ProcessRuntime").field("dir", &self.dir).field("placement", &self.placement).finish()
     }
 }
 
@@ -148,8 +154,22 @@ impl ProcessRuntime {
     /// A runtime keeping its records under `<state_dir>/processes`. Records
     /// of processes that still run are adopted; the others are deleted.
     /// Provisional records (an agent died while starting a process) are
-    /// resolved through `/proc`: the process is adopted if it runs.
+    /// resolved through `/proc`: the process is adopted if it runs. New
+    /// processes are placed as `BG_REPLICA_SCOPE` says
+    /// ([`Placement::from_env`]).
     pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
+        let placement = Placement::from_env()?;
+        if let Placement::SystemdScope { .. } = placement {
+            tracing::info!(
+                slice = super::scope::SLICE,
+                "replicas run in transient systemd scopes of their own"
+            );
+        }
+        Self::with_placement(state_dir, placement)
+    }
+
+    /// [`ProcessRuntime::new`] with an explicit placement.
+    pub fn with_placement(state_dir: &Path, placement: Placement) -> Result<Self, RuntimeError> {
         let dir = state_dir.join("processes");
         std::fs::create_dir_all(&dir)
             .map_err(io_err(format!("creating {} (is the state_dir writable?)", dir.display())))?;
@@ -174,6 +194,7 @@ impl ProcessRuntime {
                             // can still resolve it the same way.
                             tracing::warn!(name = %adopted.name, error = %e, "could not update the process record");
                         }
+                        Self::move_adopted(&placement, &adopted);
                         procs.insert(adopted.name.clone(), Proc { record: adopted, exit: None });
                     }
                     None => {
@@ -187,6 +208,7 @@ impl ProcessRuntime {
         for record in records {
             if procfs::is_alive(record.pid, record.start_time) {
                 tracing::info!(name = %record.name, pid = record.pid, "adopting running process");
+                Self::move_adopted(&placement, &record);
                 procs.insert(record.name.clone(), Proc { record, exit: None });
             } else {
                 tracing::info!(name = %record.name, pid = record.pid, "forgetting process that is gone");
@@ -194,7 +216,23 @@ impl ProcessRuntime {
                 logfile::delete(&dir, &record.name);
             }
         }
-        Ok(ProcessRuntime { dir, procs: Mutex::new(procs) })
+        Ok(ProcessRuntime { dir, procs: Mutex::new(procs), placement })
+    }
+
+    /// Move an adopted process out of the agent's cgroup into a scope of
+    /// its own, if an earlier agent left it there. A failure is logged: the
+    /// process runs on where it is.
+    fn move_adopted(placement: &Placement, record: &Record) {
+        let id = if record.token.is_empty() { record.pid.to_string() } else { record.token.clone() };
+        match placement.move_adopted(&record.name, &id, record.pid) {
+            Ok(true) => {
+                tracing::info!(name = %record.name, pid = record.pid, "moved an adopted process into a scope of its own")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(name = %record.name, error = %e, "adopted process stays in the agent's cgroup")
+            }
+        }
     }
 
     fn get(&self, name: &str) -> Option<Proc> {
@@ -286,7 +324,19 @@ impl ProcessRuntime {
         }
 
         let (record, child) = self.spawn_provisional(spec, command)?;
-        self.complete(record, child)
+        let token = record.token.clone();
+        let handle = self.complete(record, child)?;
+        if let Some(p) = self.get(&name) {
+            if let Err(e) =
+                self.placement.wait_placed(&name, &token, p.record.pid, || p.exited().is_none()).await
+            {
+                let log = logfile::tail(&self.dir, &name, 5).unwrap_or_default();
+                tracing::warn!(%name, error = %e, output = %log.trim_end(), "replica not placed in its scope; removing it");
+                let _ = self.remove_proc(&p).await;
+                return Err(e.into());
+            }
+        }
+        Ok(handle)
     }
 
     /// Save a provisional record for `spec`, then spawn the process with the
@@ -338,8 +388,13 @@ impl ProcessRuntime {
             .map_err(io_err(format!("opening the log of {name}")))
             .map_err(abandon)?;
         let (log, log2) = log;
-        let mut cmd = tokio::process::Command::new(&record.command[0]);
-        cmd.args(&record.command[1..])
+        let argv = self.placement.wrap(&name, &record.token, &record.command);
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        for var in SERVICE_ENV {
+            // The agent's own systemd environment is not the app's.
+            cmd.env_remove(var);
+        }
+        cmd.args(&argv[1..])
             .envs(&spec.spec.env)
             .env("PORT", port.to_string())
             .env(TOKEN_ENV, &record.token)
@@ -352,7 +407,7 @@ impl ProcessRuntime {
             .kill_on_drop(false);
         let child = cmd
             .spawn()
-            .map_err(|source| RuntimeError::Spawn { program: record.command[0].clone(), source })
+            .map_err(|source| RuntimeError::Spawn { program: argv[0].clone(), source })
             .map_err(abandon)?;
         Ok((record, child))
     }

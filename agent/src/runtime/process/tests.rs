@@ -162,3 +162,33 @@ async fn a_failed_spawn_leaves_nothing_behind() {
     assert!(err.to_string().contains("/nonexistent/program"), "{err}");
     assert_eq!(files(&state.path().join("processes")), Vec::<String>::new());
 }
+
+/// A stand-in for `systemd-run` that fails the way it does when systemd
+/// refuses the scope.
+fn failing_systemd_run(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("systemd-run");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'Failed to start transient scope unit: Access denied' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_get_its_scope_is_refused_and_leaves_nothing_behind() {
+    let state = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let placement = super::Placement::SystemdScope { systemd_run: failing_systemd_run(bin.path()) };
+    let rt = ProcessRuntime::with_placement(state.path(), placement).unwrap();
+    let err = rt.start(&spec("scoped", &["/bin/sleep", "30"])).await.unwrap_err();
+    assert!(
+        matches!(err, crate::runtime::RuntimeError::Scope(super::super::scope::ScopeError::Exited { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bg-scoped-blue-1-"), "{err}");
+    assert_eq!(files(&state.path().join("processes")), Vec::<String>::new());
+    assert!(rt.list(None).await.unwrap().is_empty());
+}
