@@ -104,13 +104,16 @@ pub(crate) async fn serve(
     // served by its own protocol's builder: no second detection read and no
     // rewind layer on every read and write of the connection.
     let mut h1 = http1::Builder::new();
-    // half_close: a client that shuts down its write side after its request
-    // (`curl`'s --no-keepalive style, some load balancers) still gets the
-    // answer instead of a closed connection.
+    // Without half_close, hyper reads on while a request is pending, and a
+    // client's end of stream ends the connection: the request's future is
+    // dropped, and with it the queued wait or the upstream exchange and
+    // the in-flight count. With it, a client that shuts down its write
+    // side after its request still gets the answer, but one that went
+    // away is not noticed until a write to it fails.
     h1.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
-        .half_close(true);
+        .half_close(config.half_close);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let shared = Arc::new(Listener {
