@@ -12,7 +12,7 @@ use crate::body::ProxyBody;
 use crate::counters::GaugeGuard;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
-use crate::signal::{Signal, SignalWait};
+use crate::signal::{OnFire, Signal, SignalWait};
 use crate::upstream::{Decoder, RequestHead};
 use crate::{Color, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
@@ -20,6 +20,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -30,6 +31,32 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: Arc<Signal>,
+    /// HTTP/1.1: a drain's cut of a response's backend ends the whole
+    /// connection (it carries one response at a time).
+    pub(crate) h1: bool,
+    /// Set when a drain cut the backend of the response this connection
+    /// is sending; the connection's task, woken by the cut, then closes
+    /// the connection, even while hyper waits for the client to read and
+    /// does not poll the body.
+    pub(crate) cut: AtomicBool,
+}
+
+impl ConnCtx {
+    /// Context for a new connection.
+    pub(crate) fn new(client_ip: HeaderValue, shutdown: Arc<Signal>, h1: bool) -> ConnCtx {
+        ConnCtx { client_ip, shutdown, h1, cut: AtomicBool::new(false) }
+    }
+
+    /// Whether a drain cut this connection's response.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+impl OnFire for ConnCtx {
+    fn fired(&self) {
+        self.cut.store(true, Ordering::Release);
+    }
 }
 
 enum Attempt {
@@ -160,7 +187,7 @@ fn claim(inner: &Inner, backend: Arc<BackendState>, generation: u64) -> Option<I
 
 /// Forward to the picked backend; `guard` counts the request on it.
 async fn attempt(
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     pick: Pick,
     guard: InflightGuard,
     head: &RequestHead,
@@ -238,7 +265,8 @@ async fn attempt(
             return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }
-    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut);
+    let tell = ctx.h1.then(|| ctx.clone() as Arc<dyn OnFire>);
+    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut, tell);
     Attempt::Done(resp.map(|()| body))
 }
 

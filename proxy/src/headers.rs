@@ -327,7 +327,8 @@ mod tests {
         assert_eq!(req.headers().get_all(COOKIE).iter().collect::<Vec<_>>(), ["only=1"]);
 
         // Two Cookie lines from an HTTP/1.1 client are its own business.
-        let mut req = Request::builder().uri("/").header(COOKIE, "a=1").header(COOKIE, "b=2").body(()).unwrap();
+        let mut req =
+            Request::builder().uri("/").header(COOKIE, "a=1").header(COOKIE, "b=2").body(()).unwrap();
         prepare_request(&mut req, &HeaderValue::from_static("127.0.0.1"), false);
         assert_eq!(req.headers().get_all(COOKIE).iter().count(), 2);
     }

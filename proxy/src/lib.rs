@@ -50,6 +50,7 @@ mod signal;
 mod stats;
 mod upgrade;
 mod upstream;
+mod write_timeout;
 
 pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};

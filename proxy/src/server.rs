@@ -16,6 +16,7 @@ use crate::forward::{self, ConnCtx};
 use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
+use crate::write_timeout::WriteTimeout;
 use crate::{Inner, ProxyError};
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
@@ -208,8 +209,9 @@ async fn connection(
         _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
     };
     let Some((protocol, prefix)) = first else { return };
-    let io = Prefixed::new(prefix, TokioIo::new(stream));
-    let ctx = Arc::new(ConnCtx { client_ip, shutdown: l.hard_stop.clone() });
+    let io = Prefixed::new(prefix, TokioIo::new(WriteTimeout::new(stream, config.write_timeout)));
+    let ctx = Arc::new(ConnCtx::new(client_ip, l.hard_stop.clone(), protocol == Protocol::Http1));
+    let conn_ctx = ctx.clone();
     let result = match protocol {
         Protocol::Http1 => {
             let linger = config.close_linger;
@@ -221,7 +223,7 @@ async fn connection(
                 })
             };
             let conn = Box::pin(l.h1.serve_connection(io, service).with_upgrades());
-            drive(conn, graceful, &l.hard_stop, linger, |c| c.as_mut().graceful_shutdown()).await
+            drive(conn, graceful, &l.hard_stop, &conn_ctx, linger, |c| c.as_mut().graceful_shutdown()).await
         }
         Protocol::Http2 => {
             // GOAWAY at once: h2 clients retry what it did not take, so
@@ -230,7 +232,8 @@ async fn connection(
             let service =
                 hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
             let conn = Box::pin(l.h2.serve_connection(io, service));
-            drive(conn, graceful, &l.hard_stop, Duration::ZERO, |c| c.as_mut().graceful_shutdown()).await
+            drive(conn, graceful, &l.hard_stop, &conn_ctx, Duration::ZERO, |c| c.as_mut().graceful_shutdown())
+                .await
         }
     };
     if let Some(Err(e)) = result {
@@ -274,26 +277,29 @@ async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &Arc<Signal>) {
     hard_stop.wait().await;
 }
 
-/// Drive a connection to its end; `None` when the hard stop cut it. Once
-/// `graceful` fires it keeps serving for `linger` (its responses then say
-/// `Connection: close`), then it is asked to finish the request in flight
-/// and close, and driven until it has.
+/// Drive a connection to its end; `None` when the hard stop or a drain's
+/// cut ended it. Once `graceful` fires it keeps serving for `linger` (its
+/// responses then say `Connection: close`), then it is asked to finish the
+/// request in flight and close, and driven until it has.
 async fn drive<C: Future + Unpin>(
     mut conn: C,
     mut graceful: Pin<&mut SignalWait>,
     hard_stop: &Arc<Signal>,
+    ctx: &ConnCtx,
     linger: Duration,
     start_graceful_shutdown: impl FnOnce(&mut C),
 ) -> Option<C::Output> {
     tokio::select! {
         biased;
         output = &mut conn => return Some(output),
+        _ = cut_off(ctx) => return None,
         _ = graceful.as_mut() => {}
     }
     if !linger.is_zero() {
         tokio::select! {
             biased;
             output = &mut conn => return Some(output),
+            _ = cut_off(ctx) => return None,
             _ = tokio::time::sleep(linger) => {}
             _ = hard_stop.wait() => return None,
         }
@@ -302,6 +308,15 @@ async fn drive<C: Future + Unpin>(
     tokio::select! {
         biased;
         output = &mut conn => Some(output),
+        _ = cut_off(ctx) => None,
         _ = hard_stop.wait() => None,
     }
+}
+
+/// Ready once a drain cut the response this connection sends. It needs no
+/// waker of its own: the response body registered this connection's task
+/// with the cut, which sets the flag before it wakes the task (see
+/// [`ConnCtx`]); one atomic load per poll of the connection.
+fn cut_off(ctx: &ConnCtx) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| if ctx.is_cut() { Poll::Ready(()) } else { Poll::Pending })
 }

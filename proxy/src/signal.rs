@@ -19,10 +19,25 @@ pub(crate) struct Signal {
     waiters: Mutex<Slots>,
 }
 
-/// The wakers of the registered waits, in reusable slots.
+/// Told when a signal fires, before the waits are woken: how a wait
+/// hands the news to something that is not polled itself (a client
+/// connection whose response body hyper stops polling while the client's
+/// buffer is full).
+pub(crate) trait OnFire: Send + Sync {
+    /// The signal fired.
+    fn fired(&self);
+}
+
+/// A registered wait: its waker, and whom to tell.
+struct Waiter {
+    waker: Waker,
+    tell: Option<Arc<dyn OnFire>>,
+}
+
+/// The registered waits, in reusable slots.
 #[derive(Default)]
 struct Slots {
-    wakers: Vec<Option<Waker>>,
+    wakers: Vec<Option<Waiter>>,
     free: Vec<usize>,
 }
 
@@ -35,9 +50,12 @@ impl Signal {
     /// Fire: every registered wait is woken, every later poll is ready.
     pub(crate) fn fire(&self) {
         self.fired.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self.lock().wakers.iter_mut().filter_map(Option::take).collect();
-        for waker in wakers {
-            waker.wake();
+        let waiters: Vec<Waiter> = self.lock().wakers.iter_mut().filter_map(Option::take).collect();
+        for waiter in waiters {
+            if let Some(tell) = &waiter.tell {
+                tell.fired();
+            }
+            waiter.waker.wake();
         }
     }
 
@@ -70,6 +88,17 @@ impl SignalWait {
     /// Ready once the signal fired; otherwise the task is woken when it
     /// does.
     pub(crate) fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_fired_telling(cx, None)
+    }
+
+    /// [`SignalWait::poll_fired`], and `tell` is told when the signal
+    /// fires (it is registered with the waker: a wait keeps what it was
+    /// first registered with for as long as the waker stays the same).
+    pub(crate) fn poll_fired_telling(
+        &mut self,
+        cx: &mut Context<'_>,
+        tell: Option<&Arc<dyn OnFire>>,
+    ) -> Poll<()> {
         if self.signal.is_fired() {
             return Poll::Ready(());
         }
@@ -85,7 +114,7 @@ impl SignalWait {
                         slots.wakers.len() - 1
                     }),
                 };
-                slots.wakers[index] = Some(waker.clone());
+                slots.wakers[index] = Some(Waiter { waker: waker.clone(), tell: tell.cloned() });
                 drop(slots);
                 self.slot = Some((index, waker));
                 // Fired between the first check and the registration: its

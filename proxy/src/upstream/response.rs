@@ -93,7 +93,9 @@ pub(crate) fn skip_interim(buf: &mut BytesMut) -> Interim {
         let mut resp = httparse::Response::new(&mut fields);
         match resp.parse(buf) {
             Ok(httparse::Status::Complete(len)) if interim(resp.code) => buf.advance(len),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD && (resp.code.is_none() || interim(resp.code)) => {
+            Ok(httparse::Status::Partial)
+                if buf.len() < MAX_HEAD && (resp.code.is_none() || interim(resp.code)) =>
+            {
                 return Interim::Partial
             }
             _ => return Interim::Final,
@@ -250,10 +252,13 @@ mod tests {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
         assert_eq!(skip_interim(&mut buf), Interim::Skipped);
         assert!(buf.is_empty());
-        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 41"[..]);
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 41"[..],
+        );
         assert_eq!(skip_interim(&mut buf), Interim::Partial);
         assert_eq!(&buf[..], b"HTTP/1.1 41");
-        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too Large\r\nContent-Le"[..]);
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too Large\r\nContent-Le"[..]);
         assert_eq!(skip_interim(&mut buf), Interim::Final);
         assert!(buf.starts_with(b"HTTP/1.1 413"));
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
