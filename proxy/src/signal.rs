@@ -75,8 +75,8 @@ impl Signal {
 /// a handle to the signal, so it can ride along with a response body.
 pub(crate) struct SignalWait {
     signal: Arc<Signal>,
-    /// The slot and the waker stored in it.
-    slot: Option<(usize, Waker)>,
+    /// The slot, the waker stored in it, and whether someone is told.
+    slot: Option<(usize, Waker, bool)>,
 }
 
 impl SignalWait {
@@ -92,8 +92,8 @@ impl SignalWait {
     }
 
     /// [`SignalWait::poll_fired`], and `tell` is told when the signal
-    /// fires (it is registered with the waker: a wait keeps what it was
-    /// first registered with for as long as the waker stays the same).
+    /// fires. A wait registered without anyone to tell registers again
+    /// (one lock) the first time it is given someone.
     pub(crate) fn poll_fired_telling(
         &mut self,
         cx: &mut Context<'_>,
@@ -103,12 +103,13 @@ impl SignalWait {
             return Poll::Ready(());
         }
         match &self.slot {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            // Registered with this waker, and with whom to tell if asked.
+            Some((_, waker, told)) if waker.will_wake(cx.waker()) && (*told || tell.is_none()) => {}
             _ => {
                 let waker = cx.waker().clone();
                 let mut slots = self.signal.lock();
                 let index = match self.slot.take() {
-                    Some((index, _)) => index,
+                    Some((index, _, _)) => index,
                     None => slots.free.pop().unwrap_or_else(|| {
                         slots.wakers.push(None);
                         slots.wakers.len() - 1
@@ -116,7 +117,7 @@ impl SignalWait {
                 };
                 slots.wakers[index] = Some(Waiter { waker: waker.clone(), tell: tell.cloned() });
                 drop(slots);
-                self.slot = Some((index, waker));
+                self.slot = Some((index, waker, tell.is_some()));
                 // Fired between the first check and the registration: its
                 // wake-up may have missed the slot.
                 if self.signal.is_fired() {
@@ -140,7 +141,7 @@ impl Future for SignalWait {
 
 impl Drop for SignalWait {
     fn drop(&mut self) {
-        if let Some((index, _)) = self.slot.take() {
+        if let Some((index, _, _)) = self.slot.take() {
             let mut slots = self.signal.lock();
             slots.wakers[index] = None;
             slots.free.push(index);
