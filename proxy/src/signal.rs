@@ -181,4 +181,30 @@ mod tests {
             "a later wait sees the fire at once"
         );
     }
+
+    struct Told(std::sync::atomic::AtomicBool);
+
+    impl OnFire for Told {
+        fn fired(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wait_registered_without_anyone_to_tell_registers_again_when_given_someone() {
+        let signal = Arc::new(Signal::default());
+        let told = Arc::new(Told(AtomicBool::new(false)));
+        let tell: Arc<dyn OnFire> = told.clone();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = signal.wait();
+        // First polled as a plain wait (as during the upstream exchange)...
+        assert!(wait.poll_fired(&mut cx).is_pending());
+        // ...then with someone to tell, same waker (as by the body).
+        assert!(wait.poll_fired_telling(&mut cx, Some(&tell)).is_pending());
+        assert_eq!(signal.lock().wakers.iter().flatten().count(), 1, "one slot, reused");
+        signal.fire();
+        assert!(told.0.load(Ordering::SeqCst), "told before the wake-up");
+        assert!(wait.poll_fired_telling(&mut cx, Some(&tell)).is_ready());
+    }
 }

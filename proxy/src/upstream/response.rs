@@ -110,7 +110,7 @@ fn is_reset(e: &std::io::Error) -> bool {
 
 /// Parse a complete head off the front of `buf`; `None` while it is
 /// incomplete.
-fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
     // Where each field's name and value lie in `buf`, so the values can
     // share the buffer's bytes once the parser lets go of it.
     let (len, code, minor, spans) = {
