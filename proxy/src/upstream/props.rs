@@ -14,18 +14,19 @@ use proptest::prelude::*;
 /// The bytes that follow an answer on a kept-alive connection.
 const NEXT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 
+/// What a decoder made of a body: its bytes, its trailers' `(name,
+/// value)` pairs, and what was left in the buffer after it.
+type Decoded = (Vec<u8>, Vec<(String, String)>, Vec<u8>);
+
 /// Feed `input` to a decoder for `framing` in pieces ending at `cuts`
 /// (sorted, deduplicated by the caller's generator or not: any order is
-/// clamped), with the end of the connection after it when `eof`. Returns
-/// the body, the trailers' `(name, value)` pairs, what was left in the
-/// buffer, and whether `is_done` was already true with the last data
-/// frame (when the end was in the buffer then).
+/// clamped), with the end of the connection after it when `eof`.
 fn decode_split(
     framing: Framing,
     input: &[u8],
     cuts: &[usize],
     eof: bool,
-) -> Result<(Vec<u8>, Vec<(String, String)>, Vec<u8>), FramingError> {
+) -> Result<Decoded, FramingError> {
     let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
     ends.push(input.len());
     ends.sort_unstable();
