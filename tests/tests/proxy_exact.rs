@@ -158,6 +158,27 @@ async fn a_client_that_goes_away_while_the_backend_works_drops_the_upstream_requ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_goes_away_while_the_backend_works_drops_the_upstream_request() {
+    let mut py = PyBackend::start().await;
+    let p = proxy_to(&py, ProxyConfig::default()).await;
+    let stream = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/hold", p.addr)).body(Empty::<Bytes>::new()).expect("request");
+    let pending = tokio::spawn(async move { h2.send_request(req).await.map(|_| ()) });
+    py.expect_line("holding", SECS_5).await;
+    assert_eq!(p.proxy.inflight(&"blue-1".into()), 1);
+    // The client goes away: its connection (and socket) dropped.
+    conn.abort();
+    pending.abort();
+    py.expect_line("dropped /hold", SECS_5).await;
+    bg_tests::wait::eventually("in flight back to zero", SECS_5, || p.proxy.inflight(&"blue-1".into()) == 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_while_queued_leaves_the_queue_and_is_never_forwarded() {
     let mut py = PyBackend::start().await;
     let p =

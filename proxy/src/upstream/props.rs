@@ -21,12 +21,7 @@ type Decoded = (Vec<u8>, Vec<(String, String)>, Vec<u8>);
 /// Feed `input` to a decoder for `framing` in pieces ending at `cuts`
 /// (sorted, deduplicated by the caller's generator or not: any order is
 /// clamped), with the end of the connection after it when `eof`.
-fn decode_split(
-    framing: Framing,
-    input: &[u8],
-    cuts: &[usize],
-    eof: bool,
-) -> Result<Decoded, FramingError> {
+fn decode_split(framing: Framing, input: &[u8], cuts: &[usize], eof: bool) -> Result<Decoded, FramingError> {
     let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
     ends.push(input.len());
     ends.sort_unstable();
