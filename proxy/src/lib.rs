@@ -140,8 +140,9 @@ pub struct ProxyConfig {
     /// together); beyond it a request is answered 503 at once.
     pub max_queued: u64,
     /// How long a write to a client may make no progress (the client
-    /// stopped reading) before its connection is closed. Idle HTTP/1.1
-    /// keep-alive connections are bounded by `header_read_timeout`.
+    /// stopped reading) before its connection is closed; upgraded tunnels
+    /// included. Idle HTTP/1.1 keep-alive connections are bounded by
+    /// `header_read_timeout`, which runs from the end of the last answer.
     pub write_timeout: Duration,
     /// Whether an HTTP/1.1 client that shuts down its write side while its
     /// request is pending still gets the answer. Off by default: a closed
