@@ -1,5 +1,6 @@
 //! Forwarding one request: choose a backend from the current route table
-//! (waiting for one up to the queue timeout), get a pooled or fresh
+//! (waiting for one up to the queue timeout, if the queue has room), count
+//! it in flight there unless a newer table came meanwhile, get a pooled or fresh
 //! upstream connection, send, and wrap the answer so the request counts as
 //! in flight until its body has been sent. A connect failure never reaches
 //! the client: the request goes to the next backend. Nor does a pooled

@@ -369,7 +369,10 @@ impl Proxy {
 
     /// Wait until the given backends have nothing in flight (requests whose
     /// response body is not fully sent, and upgraded connections), or until
-    /// `timeout`. At the deadline, what is still open on them is cut. Idle
+    /// `timeout`. At the deadline, what is still open on them is cut:
+    /// waiting requests get a 502, HTTP/1.1 client connections whose
+    /// answer is still streaming are closed (also when the client reads
+    /// slowly), tunnels close, and the upstream connections with them. Idle
     /// pooled connections to them are closed either way. Call it after the
     /// backends left the rotation.
     pub async fn drain(&self, backends: &[BackendId], timeout: Duration) -> DrainReport {

@@ -1,7 +1,9 @@
 //! The accept loop of one listener: a connection limit (a semaphore; over
 //! it the loop stops accepting and clients wait in the kernel backlog), a
 //! deadline for the first bytes and for request headers, HTTP/1.1 and h2c
-//! on the same port, and a graceful shutdown bounded by a timeout: HTTP/1.1
+//! on the same port, a write timeout on client sockets, HTTP/1.1
+//! connections closed when a drain cuts the response they carry, and a
+//! graceful shutdown bounded by a timeout: HTTP/1.1
 //! keep-alive connections linger a moment and answer with `Connection:
 //! close`, h2 connections get GOAWAY, in-flight requests finish.
 //!
