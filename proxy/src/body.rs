@@ -6,15 +6,20 @@
 //! The guard is released (and the connection returned to its pool, when
 //! the server keeps it open) when the body's last frame has been handed to
 //! the client's connection, or when the body is dropped. A drain's cut
-//! ends the stream with an error.
+//! ends the stream with an error. hyper polls a body only when the
+//! client's connection has room for more, so a body that is not done after
+//! a frame registers for the cut at once, and tells the HTTP/1.1
+//! connection it rides on, which then closes even while nothing polls the
+//! body (a slow reader).
 
 use crate::backend::InflightGuard;
 use crate::pool::Pooled;
-use crate::signal::SignalWait;
+use crate::signal::{OnFire, SignalWait};
 use crate::upstream::{Decoder, Step};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Error type of [`ProxyBody`].
@@ -34,6 +39,8 @@ pub(crate) struct Upstream {
     guard: Option<InflightGuard>,
     /// The connection can carry another request once the body is read.
     reusable: bool,
+    /// Told when the cut fires (the client connection, for HTTP/1.1).
+    tell: Option<Arc<dyn OnFire>>,
 }
 
 impl Upstream {
@@ -65,6 +72,11 @@ impl Upstream {
                     // body says it has ended, so finish on the last frame.
                     if self.decoder.is_done() {
                         self.finish();
+                    } else if self.cut.poll_fired_telling(cx, self.tell.as_ref()).is_ready() {
+                        // More is to come, and hyper may not ask for it
+                        // soon: the cut is registered now (once per body).
+                        self.fail();
+                        return Poll::Ready(Some(Err(Box::new(Cut))));
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -89,7 +101,7 @@ impl Upstream {
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Pending => {
-                    if self.cut.poll_fired(cx).is_ready() {
+                    if self.cut.poll_fired_telling(cx, self.tell.as_ref()).is_ready() {
                         self.fail();
                         return Poll::Ready(Some(Err(Box::new(Cut))));
                     }
@@ -110,16 +122,17 @@ pub(crate) enum ProxyBody {
 
 impl ProxyBody {
     /// Stream the body left in `conn`, cut by `decoder`; `guard` ends with
-    /// it; `cut` aborts it. `reusable`: the connection goes back to its
-    /// pool at the end.
+    /// it; `cut` aborts it, and `tell` is told of the cut. `reusable`: the
+    /// connection goes back to its pool at the end.
     pub(crate) fn upstream(
         conn: Pooled,
         decoder: Decoder,
         reusable: bool,
         guard: InflightGuard,
         cut: SignalWait,
+        tell: Option<Arc<dyn OnFire>>,
     ) -> ProxyBody {
-        let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable };
+        let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable, tell };
         if body.decoder.is_done() {
             // Nothing to stream (HEAD, 204, 304, empty): done already.
             body.finish();

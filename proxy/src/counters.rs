@@ -78,6 +78,17 @@ impl<'a> GaugeGuard<'a> {
     }
 }
 
+impl<'a> GaugeGuard<'a> {
+    /// One more in `gauge` until dropped, unless it holds `max` already.
+    pub(crate) fn below(gauge: &'a AtomicU64, max: u64) -> Option<GaugeGuard<'a>> {
+        if gauge.fetch_add(1, Relaxed) >= max {
+            gauge.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(GaugeGuard(gauge))
+    }
+}
+
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);

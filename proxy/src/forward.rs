@@ -1,5 +1,6 @@
 //! Forwarding one request: choose a backend from the current route table
-//! (waiting for one up to the queue timeout), get a pooled or fresh
+//! (waiting for one up to the queue timeout, if the queue has room), count
+//! it in flight there unless a newer table came meanwhile, get a pooled or fresh
 //! upstream connection, send, and wrap the answer so the request counts as
 //! in flight until its body has been sent. A connect failure never reaches
 //! the client: the request goes to the next backend. Nor does a pooled
@@ -12,7 +13,7 @@ use crate::body::ProxyBody;
 use crate::counters::GaugeGuard;
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
-use crate::signal::{Signal, SignalWait};
+use crate::signal::{OnFire, Signal, SignalWait};
 use crate::upstream::{Decoder, RequestHead};
 use crate::{Color, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
@@ -20,6 +21,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -30,6 +32,32 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: Arc<Signal>,
+    /// HTTP/1.1: a drain's cut of a response's backend ends the whole
+    /// connection (it carries one response at a time).
+    pub(crate) h1: bool,
+    /// Set when a drain cut the backend of the response this connection
+    /// is sending; the connection's task, woken by the cut, then closes
+    /// the connection, even while hyper waits for the client to read and
+    /// does not poll the body.
+    pub(crate) cut: AtomicBool,
+}
+
+impl ConnCtx {
+    /// Context for a new connection.
+    pub(crate) fn new(client_ip: HeaderValue, shutdown: Arc<Signal>, h1: bool) -> ConnCtx {
+        ConnCtx { client_ip, shutdown, h1, cut: AtomicBool::new(false) }
+    }
+
+    /// Whether a drain cut this connection's response.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+impl OnFire for ConnCtx {
+    fn fired(&self) {
+        self.cut.store(true, Ordering::Release);
+    }
 }
 
 enum Attempt {
@@ -57,11 +85,17 @@ pub(crate) async fn handle(
     let mut deadline = None;
     let mut _queued: Option<GaugeGuard<'_>> = None;
     loop {
+        // Read before the table, checked again once the request counts in
+        // flight (see `claim`).
+        let generation = inner.generation();
         let choice = inner.table.load().choose(req.headers(), &tried);
         match choice {
             Choice::Backend(pick) => {
                 let backend = pick.backend.clone();
-                match attempt(&ctx, pick, &head, req, started, &mut client_upgrade).await {
+                let Some(guard) = claim(&inner, pick.backend.clone(), generation) else {
+                    continue;
+                };
+                match attempt(&ctx, pick, guard, &head, req, started, &mut client_upgrade).await {
                     Attempt::Done(resp) => return Ok(resp),
                     Attempt::ConnectFailed(r) => {
                         req = r;
@@ -83,7 +117,18 @@ pub(crate) async fn handle(
                     tokio::time::Instant::from_std(started) + inner.config.queue_timeout
                 });
                 if _queued.is_none() {
-                    _queued = Some(GaugeGuard::new(&inner.queued));
+                    match GaugeGuard::below(&inner.queued, inner.config.max_queued) {
+                        Some(g) => _queued = Some(g),
+                        None => {
+                            return Ok(answer(
+                                &inner,
+                                color,
+                                started,
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "no backend available, and too many requests are waiting for one\n",
+                            ))
+                        }
+                    }
                 }
                 // Boxed: waiting is the rare path, and its timer would
                 // otherwise enlarge every request's future.
@@ -125,17 +170,33 @@ async fn wait_for_routes(
     }
 }
 
-/// Forward to the picked backend.
+/// Count a request in flight on `backend`, chosen from the table of
+/// `generation`. `None` when a table was swapped in since: a drain of
+/// `backend` may have read its in-flight count as zero before this
+/// increment, so the request must choose again from the new table instead.
+/// Both sides are `SeqCst` (the swap bumps the generation before a drain
+/// reads the count; here the count goes up before the generation is read
+/// again), so one of them sees the other.
+fn claim(inner: &Inner, backend: Arc<BackendState>, generation: u64) -> Option<InflightGuard> {
+    let guard = InflightGuard::new(backend);
+    if inner.generation() == generation {
+        return Some(guard);
+    }
+    guard.abandon();
+    None
+}
+
+/// Forward to the picked backend; `guard` counts the request on it.
 async fn attempt(
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     pick: Pick,
+    guard: InflightGuard,
     head: &RequestHead,
     mut req: Request<Incoming>,
     started: Instant,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
 ) -> Attempt {
     let Pick { backend, set_cookie } = pick;
-    let guard = InflightGuard::new(backend.clone());
     let mut cut = backend.cut_wait();
     let mut counted = false;
     // Set once a pooled connection turned out closed: the retry goes on a
@@ -205,7 +266,8 @@ async fn attempt(
             return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }
-    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut);
+    let tell = ctx.h1.then(|| ctx.clone() as Arc<dyn OnFire>);
+    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut, tell);
     Attempt::Done(resp.map(|()| body))
 }
 
@@ -263,4 +325,77 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::Tried;
+    use crate::{Backend, Proxy, ProxyConfig, RouteTable, Weights};
+    use std::time::Duration;
+
+    fn two_colors(active: Color) -> RouteTable {
+        let mut blue = Backend::new("blue-1", "127.0.0.1:1".parse().unwrap(), Color::Blue);
+        let mut green = Backend::new("green-1", "127.0.0.1:2".parse().unwrap(), Color::Green);
+        blue.in_rotation = active == Color::Blue;
+        green.in_rotation = active == Color::Green;
+        RouteTable::new(vec![blue, green], Weights::all_to(active))
+    }
+
+    fn chosen(choice: Choice) -> Arc<BackendState> {
+        match choice {
+            Choice::Backend(p) => p.backend,
+            _ => panic!("expected a backend"),
+        }
+    }
+
+    /// The interleaving the race needs, step by step: a request loads the
+    /// old table and picks blue; the promote swaps in green and the drain
+    /// of blue reads zero in flight (and would let blue be stopped); only
+    /// then does the request count itself. It must not go to blue.
+    #[tokio::test]
+    async fn a_request_that_chose_from_the_old_table_after_a_drain_read_zero_chooses_again() {
+        let proxy = Proxy::new(ProxyConfig::default());
+        proxy.set_routes(two_colors(Color::Blue));
+        let inner = &proxy.inner;
+        let headers = http::HeaderMap::new();
+
+        let generation = inner.generation();
+        let old = chosen(inner.table.load().choose(&headers, &Tried::default()));
+        assert_eq!(old.id.to_string(), "blue-1");
+
+        proxy.set_routes(two_colors(Color::Green));
+        let report = proxy.drain(&["blue-1".into()], Duration::from_secs(5)).await;
+        assert_eq!((report.finished, report.cut, report.timed_out), (0, 0, false), "blue looked idle");
+
+        assert!(claim(inner, old.clone(), generation).is_none(), "the stale choice is refused");
+        assert_eq!(old.inflight(), 0, "and not left counted");
+        assert_eq!(old.completed(), 0, "nor counted as a completion");
+        let generation = inner.generation();
+        let again = chosen(inner.table.load().choose(&headers, &Tried::default()));
+        assert_eq!(again.id.to_string(), "green-1", "the second choice uses the new table");
+        let guard = claim(inner, again.clone(), generation).expect("the fresh choice stands");
+        assert_eq!(again.inflight(), 1);
+        drop(guard);
+    }
+
+    /// The other order: counted before the swap, the request holds the
+    /// drain until it ends.
+    #[tokio::test]
+    async fn a_request_counted_before_the_swap_is_waited_for_by_the_drain() {
+        let proxy = Proxy::new(ProxyConfig::default());
+        proxy.set_routes(two_colors(Color::Blue));
+        let inner = &proxy.inner;
+        let generation = inner.generation();
+        let old = chosen(inner.table.load().choose(&http::HeaderMap::new(), &Tried::default()));
+        let guard = claim(inner, old, generation).expect("no swap yet");
+        proxy.set_routes(two_colors(Color::Green));
+        let ids = ["blue-1".into()];
+        let drain = proxy.drain(&ids, Duration::from_secs(5));
+        tokio::pin!(drain);
+        assert!(futures_util::poll!(drain.as_mut()).is_pending(), "the drain waits for it");
+        drop(guard);
+        let report = drain.await;
+        assert_eq!((report.finished, report.cut), (1, 0));
+    }
 }

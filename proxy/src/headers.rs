@@ -1,7 +1,8 @@
 //! Header rewriting at the proxy's two edges: hop-by-hop headers removed in
 //! both directions, `X-Forwarded-*` added, HTTP/2 requests turned into
-//! HTTP/1.1 ones (Host from `:authority`, origin-form target), and the
-//! cookie lookups the backend choice needs.
+//! HTTP/1.1 ones (Host from `:authority`, origin-form target, split
+//! `Cookie` fields joined), and the cookie lookups the backend choice
+//! needs.
 //!
 //! This runs twice per request, so the common case is kept cheap: one pass
 //! over the map's names, without hashing, finds out which hop-by-hop
@@ -40,6 +41,8 @@ struct Present {
     hop: u8,
     /// Whether `X-Forwarded-For` is in the map.
     forwarded_for: bool,
+    /// Whether `Cookie` is in the map.
+    cookie: bool,
 }
 
 /// `Connection` is present.
@@ -74,6 +77,10 @@ impl Present {
                 "upgrade" => HOP_UPGRADE,
                 "x-forwarded-for" => {
                     found.forwarded_for = true;
+                    0
+                }
+                "cookie" => {
+                    found.cookie = true;
                     0
                 }
                 _ => 0,
@@ -174,10 +181,14 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, 
             .unwrap_or_else(|| Uri::from_static("/"));
         *req.uri_mut() = origin;
     }
+    let h2 = req.version() == Version::HTTP_2;
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
     let mut present = Present::scan(headers);
+    if h2 && present.cookie {
+        join_cookies(headers);
+    }
     if present.hop != 0 || upgrading {
         strip_present(headers, present, upgrading);
         // Connection may have named X-Forwarded-For; look again.
@@ -203,6 +214,26 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, 
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = headers.get(HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// HTTP/2 lets a client split its cookies into one field per cookie (RFC
+/// 9113 §8.2.3, for better header compression); an HTTP/1.1 server expects
+/// one `Cookie` line, so they are joined with `"; "` in their order.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // The parts were valid field values, and so is their join.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -269,6 +300,37 @@ mod tests {
         assert_eq!(req.headers()["x-forwarded-host"], "example.test:8080");
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(req.headers()["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn h2_cookie_fields_are_joined_for_http11_and_http11_ones_left_alone() {
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://example.test/")
+            .header(COOKIE, "a=1")
+            .header("accept", "*/*")
+            .header(COOKIE, "bg-color=green")
+            .header(COOKIE, "b=2")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &HeaderValue::from_static("127.0.0.1"), false);
+        let cookies: Vec<_> = req.headers().get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; bg-color=green; b=2"]);
+
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://example.test/")
+            .header(COOKIE, "only=1")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &HeaderValue::from_static("127.0.0.1"), false);
+        assert_eq!(req.headers().get_all(COOKIE).iter().collect::<Vec<_>>(), ["only=1"]);
+
+        // Two Cookie lines from an HTTP/1.1 client are its own business.
+        let mut req =
+            Request::builder().uri("/").header(COOKIE, "a=1").header(COOKIE, "b=2").body(()).unwrap();
+        prepare_request(&mut req, &HeaderValue::from_static("127.0.0.1"), false);
+        assert_eq!(req.headers().get_all(COOKIE).iter().count(), 2);
     }
 
     #[test]

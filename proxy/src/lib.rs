@@ -50,6 +50,7 @@ mod signal;
 mod stats;
 mod upgrade;
 mod upstream;
+mod write_timeout;
 
 pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};
@@ -85,6 +86,13 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// listener shuts down, so that its client's next request is still answered,
 /// with `Connection: close` (1 second).
 pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Default maximum of requests waiting for a backend at once, over all
+/// listeners of a proxy (1,024); more are answered 503 at once, so that an
+/// outage cannot pile up requests without bound.
+pub const DEFAULT_MAX_QUEUED: u64 = 1024;
+/// Default time a write to a client may stay blocked before the connection
+/// is closed (30 seconds): a client that stops reading gives its slot back.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a backend whose connect failed is tried last (2 seconds).
 pub const DEFAULT_UNHEALTHY_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -128,6 +136,20 @@ pub struct ProxyConfig {
     pub unhealthy_backoff: Duration,
     /// How a backend is picked within a color.
     pub balance: Balance,
+    /// Requests that may wait for a backend at once (all listeners
+    /// together); beyond it a request is answered 503 at once.
+    pub max_queued: u64,
+    /// How long a write to a client may make no progress (the client
+    /// stopped reading) before its connection is closed; upgraded tunnels
+    /// included. Idle HTTP/1.1 keep-alive connections are bounded by
+    /// `header_read_timeout`, which runs from the end of the last answer.
+    pub write_timeout: Duration,
+    /// Whether an HTTP/1.1 client that shuts down its write side while its
+    /// request is pending still gets the answer. Off by default: a closed
+    /// read side then means the client went away (a FIN from `shutdown`
+    /// and one from `close` look the same), so its request is dropped, the
+    /// upstream request with it, and its in-flight count released.
+    pub half_close: bool,
 }
 
 impl Default for ProxyConfig {
@@ -143,6 +165,9 @@ impl Default for ProxyConfig {
             close_linger: DEFAULT_CLOSE_LINGER,
             unhealthy_backoff: DEFAULT_UNHEALTHY_BACKOFF,
             balance: Balance::RoundRobin,
+            max_queued: DEFAULT_MAX_QUEUED,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            half_close: false,
         }
     }
 }
@@ -177,6 +202,11 @@ pub(crate) struct Inner {
     pub(crate) connections: AtomicU64,
     /// Requests waiting for a backend now.
     pub(crate) queued: AtomicU64,
+    /// Route tables installed; also the table's generation. Bumped
+    /// (`SeqCst`) after each store, and read again by a request once it
+    /// counted itself in flight, so a request that chose from a table a
+    /// drain no longer sees either is counted before the drain reads, or
+    /// chooses again (see [`Inner::generation`]).
     switches: AtomicU64,
     reaper_started: AtomicBool,
 }
@@ -187,6 +217,14 @@ impl Inner {
             Color::Blue => &self.colors[0],
             Color::Green => &self.colors[1],
         }
+    }
+
+    /// The route table's generation now. A request reads it before it
+    /// loads the table, and again after its in-flight guard exists: if it
+    /// changed, the backend may be one a drain already found idle, and the
+    /// request chooses again from the new table.
+    pub(crate) fn generation(&self) -> u64 {
+        self.switches.load(Ordering::SeqCst)
     }
 
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, HashMap<BackendId, Arc<BackendState>>> {
@@ -228,7 +266,7 @@ impl Inner {
             keep
         });
         self.table.store(Arc::new(compiled));
-        self.switches.fetch_add(1, Ordering::Relaxed);
+        self.switches.fetch_add(1, Ordering::SeqCst);
         self.routes_changed.notify_waiters();
     }
 
@@ -331,7 +369,10 @@ impl Proxy {
 
     /// Wait until the given backends have nothing in flight (requests whose
     /// response body is not fully sent, and upgraded connections), or until
-    /// `timeout`. At the deadline, what is still open on them is cut. Idle
+    /// `timeout`. At the deadline, what is still open on them is cut:
+    /// waiting requests get a 502, HTTP/1.1 client connections whose
+    /// answer is still streaming are closed (also when the client reads
+    /// slowly), tunnels close, and the upstream connections with them. Idle
     /// pooled connections to them are closed either way. Call it after the
     /// backends left the rotation.
     pub async fn drain(&self, backends: &[BackendId], timeout: Duration) -> DrainReport {
@@ -424,7 +465,7 @@ impl Proxy {
             green: self.inner.colors[1].snapshot(),
             backends,
             connections: self.inner.connections.load(Ordering::Relaxed),
-            switches: self.inner.switches.load(Ordering::Relaxed),
+            switches: self.inner.switches.load(Ordering::SeqCst),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The accept loop of one listener: a connection limit (a semaphore; over
 //! it the loop stops accepting and clients wait in the kernel backlog), a
 //! deadline for the first bytes and for request headers, HTTP/1.1 and h2c
-//! on the same port, and a graceful shutdown bounded by a timeout: HTTP/1.1
+//! on the same port, a write timeout on client sockets, HTTP/1.1
+//! connections closed when a drain cuts the response they carry, and a
+//! graceful shutdown bounded by a timeout: HTTP/1.1
 //! keep-alive connections linger a moment and answer with `Connection:
 //! close`, h2 connections get GOAWAY, in-flight requests finish.
 //!
@@ -16,6 +18,7 @@ use crate::forward::{self, ConnCtx};
 use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
+use crate::write_timeout::WriteTimeout;
 use crate::{Inner, ProxyError};
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
@@ -104,13 +107,16 @@ pub(crate) async fn serve(
     // served by its own protocol's builder: no second detection read and no
     // rewind layer on every read and write of the connection.
     let mut h1 = http1::Builder::new();
-    // half_close: a client that shuts down its write side after its request
-    // (`curl`'s --no-keepalive style, some load balancers) still gets the
-    // answer instead of a closed connection.
+    // Without half_close, hyper reads on while a request is pending, and a
+    // client's end of stream ends the connection: the request's future is
+    // dropped, and with it the queued wait or the upstream exchange and
+    // the in-flight count. With it, a client that shuts down its write
+    // side after its request still gets the answer, but one that went
+    // away is not noticed until a write to it fails.
     h1.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
-        .half_close(true);
+        .half_close(config.half_close);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
     let shared = Arc::new(Listener {
@@ -205,8 +211,9 @@ async fn connection(
         _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
     };
     let Some((protocol, prefix)) = first else { return };
-    let io = Prefixed::new(prefix, TokioIo::new(stream));
-    let ctx = Arc::new(ConnCtx { client_ip, shutdown: l.hard_stop.clone() });
+    let io = Prefixed::new(prefix, TokioIo::new(WriteTimeout::new(stream, config.write_timeout)));
+    let ctx = Arc::new(ConnCtx::new(client_ip, l.hard_stop.clone(), protocol == Protocol::Http1));
+    let conn_ctx = ctx.clone();
     let result = match protocol {
         Protocol::Http1 => {
             let linger = config.close_linger;
@@ -218,7 +225,7 @@ async fn connection(
                 })
             };
             let conn = Box::pin(l.h1.serve_connection(io, service).with_upgrades());
-            drive(conn, graceful, &l.hard_stop, linger, |c| c.as_mut().graceful_shutdown()).await
+            drive(conn, graceful, &l.hard_stop, &conn_ctx, linger, |c| c.as_mut().graceful_shutdown()).await
         }
         Protocol::Http2 => {
             // GOAWAY at once: h2 clients retry what it did not take, so
@@ -227,7 +234,8 @@ async fn connection(
             let service =
                 hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
             let conn = Box::pin(l.h2.serve_connection(io, service));
-            drive(conn, graceful, &l.hard_stop, Duration::ZERO, |c| c.as_mut().graceful_shutdown()).await
+            drive(conn, graceful, &l.hard_stop, &conn_ctx, Duration::ZERO, |c| c.as_mut().graceful_shutdown())
+                .await
         }
     };
     if let Some(Err(e)) = result {
@@ -271,26 +279,29 @@ async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &Arc<Signal>) {
     hard_stop.wait().await;
 }
 
-/// Drive a connection to its end; `None` when the hard stop cut it. Once
-/// `graceful` fires it keeps serving for `linger` (its responses then say
-/// `Connection: close`), then it is asked to finish the request in flight
-/// and close, and driven until it has.
+/// Drive a connection to its end; `None` when the hard stop or a drain's
+/// cut ended it. Once `graceful` fires it keeps serving for `linger` (its
+/// responses then say `Connection: close`), then it is asked to finish the
+/// request in flight and close, and driven until it has.
 async fn drive<C: Future + Unpin>(
     mut conn: C,
     mut graceful: Pin<&mut SignalWait>,
     hard_stop: &Arc<Signal>,
+    ctx: &ConnCtx,
     linger: Duration,
     start_graceful_shutdown: impl FnOnce(&mut C),
 ) -> Option<C::Output> {
     tokio::select! {
         biased;
         output = &mut conn => return Some(output),
+        _ = cut_off(ctx) => return None,
         _ = graceful.as_mut() => {}
     }
     if !linger.is_zero() {
         tokio::select! {
             biased;
             output = &mut conn => return Some(output),
+            _ = cut_off(ctx) => return None,
             _ = tokio::time::sleep(linger) => {}
             _ = hard_stop.wait() => return None,
         }
@@ -299,6 +310,15 @@ async fn drive<C: Future + Unpin>(
     tokio::select! {
         biased;
         output = &mut conn => Some(output),
+        _ = cut_off(ctx) => None,
         _ = hard_stop.wait() => None,
     }
+}
+
+/// Ready once a drain cut the response this connection sends. It needs no
+/// waker of its own: the response body registered this connection's task
+/// with the cut, which sets the flag before it wakes the task (see
+/// [`ConnCtx`]); one atomic load per poll of the connection.
+fn cut_off(ctx: &ConnCtx) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| if ctx.is_cut() { Poll::Ready(()) } else { Poll::Pending })
 }

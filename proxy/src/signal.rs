@@ -19,10 +19,25 @@ pub(crate) struct Signal {
     waiters: Mutex<Slots>,
 }
 
-/// The wakers of the registered waits, in reusable slots.
+/// Told when a signal fires, before the waits are woken: how a wait
+/// hands the news to something that is not polled itself (a client
+/// connection whose response body hyper stops polling while the client's
+/// buffer is full).
+pub(crate) trait OnFire: Send + Sync {
+    /// The signal fired.
+    fn fired(&self);
+}
+
+/// A registered wait: its waker, and whom to tell.
+struct Waiter {
+    waker: Waker,
+    tell: Option<Arc<dyn OnFire>>,
+}
+
+/// The registered waits, in reusable slots.
 #[derive(Default)]
 struct Slots {
-    wakers: Vec<Option<Waker>>,
+    wakers: Vec<Option<Waiter>>,
     free: Vec<usize>,
 }
 
@@ -35,9 +50,12 @@ impl Signal {
     /// Fire: every registered wait is woken, every later poll is ready.
     pub(crate) fn fire(&self) {
         self.fired.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self.lock().wakers.iter_mut().filter_map(Option::take).collect();
-        for waker in wakers {
-            waker.wake();
+        let waiters: Vec<Waiter> = self.lock().wakers.iter_mut().filter_map(Option::take).collect();
+        for waiter in waiters {
+            if let Some(tell) = &waiter.tell {
+                tell.fired();
+            }
+            waiter.waker.wake();
         }
     }
 
@@ -57,8 +75,8 @@ impl Signal {
 /// a handle to the signal, so it can ride along with a response body.
 pub(crate) struct SignalWait {
     signal: Arc<Signal>,
-    /// The slot and the waker stored in it.
-    slot: Option<(usize, Waker)>,
+    /// The slot, the waker stored in it, and whether someone is told.
+    slot: Option<(usize, Waker, bool)>,
 }
 
 impl SignalWait {
@@ -70,24 +88,36 @@ impl SignalWait {
     /// Ready once the signal fired; otherwise the task is woken when it
     /// does.
     pub(crate) fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_fired_telling(cx, None)
+    }
+
+    /// [`SignalWait::poll_fired`], and `tell` is told when the signal
+    /// fires. A wait registered without anyone to tell registers again
+    /// (one lock) the first time it is given someone.
+    pub(crate) fn poll_fired_telling(
+        &mut self,
+        cx: &mut Context<'_>,
+        tell: Option<&Arc<dyn OnFire>>,
+    ) -> Poll<()> {
         if self.signal.is_fired() {
             return Poll::Ready(());
         }
         match &self.slot {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            // Registered with this waker, and with whom to tell if asked.
+            Some((_, waker, told)) if waker.will_wake(cx.waker()) && (*told || tell.is_none()) => {}
             _ => {
                 let waker = cx.waker().clone();
                 let mut slots = self.signal.lock();
                 let index = match self.slot.take() {
-                    Some((index, _)) => index,
+                    Some((index, _, _)) => index,
                     None => slots.free.pop().unwrap_or_else(|| {
                         slots.wakers.push(None);
                         slots.wakers.len() - 1
                     }),
                 };
-                slots.wakers[index] = Some(waker.clone());
+                slots.wakers[index] = Some(Waiter { waker: waker.clone(), tell: tell.cloned() });
                 drop(slots);
-                self.slot = Some((index, waker));
+                self.slot = Some((index, waker, tell.is_some()));
                 // Fired between the first check and the registration: its
                 // wake-up may have missed the slot.
                 if self.signal.is_fired() {
@@ -111,7 +141,7 @@ impl Future for SignalWait {
 
 impl Drop for SignalWait {
     fn drop(&mut self) {
-        if let Some((index, _)) = self.slot.take() {
+        if let Some((index, _, _)) = self.slot.take() {
             let mut slots = self.signal.lock();
             slots.wakers[index] = None;
             slots.free.push(index);
@@ -150,5 +180,31 @@ mod tests {
             late.poll_fired(&mut Context::from_waker(&waker)).is_ready(),
             "a later wait sees the fire at once"
         );
+    }
+
+    struct Told(std::sync::atomic::AtomicBool);
+
+    impl OnFire for Told {
+        fn fired(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wait_registered_without_anyone_to_tell_registers_again_when_given_someone() {
+        let signal = Arc::new(Signal::default());
+        let told = Arc::new(Told(AtomicBool::new(false)));
+        let tell: Arc<dyn OnFire> = told.clone();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = signal.wait();
+        // First polled as a plain wait (as during the upstream exchange)...
+        assert!(wait.poll_fired(&mut cx).is_pending());
+        // ...then with someone to tell, same waker (as by the body).
+        assert!(wait.poll_fired_telling(&mut cx, Some(&tell)).is_pending());
+        assert_eq!(signal.lock().wakers.iter().flatten().count(), 1, "one slot, reused");
+        signal.fire();
+        assert!(told.0.load(Ordering::SeqCst), "told before the wake-up");
+        assert!(wait.poll_fired_telling(&mut cx, Some(&tell)).is_ready());
     }
 }

@@ -236,7 +236,8 @@ async fn oversized_headers_get_431_and_other_clients_are_unaffected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_closed_client_still_gets_its_answer_and_others_are_unaffected() {
     let blue = Websample::new().version("v1").spawn().await;
-    let p = TestProxy::default().await;
+    // Opt-in: by default a closed read side means the client went away.
+    let p = TestProxy::start(ProxyConfig { half_close: true, ..ProxyConfig::default() }).await;
     p.route(vec![backend("blue-1", blue.addr(), Color::Blue)], Color::Blue);
 
     // Sends its request, then shuts down its write side while it waits.

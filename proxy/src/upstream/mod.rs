@@ -11,6 +11,8 @@
 //! sent between tasks.
 
 pub(crate) mod framing;
+#[cfg(test)]
+mod props;
 mod request;
 mod response;
 

@@ -12,6 +12,7 @@ use std::io::{self, IoSlice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::response::Interim;
 use super::Conn;
 
 /// How the request's body goes upstream.
@@ -135,9 +136,12 @@ pub(crate) enum BodyError {
     Write(io::Error),
 }
 
-/// Stream `body` upstream. Stops early when the server starts answering
-/// (or closes), as servers that refuse a body (413, 401) often do before
-/// reading it; what it sent is then in `conn`'s buffer.
+/// Stream `body` upstream. Stops early when the server starts a final
+/// answer (or closes), as servers that refuse a body (413, 401) often do
+/// before reading it; what it sent is then in `conn`'s buffer. Interim
+/// answers (`100 Continue` to a forwarded `Expect`, 103) that come
+/// meanwhile are consumed and the body goes on: such a server reads the
+/// body only after its `100`.
 pub(crate) async fn write_body(
     conn: &mut Conn,
     body: &mut Incoming,
@@ -155,7 +159,12 @@ pub(crate) async fn write_body(
                         conn.eof = true;
                         return Ok(BodySent::Answered);
                     }
-                    Ok(_) => return Ok(BodySent::Answered),
+                    Ok(_) => match super::response::skip_interim(&mut conn.buf) {
+                        // A `100 Continue` (or another interim answer) is
+                        // no answer: the server wants the body.
+                        Interim::Skipped | Interim::Partial => continue,
+                        Interim::Final => return Ok(BodySent::Answered),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(BodyError::Write(e)),
                 }

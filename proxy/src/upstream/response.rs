@@ -5,7 +5,7 @@
 
 use super::framing::Framing;
 use super::Conn;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::mem::MaybeUninit;
@@ -69,6 +69,40 @@ pub(crate) async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Res
     }
 }
 
+/// What [`skip_interim`] found at the front of the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Interim {
+    /// Only interim answers, now consumed (the buffer may be empty).
+    Skipped,
+    /// The start of an answer whose status is not known yet.
+    Partial,
+    /// A final answer (or bytes that are none), left in the buffer.
+    Final,
+}
+
+/// Consume the interim answers (1xx but 101) at the front of `buf`, as a
+/// server sends `100 Continue` before it reads a request's body; say what
+/// follows them.
+pub(crate) fn skip_interim(buf: &mut BytesMut) -> Interim {
+    let interim = |code: Option<u16>| code.is_some_and(|c| (100..200).contains(&c) && c != 101);
+    loop {
+        if buf.is_empty() {
+            return Interim::Skipped;
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if interim(resp.code) => buf.advance(len),
+            Ok(httparse::Status::Partial)
+                if buf.len() < MAX_HEAD && (resp.code.is_none() || interim(resp.code)) =>
+            {
+                return Interim::Partial
+            }
+            _ => return Interim::Final,
+        }
+    }
+}
+
 fn is_reset(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
@@ -76,7 +110,7 @@ fn is_reset(e: &std::io::Error) -> bool {
 
 /// Parse a complete head off the front of `buf`; `None` while it is
 /// incomplete.
-fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
     // Where each field's name and value lie in `buf`, so the values can
     // share the buffer's bytes once the parser lets go of it.
     let (len, code, minor, spans) = {
@@ -211,6 +245,26 @@ mod tests {
         assert!(!k(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
         assert!(k(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
         assert!(!k(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"));
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_a_final_one_stays() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        assert_eq!(skip_interim(&mut buf), Interim::Skipped);
+        assert!(buf.is_empty());
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 41"[..],
+        );
+        assert_eq!(skip_interim(&mut buf), Interim::Partial);
+        assert_eq!(&buf[..], b"HTTP/1.1 41");
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too Large\r\nContent-Le"[..]);
+        assert_eq!(skip_interim(&mut buf), Interim::Final);
+        assert!(buf.starts_with(b"HTTP/1.1 413"));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
+        assert_eq!(skip_interim(&mut buf), Interim::Final);
+        let mut buf = BytesMut::from(&b"garbage\r\n\r\n"[..]);
+        assert_eq!(skip_interim(&mut buf), Interim::Final);
     }
 
     #[test]

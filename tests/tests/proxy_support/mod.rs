@@ -3,6 +3,8 @@
 //! echoes the request headers it received.
 #![allow(dead_code)]
 
+pub mod python;
+
 use bg_proxy::{Backend, Color, Proxy, ProxyConfig, RouteTable, Weights};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
