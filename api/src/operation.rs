@@ -110,7 +110,10 @@ mod tests {
             delay: Some(ApiDuration(std::time::Duration::from_secs(5))),
             ..RollingRequest::default()
         });
-        assert_eq!(rolling.body(), serde_json::json!({"order": "start-first", "delay": "5s", "resume": false}));
+        assert_eq!(
+            rolling.body(),
+            serde_json::json!({"order": "start-first", "delay": "5s", "resume": false})
+        );
         assert_eq!(rolling.kind(), OperationKind::Rolling);
     }
 }
