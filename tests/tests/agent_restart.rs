@@ -213,8 +213,13 @@ fn recv(socket: &UnixDatagram) -> Option<String> {
     socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Throw away what is queued now. Non-blocking: with pings every 100 ms
+/// a blocking read with a 100 ms timeout could wait for the next one for
+/// ever.
 fn drain(socket: &UnixDatagram) {
+    socket.set_nonblocking(true).unwrap();
     while recv(socket).is_some() {}
+    socket.set_nonblocking(false).unwrap();
 }
 
 /// Notifications until one contains `wanted`, or `timeout`.
