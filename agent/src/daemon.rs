@@ -119,7 +119,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let mut services = BTreeMap::new();
     let mut proxy_listeners = Vec::new();
     for (name, svc) in &config.services {
-        let proxy = Proxy::new(ProxyConfig { queue_timeout: svc.queue_timeout, ..ProxyConfig::default() });
+        let proxy = Proxy::new(ProxyConfig {
+            queue_timeout: svc.queue_timeout,
+            write_timeout: svc.write_timeout,
+            max_queued: u64::from(svc.max_queued),
+            ..ProxyConfig::default()
+        });
         for addr in &svc.listen {
             let listener = tcp_listener(&mut inherited, &mut shareable, *addr).await?;
             tracing::info!(service = %name, %addr, "proxy listening");

@@ -124,6 +124,11 @@ pub struct ServiceConfig {
     pub stop_grace: Duration,
     /// Time a request waits for a backend when none is available.
     pub queue_timeout: Duration,
+    /// A client whose writes make no progress this long is closed (a
+    /// reader that stopped reading).
+    pub write_timeout: Duration,
+    /// Requests that may wait for a backend at once; more get 503.
+    pub max_queued: u32,
     /// `[services.NAME.health]`.
     pub health: HealthConfig,
     /// `[services.NAME.deploy]`.

@@ -137,6 +137,8 @@ pub(super) struct RawService {
     pub stop_signal: Option<Spanned<String>>,
     pub stop_grace: Option<Spanned<String>>,
     pub queue_timeout: Option<Spanned<String>>,
+    pub write_timeout: Option<Spanned<String>>,
+    pub max_queued: Option<Spanned<i64>>,
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]

@@ -458,6 +458,9 @@ fn service(
     };
     let stop_grace = cx.duration(&raw.stop_grace, &key("stop_grace"), DEFAULT_STOP_GRACE)?;
     let queue_timeout = cx.duration(&raw.queue_timeout, &key("queue_timeout"), DEFAULT_QUEUE_TIMEOUT)?;
+    let write_timeout =
+        cx.positive_duration(&raw.write_timeout, &key("write_timeout"), bg_proxy::DEFAULT_WRITE_TIMEOUT)?;
+    let max_queued = cx.count(&raw.max_queued, &key("max_queued"), bg_proxy::DEFAULT_MAX_QUEUED as u32, 1)?;
 
     let health = health(cx, &format!("{prefix}.health"), &raw.health)?;
     let deploy = deploy(cx, &format!("{prefix}.deploy"), &raw.deploy)?;
@@ -473,6 +476,8 @@ fn service(
         stop_signal,
         stop_grace,
         queue_timeout,
+        write_timeout,
+        max_queued,
         health,
         deploy,
         rolling,
