@@ -423,25 +423,38 @@ impl Service {
             }
         }
 
+        Ok(match self.settle_old(Some(ctx), old).await {
+            OldColor::Stopped => format!(
+                "revision {revision} is live on {new}; {old} drained in {}ms and stopped{drained}",
+                report.elapsed.as_millis()
+            ),
+            OldColor::KeptWarm(keep) => format!(
+                "revision {revision} is live on {new}; {old} is kept warm for {} for an instant rollback{drained}",
+                humantime::format_duration(keep)
+            ),
+        })
+    }
+
+    /// After a switch away from `old` (drained already): remember its spec
+    /// for a rollback by redeploy, then stop it, or keep it warm (out of
+    /// rotation) for `keep_old`.
+    pub(super) async fn settle_old(self: &Arc<Self>, ctx: Option<&OpCtx>, old: Color) -> OldColor {
         {
             let mut m = self.lock();
             m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
         }
         let keep = self.config.deploy.keep_old;
         if keep.is_zero() {
-            self.phase(ctx, Phase::Stopping, format!("stopping {old}"));
-            self.retire_color(old, Some(ctx.id)).await;
-            Ok(format!(
-                "revision {revision} is live on {new}; {old} drained in {}ms and stopped{drained}",
-                report.elapsed.as_millis()
-            ))
+            if let Some(ctx) = ctx {
+                self.phase(ctx, Phase::Stopping, format!("stopping {old}"));
+            }
+            self.retire_color(old, ctx.map(|c| c.id)).await;
+            OldColor::Stopped
         } else {
+            self.set_color_state(old, ReplicaState::Out);
             self.keep_warm(old, keep);
             self.persist();
-            Ok(format!(
-                "revision {revision} is live on {new}; {old} is kept warm for {} for an instant rollback{drained}",
-                humantime::format_duration(keep)
-            ))
+            OldColor::KeptWarm(keep)
         }
     }
 
@@ -636,25 +649,16 @@ impl Service {
     /// the new color; the old one is stopped (or kept warm for `keep_old`).
     async fn finish_paused_promote(self: &Arc<Self>, ctx: &OpCtx, old: Color) -> Result<String, OpFailure> {
         let new = old.other();
-        {
-            let mut m = self.lock();
-            m.paused = None;
-            m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
-        }
-        self.persist();
-        let keep = self.config.deploy.keep_old;
-        if keep.is_zero() {
-            self.phase(ctx, Phase::Stopping, format!("stopping {old}"));
-            self.retire_color(old, Some(ctx.id)).await;
-            Ok(format!("promote to {new} finished; {old} stopped"))
-        } else {
-            self.keep_warm(old, keep);
-            self.persist();
-            Ok(format!(
-                "promote to {new} finished; {old} is kept warm for {}",
-                humantime::format_duration(keep)
-            ))
-        }
+        self.lock().paused = None;
+        Ok(match self.settle_old(Some(ctx), old).await {
+            OldColor::Stopped => format!("promote to {new} finished; {old} stopped"),
+            OldColor::KeptWarm(keep) => {
+                format!(
+                    "promote to {new} finished; {old} is kept warm for {}",
+                    humantime::format_duration(keep)
+                )
+            }
+        })
     }
 
     /// `abort` of a paused operation: back to where it started. A paused
@@ -730,6 +734,14 @@ impl Service {
             t.cancel();
         }
     }
+}
+
+/// What became of the old color after a switch.
+pub(super) enum OldColor {
+    /// Drained and stopped.
+    Stopped,
+    /// Out of rotation, running for this long.
+    KeptWarm(Duration),
 }
 
 /// An operation stopped because the state file could not be written.

@@ -116,18 +116,13 @@ impl Service {
                         && self.lock().colors.get(&t.other()).is_some_and(|c| !c.replicas.is_empty()) =>
                 {
                     let old = t.other();
-                    {
-                        let mut m = self.lock();
-                        m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
-                    }
                     // As the operation would have: a rollback removes the
-                    // color it left, a promote keeps it warm for keep_old.
-                    let keep = self.config.deploy.keep_old;
-                    if keep.is_zero() || op.kind == K::Rollback {
+                    // color it left, a promote stops it or keeps it warm.
+                    if op.kind == K::Rollback {
                         self.retire_color(old, None).await;
+                        self.lock().previous = None;
                     } else {
-                        self.set_color_state(old, ReplicaState::Out);
-                        self.keep_warm(old, keep);
+                        self.settle_old(None, old).await;
                     }
                     format!("the agent restarted during this {}; the switch to {t} had happened, so it was completed", op.kind)
                 }
