@@ -55,10 +55,6 @@ struct Case {
     settle: Option<(&'static str, Value)>,
 }
 
-fn phase(name: &'static str) -> impl Fn(&Value) -> bool {
-    move |e| e["type"] == "phase" && e["phase"] == name
-}
-
 fn is_phase(e: &Value, name: &str) -> bool {
     e["type"] == "phase" && e["phase"] == name
 }
@@ -506,9 +502,3 @@ crash_case!(
         settle: None,
     }
 );
-
-#[test]
-fn phase_matchers_match_phase_events_only() {
-    assert!(phase("health")(&json!({"type": "phase", "phase": "health"})));
-    assert!(!phase("health")(&json!({"type": "replica", "phase": "health"})));
-}

@@ -80,12 +80,12 @@ impl Paused {
             Paused::Rolling(p) => PausedRecord::Rolling {
                 target: p.target.clone(),
                 previous: p.previous.clone(),
-                parallelism: p.parallelism,
-                delay_ms: p.delay.as_millis() as u64,
-                order: p.order,
-                failure_action: p.failure_action,
-                monitor_ms: p.monitor.as_millis() as u64,
-                max_failure_ratio: p.max_failure_ratio,
+                parallelism: p.settings.parallelism,
+                delay_ms: p.settings.delay.as_millis() as u64,
+                order: p.settings.order,
+                failure_action: p.settings.failure_action,
+                monitor_ms: p.settings.monitor.as_millis() as u64,
+                max_failure_ratio: p.settings.max_failure_ratio,
             },
         }
     }
@@ -106,12 +106,14 @@ impl Paused {
             } => Paused::Rolling(Box::new(super::plan::RollingPlan {
                 target: target.clone(),
                 previous: previous.clone(),
-                parallelism: *parallelism,
-                delay: std::time::Duration::from_millis(*delay_ms),
-                order: *order,
-                failure_action: *failure_action,
-                monitor: std::time::Duration::from_millis(*monitor_ms),
-                max_failure_ratio: *max_failure_ratio,
+                settings: crate::config::RollingConfig {
+                    parallelism: *parallelism,
+                    delay: std::time::Duration::from_millis(*delay_ms),
+                    order: *order,
+                    failure_action: *failure_action,
+                    monitor: std::time::Duration::from_millis(*monitor_ms),
+                    max_failure_ratio: *max_failure_ratio,
+                },
             })),
         }
     }

@@ -6,7 +6,7 @@
 use super::model::Paused;
 use super::ControlError;
 use crate::api::{Color, OperationKind, Outcome, OutcomeKind, Spec};
-use crate::config::{FailureAction, RollingOrder};
+use crate::config::RollingConfig;
 use crate::state::RevisionSpec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -105,15 +105,11 @@ pub(super) fn validate_spec(spec: &Spec, runtime: &str) -> Result<(), ControlErr
     Ok(())
 }
 
-/// A validated rolling request, merged with the service's `[rolling]`.
+/// A validated rolling request: from which revision to which, with the
+/// service's `[rolling]` settings as the request overrode them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RollingPlan {
     pub target: RevisionSpec,
     pub previous: RevisionSpec,
-    pub parallelism: u32,
-    pub delay: Duration,
-    pub order: RollingOrder,
-    pub failure_action: FailureAction,
-    pub monitor: Duration,
-    pub max_failure_ratio: f64,
+    pub settings: RollingConfig,
 }

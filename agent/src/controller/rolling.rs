@@ -11,7 +11,7 @@ use super::{ControlError, Service};
 use crate::api::{
     Color, EventKind, Health, OutcomeKind, Phase, ReplicaState, RollingRequest, Spec, SpecOverrides,
 };
-use crate::config::{FailureAction, RollingOrder};
+use crate::config::{FailureAction, RollingConfig, RollingOrder};
 use crate::state::RevisionSpec;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,16 +71,15 @@ impl Service {
             Some(paused) if req.resume => paused.previous.clone(),
             _ => previous,
         };
-        Ok(RollingPlan {
-            target,
-            previous,
+        let settings = RollingConfig {
             parallelism,
             delay: req.delay.map_or(cfg.delay, Duration::from),
             order,
             failure_action,
             monitor: req.monitor.map_or(cfg.monitor, Duration::from),
             max_failure_ratio,
-        })
+        };
+        Ok(RollingPlan { target, previous, settings })
     }
 
     /// Replace every replica of the active color that does not run the
@@ -111,19 +110,23 @@ impl Service {
         self.refill(ctx, color, &plan.target).await.map_err(|e| {
             OpFailure::failed(format!("cannot bring {color} back to {} replicas: {e}", self.config.replicas))
         })?;
-        let batches: Vec<Vec<u32>> = todo.chunks(plan.parallelism as usize).map(<[u32]>::to_vec).collect();
+        let batches: Vec<Vec<u32>> =
+            todo.chunks(plan.settings.parallelism as usize).map(<[u32]>::to_vec).collect();
         let total = batches.len().max(1);
         let mut failed = 0usize;
         for (i, batch) in batches.iter().enumerate() {
-            if i > 0 && !plan.delay.is_zero() {
+            if i > 0 && !plan.settings.delay.is_zero() {
                 self.phase(
                     ctx,
                     Phase::Delay,
-                    format!("waiting {} before the next batch", humantime::format_duration(plan.delay)),
+                    format!(
+                        "waiting {} before the next batch",
+                        humantime::format_duration(plan.settings.delay)
+                    ),
                 );
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return Err(OpFailure::new(OutcomeKind::Aborted, "rolling update aborted between batches")),
-                    _ = tokio::time::sleep(plan.delay) => {}
+                    _ = tokio::time::sleep(plan.settings.delay) => {}
                 }
             }
             self.phase(
@@ -137,14 +140,18 @@ impl Service {
                     plan.target.revision
                 ),
             );
-            let mut result = self.replace_batch(ctx, color, batch, &plan.target, plan.order).await;
-            if result.is_ok() && !plan.monitor.is_zero() {
+            let mut result = self.replace_batch(ctx, color, batch, &plan.target, plan.settings.order).await;
+            if result.is_ok() && !plan.settings.monitor.is_zero() {
                 self.phase(
                     ctx,
                     Phase::Monitor,
-                    format!("watching batch {} for {}", i + 1, humantime::format_duration(plan.monitor)),
+                    format!(
+                        "watching batch {} for {}",
+                        i + 1,
+                        humantime::format_duration(plan.settings.monitor)
+                    ),
                 );
-                result = self.watch_batch(ctx, color, plan.monitor).await;
+                result = self.watch_batch(ctx, color, plan.settings.monitor).await;
             }
             let Err(reason) = result else { continue };
             if ctx.cancel.is_cancelled() {
@@ -162,10 +169,12 @@ impl Service {
                     message: format!("batch {} failed: {reason}", i + 1),
                 },
             );
-            if ratio <= plan.max_failure_ratio || plan.failure_action == FailureAction::Continue {
+            if ratio <= plan.settings.max_failure_ratio
+                || plan.settings.failure_action == FailureAction::Continue
+            {
                 continue;
             }
-            return Err(match plan.failure_action {
+            return Err(match plan.settings.failure_action {
                 FailureAction::Pause => {
                     self.lock().paused = Some(Paused::Rolling(Box::new(plan.clone())));
                     self.persist();
@@ -193,7 +202,7 @@ impl Service {
                             .map(|r| r.number)
                             .collect()
                     };
-                    for chunk in back.chunks(plan.parallelism as usize) {
+                    for chunk in back.chunks(plan.settings.parallelism as usize) {
                         if let Err(e) = self
                             .replace_batch(ctx, color, chunk, &plan.previous, RollingOrder::StartFirst)
                             .await

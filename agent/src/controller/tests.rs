@@ -108,7 +108,7 @@ struct Harness {
     service: Arc<Service>,
     world: Arc<Mutex<World>>,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -150,7 +150,7 @@ impl Harness {
         let svc = config.services["web"].clone();
         let service = Service::new(svc, Proxy::new(ProxyConfig::default()), shared.clone());
         shared.tasks.spawn(service.clone().heal());
-        Harness { service, world, shutdown, _dir: dir }
+        Harness { service, world, shutdown, dir }
     }
 
     fn status(&self) -> ServiceStatus {
@@ -295,7 +295,7 @@ async fn a_failed_state_write_leaves_the_model_and_the_table_as_they_were() {
     h.run(deploy("v1", false, false)).await;
     h.run(deploy("v2", false, false)).await;
     let before = h.status();
-    let tmp = h._dir.path().join("state").join("state.json.tmp");
+    let tmp = h.dir.path().join("state").join("state.json.tmp");
     std::fs::create_dir(&tmp).unwrap();
     let o = h.run(Operation::Promote).await;
     assert_eq!(o.outcome, OutcomeKind::Failed, "{o:?}");
