@@ -4,12 +4,13 @@
 //! as `serving`, so it enters the rotation by itself once it passes its
 //! health checks, like an adopted replica after a restart.
 //!
-//! The healer never runs beside an operation: it takes the operation lock
-//! only when it can get it at once, for the few moments a start takes, and
-//! otherwise looks again a tick later. A slot whose replacement exits soon
+//! The healer never runs beside an operation: it holds the service
+//! ([`super::actor::Hold::Healing`]) only when no operation runs, for the
+//! few moments a start takes, and otherwise looks again a tick later. A slot whose replacement exits soon
 //! after it started waits longer before each new attempt (crash-loop
 //! backoff), so a release that dies at once does not spin.
 
+use super::actor::Hold;
 use super::model::ReplicaModel;
 use super::Service;
 use crate::api::{Color, EventKind, Health, ReplicaState};
@@ -148,7 +149,7 @@ impl Service {
         }
         // An operation decides for itself what happens to its replicas;
         // the healer comes back when it has ended.
-        let Ok(_guard) = self.op_lock.clone().try_lock_owned() else { return None };
+        let Ok(_hold) = self.hold(Hold::Healing).await else { return None };
         let mut next: Option<Instant> = None;
         // Read again under the lock: the operation that just ended may have
         // moved traffic or removed the color.
@@ -175,13 +176,12 @@ impl Service {
             }
             self.replace(healer, dead).await;
         }
-        self.lock().busy = None;
         next
     }
 
     /// Replicas of the active color that exited while `serving`.
     fn dead_replicas(&self) -> Vec<Dead> {
-        let m = self.lock();
+        let m = self.view();
         let Some(active) = m.active else { return Vec::new() };
         if m.operation.is_some() {
             return Vec::new();
@@ -201,12 +201,11 @@ impl Service {
             .unwrap_or_default()
     }
 
-    /// Start a replacement for `dead` under the same number; the operation
-    /// lock is held.
+    /// Start a replacement for `dead` under the same number; the service
+    /// is held.
     async fn replace(self: &Arc<Self>, healer: &mut Healer, dead: Dead) {
         let Dead { color, number, handle, spec, reason } = dead;
         let slot = (color, number);
-        self.lock().busy = Some(format!("replacing replica {number} of {color}, which exited"));
         let logs = self.shared.runtime.logs(&handle, EXIT_LOG_LINES).await.unwrap_or_default();
         let mut message = format!(
             "replica {number} of {color} ({}) exited while serving ({reason}); starting a replacement \
@@ -237,8 +236,6 @@ impl Service {
                 }
                 // The dead backend leaves the table; the new one joins the
                 // rotation when its health checks pass.
-                self.apply_routes();
-                self.persist();
             }
             Err(e) => {
                 let message = format!(
@@ -254,8 +251,8 @@ impl Service {
     fn report_replacements(&self, healer: &mut Healer) {
         let deadline = self.config.health.deadline;
         let mut lines = Vec::new();
+        let m = self.view();
         healer.pending.retain(|&(color, number), p| {
-            let m = self.lock();
             let Some(r) =
                 m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.backend == p.backend))
             else {
@@ -300,7 +297,7 @@ impl Service {
 
     /// The proxy backend of replica `number` of `color`.
     fn backend_of(&self, color: Color, number: u32) -> Option<BackendId> {
-        let m = self.lock();
+        let m = self.view();
         m.colors.get(&color)?.replicas.iter().find(|r| r.number == number).map(|r| r.backend.clone())
     }
 }

@@ -137,13 +137,6 @@ pub struct ServiceModel {
     pub(crate) outcome_counts: BTreeMap<(OperationKind, crate::api::OutcomeKind), u64>,
     /// When traffic last moved (unix seconds).
     pub(crate) last_switch: Option<f64>,
-    /// What holds the service outside an operation (self-healing), for
-    /// the conflict answer.
-    pub(crate) busy: Option<String>,
-    /// The last operation has reported its end and has not released the
-    /// service yet: a request arriving now waits for it briefly instead of
-    /// being refused. Cleared once the operation has released it.
-    pub(crate) op_ending: bool,
 }
 
 impl ServiceModel {
@@ -241,7 +234,6 @@ impl ServiceModel {
     /// Record an operation's end in the history.
     pub(crate) fn end_operation(&mut self, outcome: Outcome, spec: Option<Spec>) {
         let started_at = self.operation.take().map(|o| o.started_at).unwrap_or_else(now_rfc3339);
-        self.op_ending = true;
         self.op_target = None;
         *self.outcome_counts.entry((outcome.kind, outcome.outcome)).or_default() += 1;
         self.history.push(HistoryEntry { outcome: outcome.clone(), started_at, spec });

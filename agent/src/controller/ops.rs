@@ -4,14 +4,12 @@
 //! nothing; a failure after acceptance leaves traffic where it was, or puts
 //! it back.
 
+use super::actor::Hold;
 use super::model::{Paused, ServiceModel};
 use super::plan::{validate_spec, CanaryPlan, OpCtx, OpFailure, Plan, RollingPlan};
 use super::{ControlError, Operation, Service};
-use crate::api::{
-    CanaryRequest, Color, EventKind, Health, Outcome, OutcomeKind, Phase, ReplicaState, Spec, Weights,
-};
+use crate::api::{CanaryRequest, Color, EventKind, Health, OutcomeKind, Phase, ReplicaState, Spec, Weights};
 use crate::config::FailureAction;
-use crate::events::now_rfc3339;
 use crate::state::RevisionSpec;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,8 +24,7 @@ const MONITOR_MIN_REQUESTS: u64 = 20;
 
 impl Service {
     /// Check a request against the model; nothing changes on refusal.
-    pub(super) fn plan(&self, request: &Operation) -> Result<Plan, ControlError> {
-        let model = self.lock();
+    pub(super) fn plan(&self, model: &ServiceModel, request: &Operation) -> Result<Plan, ControlError> {
         let idle = model.idle();
         let empty = Plan::empty();
         match request {
@@ -47,7 +44,7 @@ impl Service {
                         ..empty
                     });
                 }
-                promotable(&model, idle)?;
+                promotable(model, idle)?;
                 Ok(Plan {
                     revision: model.colors.get(&idle).and_then(|c| c.spec.as_ref()).map(|s| s.revision),
                     target: Some(idle),
@@ -102,28 +99,26 @@ impl Service {
                 }
             }
             Operation::Canary(req) => {
-                promotable(&model, idle)?;
+                promotable(model, idle)?;
                 Ok(Plan { target: Some(idle), canary: Some(canary_plan(req)?), ..empty })
             }
             Operation::Rolling(req) => {
-                drop(model);
-                let plan = self.plan_rolling(req)?;
+                let plan = self.plan_rolling(model, req)?;
                 Ok(Plan {
                     revision: Some(plan.target.revision),
-                    target: self.lock().active,
+                    target: model.active,
                     rolling: Some(plan),
                     ..empty
                 })
             }
             Operation::ReplicaDrain(id) | Operation::ReplicaEnable(id) | Operation::ReplicaUpdate(id, _) => {
-                drop(model);
-                let (color, number) = self.find_replica(id)?;
+                let (color, number) = self.find_replica(model, id)?;
                 if let Operation::ReplicaUpdate(_, overrides) = request {
                     validate_spec(&self.config.spec.with_overrides(overrides), self.shared.runtime.kind())?;
                 }
                 if let Operation::ReplicaEnable(_) = request {
-                    let m = self.lock();
-                    let r = m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number));
+                    let r =
+                        model.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number));
                     if r.is_some_and(|r| r.state == ReplicaState::Serving) {
                         return Err(ControlError::BadRequest(format!("replica {id} is already in rotation")));
                     }
@@ -159,8 +154,8 @@ impl Service {
                 let Some(target) = plan.target else {
                     return Ok(stopped.unwrap_or_default().trim_end_matches("; ").to_string());
                 };
-                self.phase(ctx, Phase::Removing, format!("removing the candidate in {target}"));
-                self.restore_weights();
+                self.phase(ctx, Phase::Removing, format!("removing the candidate in {target}")).await;
+                self.restore_weights().await;
                 self.retire_color(target, Some(ctx.id)).await;
                 Ok(format!(
                     "{}candidate in {target} removed; traffic stays where it was",
@@ -184,128 +179,99 @@ impl Service {
         }
     }
 
-    /// Record the end of an operation: event, history, state file.
-    pub(super) fn finish(&self, ctx: &OpCtx, result: Result<String, OpFailure>) {
-        let (outcome, message) = match result {
-            Ok(message) => (OutcomeKind::Succeeded, message),
-            Err(f) => (f.outcome, f.message),
-        };
-        let outcome = Outcome {
-            operation: ctx.id,
-            kind: ctx.kind,
-            outcome,
-            message,
-            revision: ctx.revision,
-            at: now_rfc3339(),
-        };
-        match outcome.outcome {
-            OutcomeKind::Succeeded => {
-                tracing::info!(service = %self.name, revision = ctx.revision, kind = %ctx.kind, outcome = %outcome.outcome, "{}", outcome.message)
-            }
-            _ => {
-                tracing::warn!(service = %self.name, revision = ctx.revision, kind = %ctx.kind, outcome = %outcome.outcome, "{}", outcome.message)
-            }
-        }
-        {
-            let mut model = self.lock();
-            let spec = model
-                .active
-                .and_then(|a| model.colors.get(&a))
-                .and_then(|c| c.spec.as_ref())
-                .filter(|s| s.revision == ctx.revision)
-                .map(|s| s.spec.clone());
-            model.end_operation(outcome.clone(), spec);
-        }
-        *self.op_cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.persist();
-        self.emit(Some(ctx.id), EventKind::OperationFinished { result: outcome });
-    }
-
     /// Move the operation to a new phase.
-    pub(super) fn phase(&self, ctx: &OpCtx, phase: Phase, detail: String) {
-        {
-            let mut model = self.lock();
-            if let Some(op) = model.operation.as_mut() {
+    pub(super) async fn phase(&self, ctx: &OpCtx, phase: Phase, detail: String) {
+        let shown = detail.clone();
+        self.update(move |m| {
+            if let Some(op) = m.operation.as_mut() {
                 op.phase = phase;
-                op.detail = detail.clone();
+                op.detail = shown;
             }
-        }
+        })
+        .await;
         tracing::info!(service = %self.name, op = ctx.id, %phase, "{detail}");
         self.emit(Some(ctx.id), EventKind::Phase { phase, detail });
     }
 
-    fn emit_switched(&self, op: Option<u64>) {
-        let (active, weights) = {
-            let mut m = self.lock();
-            m.last_switch = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
-            (m.active, m.weights())
-        };
+    async fn emit_switched(&self, op: Option<u64>) {
+        let (active, weights) = self
+            .update(|m| {
+                m.last_switch = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+                (m.active, m.weights())
+            })
+            .await;
         self.emit(op, EventKind::Switched { active, weights });
     }
 
     /// Weights back to all on the active color (end of a canary).
-    fn restore_weights(&self) {
-        let changed = {
-            let mut m = self.lock();
-            let all = m.active.map(Weights::all_to);
-            let changed = all.is_some() && m.weights != all;
-            m.weights = all;
-            changed
-        };
+    async fn restore_weights(&self) {
+        let changed = self
+            .update(|m| {
+                let all = m.active.map(Weights::all_to);
+                let changed = all.is_some() && m.weights != all;
+                m.weights = all;
+                changed
+            })
+            .await;
         if changed {
-            self.apply_routes();
-            self.emit_switched(None);
+            self.emit_switched(None).await;
         }
     }
 
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
-        let target = {
-            let mut m = self.lock();
-            // A new release settles a paused promote: its old color is
-            // replaced below.
-            if matches!(m.paused, Some(Paused::Promote { .. })) {
-                m.paused = None;
-            }
-            m.idle()
-        };
-        self.cancel_warm_timer();
+        let target = self
+            .update(|m| {
+                // A new release settles a paused promote: its old color is
+                // replaced below.
+                if matches!(m.paused, Some(Paused::Promote { .. })) {
+                    m.paused = None;
+                }
+                m.idle()
+            })
+            .await;
+        self.cancel_warm_timer().await;
         // A new candidate replaces the one in the idle color, and with it
         // any canary split: until it is promoted (or given a canary weight
         // of its own) it gets no share of live traffic.
-        self.restore_weights();
+        self.restore_weights().await;
         // The idle color may still hold the previous release, kept warm, or
         // the candidate being replaced.
-        if self.lock().colors.get(&target).is_some_and(|c| !c.replicas.is_empty()) {
-            self.phase(ctx, Phase::Stopping, format!("removing the previous release kept warm in {target}"));
+        if self.view().colors.get(&target).is_some_and(|c| !c.replicas.is_empty()) {
+            self.phase(ctx, Phase::Stopping, format!("removing the previous release kept warm in {target}"))
+                .await;
             self.retire_color(target, Some(ctx.id)).await;
         }
         let revision = ctx.revision;
         let spec = RevisionSpec { revision, spec };
         {
-            let mut m = self.lock();
-            m.revision = m.revision.max(revision);
-            m.color(target).spec = Some(spec.clone());
+            let spec = spec.clone();
+            self.update(move |m| {
+                m.revision = m.revision.max(revision);
+                m.color(target).spec = Some(spec);
+            })
+            .await;
         }
-        self.persist();
         let n = self.config.replicas;
         self.phase(
             ctx,
             Phase::Starting,
             format!("starting {n} replica(s) of revision {revision} in {target}"),
-        );
+        )
+        .await;
         self.start_color(target, &spec).await?;
-        self.persist();
         self.phase(
             ctx,
             Phase::Health,
             format!("waiting for {n} replica(s) of {target} to pass health checks"),
-        );
+        )
+        .await;
         if let Err(failure) = self.wait_healthy(target, ctx).await {
             self.phase(
                 ctx,
                 Phase::Removing,
                 format!("removing the failed revision {revision} from {target}"),
-            );
+            )
+            .await;
             self.retire_color(target, Some(ctx.id)).await;
             let message = match failure.outcome {
                 OutcomeKind::Aborted => failure.message,
@@ -317,19 +283,24 @@ impl Service {
         }
         // Healthy: the new color is reachable through the preview rule only
         // (its weight is zero) until it is promoted.
-        self.set_color_state(target, ReplicaState::Serving);
-        let first = self.lock().active.is_none();
-        if first {
-            self.commit(|m| {
-                m.active = Some(target);
-                m.weights = Some(Weights::all_to(target));
-            })
-            .map_err(|e| state_failure(&e, "nothing is live yet"))?;
-            self.emit_switched(Some(ctx.id));
+        if self.view().active.is_none() {
+            // The first release goes live in one commit with its replicas
+            // entering the rotation.
+            let changed = self
+                .commit(move |m| {
+                    m.active = Some(target);
+                    m.weights = Some(Weights::all_to(target));
+                    m.set_states(target, |_| true, ReplicaState::Serving)
+                })
+                .await
+                .map_err(|e| state_failure(&e, "nothing is live yet"))?;
+            for event in changed {
+                self.emit(Some(ctx.id), event);
+            }
+            self.emit_switched(Some(ctx.id)).await;
             return Ok(format!("revision {revision} is live on {target}"));
         }
-        self.apply_routes();
-        self.persist();
+        self.set_color_state(target, ReplicaState::Serving).await;
         if promote {
             return self.promote(ctx).await;
         }
@@ -343,19 +314,20 @@ impl Service {
     /// stop the old color or keep it warm.
     async fn promote(self: &Arc<Self>, ctx: &OpCtx) -> Result<String, OpFailure> {
         let (old, new, revision) = {
-            let m = self.lock();
+            let m = self.view();
             let new = m.idle();
             promotable(&m, new).map_err(|e| OpFailure::failed(e.to_string()))?;
             (m.active, new, m.colors.get(&new).and_then(|c| c.spec.as_ref()).map(|s| s.revision).unwrap_or(0))
         };
-        self.phase(ctx, Phase::Switching, format!("switching traffic to {new} (revision {revision})"));
+        self.phase(ctx, Phase::Switching, format!("switching traffic to {new} (revision {revision})")).await;
         let before = self.proxy.stats().color(super::model::proxy_color(new)).clone();
         let changed = self
-            .commit(|m| {
+            .commit(move |m| {
                 m.active = Some(new);
                 m.weights = Some(Weights::all_to(new));
                 old.map(|old| m.set_states(old, |_| true, ReplicaState::Draining)).unwrap_or_default()
             })
+            .await
             .map_err(|e| {
                 state_failure(
                     &e,
@@ -365,14 +337,14 @@ impl Service {
         for event in changed {
             self.emit(Some(ctx.id), event);
         }
-        self.emit_switched(Some(ctx.id));
+        self.emit_switched(Some(ctx.id)).await;
         let Some(old) = old else {
             return Ok(format!("revision {revision} is live on {new}"));
         };
 
-        self.phase(ctx, Phase::Draining, format!("draining {old}"));
+        self.phase(ctx, Phase::Draining, format!("draining {old}")).await;
         let report = self.drain_backends(old, self.backends_of(old), Some(ctx.id)).await;
-        self.set_color_state(old, ReplicaState::Out);
+        self.set_color_state(old, ReplicaState::Out).await;
         let drained = if report.cut > 0 {
             format!("; {} request(s) still open on {old} were cut at drain_timeout", report.cut)
         } else {
@@ -385,7 +357,8 @@ impl Service {
                 ctx,
                 Phase::Monitor,
                 format!("watching {new} for {}", humantime::format_duration(monitor)),
-            );
+            )
+            .await;
             if let Err(reason) = self.monitor(ctx, new, monitor, &before).await {
                 match self.config.deploy.failure_action {
                     FailureAction::Rollback => {
@@ -393,7 +366,8 @@ impl Service {
                             ctx,
                             Phase::RollingBack,
                             format!("monitor failed ({reason}); switching back to {old}"),
-                        );
+                        )
+                        .await;
                         self.swap_back(ctx, new, old).await?;
                         return Err(OpFailure::new(
                             OutcomeKind::RolledBack,
@@ -401,8 +375,7 @@ impl Service {
                         ));
                     }
                     FailureAction::Pause => {
-                        self.lock().paused = Some(Paused::Promote { old });
-                        self.persist();
+                        self.update(move |m| m.paused = Some(Paused::Promote { old })).await;
                         return Err(OpFailure::new(
                             OutcomeKind::Paused,
                             format!("monitor failed ({reason}); traffic stays on {new}, {old} still runs out of rotation: finish with bgctl promote {name}, or switch back with bgctl abort {name}", name = self.name),
@@ -439,21 +412,17 @@ impl Service {
     /// for a rollback by redeploy, then stop it, or keep it warm (out of
     /// rotation) for `keep_old`.
     pub(super) async fn settle_old(self: &Arc<Self>, ctx: Option<&OpCtx>, old: Color) -> OldColor {
-        {
-            let mut m = self.lock();
-            m.previous = m.colors.get(&old).and_then(|c| c.spec.clone());
-        }
+        self.update(move |m| m.previous = m.colors.get(&old).and_then(|c| c.spec.clone())).await;
         let keep = self.config.deploy.keep_old;
         if keep.is_zero() {
             if let Some(ctx) = ctx {
-                self.phase(ctx, Phase::Stopping, format!("stopping {old}"));
+                self.phase(ctx, Phase::Stopping, format!("stopping {old}")).await;
             }
             self.retire_color(old, ctx.map(|c| c.id)).await;
             OldColor::Stopped
         } else {
-            self.set_color_state(old, ReplicaState::Out);
-            self.keep_warm(old, keep);
-            self.persist();
+            self.set_color_state(old, ReplicaState::Out).await;
+            self.keep_warm(old, keep).await;
             OldColor::KeptWarm(keep)
         }
     }
@@ -469,7 +438,7 @@ impl Service {
     ) -> Result<(), String> {
         let end = Instant::now() + window;
         loop {
-            let sick = self.lock().unhealthy(color).into_iter().next();
+            let sick = self.view().unhealthy(color).into_iter().next();
             if let Some((n, reason)) = sick {
                 return Err(format!("replica {n} of {color} turned unhealthy: {reason}"));
             }
@@ -497,30 +466,31 @@ impl Service {
     /// remove `from`.
     async fn swap_back(&self, ctx: &OpCtx, from: Color, back: Color) -> Result<(), OpFailure> {
         let changed = self
-            .commit(|m| {
+            .commit(move |m| {
                 m.active = Some(back);
                 m.weights = Some(Weights::all_to(back));
                 m.color(back).warm_until = None;
                 m.set_states(back, |_| true, ReplicaState::Serving)
             })
+            .await
             .map_err(|e| state_failure(&e, &format!("traffic stays on {from}")))?;
         for event in changed {
             self.emit(Some(ctx.id), event);
         }
-        self.emit_switched(Some(ctx.id));
+        self.emit_switched(Some(ctx.id)).await;
         self.retire_color(from, Some(ctx.id)).await;
         Ok(())
     }
 
     async fn rollback(self: &Arc<Self>, ctx: &OpCtx, plan: Plan) -> Result<String, OpFailure> {
         let (active, idle, candidate) = {
-            let m = self.lock();
+            let m = self.view();
             let active = m.active.expect("planned rollback has an active color");
             (active, active.other(), m.is_candidate(active.other()))
         };
         if candidate {
-            self.phase(ctx, Phase::Removing, format!("removing the candidate in {idle}"));
-            self.restore_weights();
+            self.phase(ctx, Phase::Removing, format!("removing the candidate in {idle}")).await;
+            self.restore_weights().await;
             self.retire_color(idle, Some(ctx.id)).await;
             return Ok(format!("candidate in {idle} removed; traffic stays on {active}"));
         }
@@ -529,42 +499,43 @@ impl Service {
                 ctx,
                 Phase::Redeploying,
                 "the previous color is gone; redeploying the previous spec".into(),
-            );
+            )
+            .await;
             let result = self.deploy(ctx, spec, true).await;
             if result.is_ok() {
-                self.lock().previous = None;
+                self.update(|m| m.previous = None).await;
             }
             return result.map(|m| format!("rolled back by redeploy: {m}"));
         }
-        self.cancel_warm_timer();
-        self.phase(ctx, Phase::Switching, format!("switching back to {idle}, kept warm"));
-        if !self.lock().all_healthy(idle) {
+        self.cancel_warm_timer().await;
+        self.phase(ctx, Phase::Switching, format!("switching back to {idle}, kept warm")).await;
+        if !self.view().all_healthy(idle) {
             return Err(OpFailure::failed(format!(
                 "{idle} is kept warm but not healthy; traffic stays on {active}"
             )));
         }
-        if matches!(self.lock().paused, Some(Paused::Promote { .. })) {
-            self.lock().paused = None;
+        if matches!(self.view().paused, Some(Paused::Promote { .. })) {
+            self.update(|m| m.paused = None).await;
         }
         self.swap_back(ctx, active, idle).await?;
-        self.lock().previous = None;
-        self.persist();
+        self.update(|m| m.previous = None).await;
         Ok(format!("rolled back to {idle}; {active} drained and stopped"))
     }
 
     async fn canary(self: &Arc<Self>, ctx: &OpCtx, plan: CanaryPlan) -> Result<String, OpFailure> {
-        let new = self.lock().idle();
+        let new = self.view().idle();
         let pcolor = super::model::proxy_color(new);
         let stable = pcolor.other();
         if let Some(w) = plan.weight {
-            self.set_split(new, w)?;
-            self.emit_switched(Some(ctx.id));
+            self.set_split(new, w).await?;
+            self.emit_switched(Some(ctx.id)).await;
             return Ok(format!("{w}% of new clients go to {new}"));
         }
         for (i, &step) in plan.steps.iter().enumerate() {
-            self.phase(ctx, Phase::Canary, format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()));
-            self.set_split(new, step)?;
-            self.emit_switched(Some(ctx.id));
+            self.phase(ctx, Phase::Canary, format!("step {}/{}: {step}% to {new}", i + 1, plan.steps.len()))
+                .await;
+            self.set_split(new, step).await?;
+            self.emit_switched(Some(ctx.id)).await;
             let start = self.proxy.stats();
             let mut waited = Duration::ZERO;
             let verdict = loop {
@@ -579,7 +550,7 @@ impl Service {
                 let now = self.proxy.stats();
                 let canary = now.color(pcolor).since(start.color(pcolor));
                 let base = now.color(stable).since(start.color(stable));
-                let sick = self.lock().unhealthy(new).into_iter().next();
+                let sick = self.view().unhealthy(new).into_iter().next();
                 if let Some((n, reason)) = sick {
                     break Err(format!("replica {n} of {new} turned unhealthy: {reason}"));
                 }
@@ -635,13 +606,14 @@ impl Service {
         Ok(format!("canary passed every step; {last}% of new clients go to {new}"))
     }
 
-    fn set_split(&self, new: Color, pct: u8) -> Result<(), OpFailure> {
-        self.commit(|m| m.weights = Some(Weights::split(new, pct)))
+    async fn set_split(&self, new: Color, pct: u8) -> Result<(), OpFailure> {
+        self.commit(move |m| m.weights = Some(Weights::split(new, pct)))
+            .await
             .map_err(|e| state_failure(&e, "the split did not change"))
     }
 
     async fn abandon_canary(&self, ctx: &OpCtx, new: Color) {
-        self.restore_weights();
+        self.restore_weights().await;
         self.retire_color(new, Some(ctx.id)).await;
     }
 
@@ -649,7 +621,7 @@ impl Service {
     /// the new color; the old one is stopped (or kept warm for `keep_old`).
     async fn finish_paused_promote(self: &Arc<Self>, ctx: &OpCtx, old: Color) -> Result<String, OpFailure> {
         let new = old.other();
-        self.lock().paused = None;
+        self.update(|m| m.paused = None).await;
         Ok(match self.settle_old(Some(ctx), old).await {
             OldColor::Stopped => format!("promote to {new} finished; {old} stopped"),
             OldColor::KeptWarm(keep) => {
@@ -672,19 +644,18 @@ impl Service {
         match paused {
             Some(Paused::Promote { old }) => {
                 let new = old.other();
-                if !self.lock().all_healthy(old) {
+                if !self.view().all_healthy(old) {
                     return Err(OpFailure::failed(format!(
                         "{old} is not healthy; traffic stays on {new}, still paused"
                     )));
                 }
-                self.phase(ctx, Phase::Switching, format!("switching back to {old}"));
-                self.lock().paused = None;
+                self.phase(ctx, Phase::Switching, format!("switching back to {old}")).await;
+                self.update(|m| m.paused = None).await;
                 self.swap_back(ctx, new, old).await?;
                 Ok(format!("paused promote undone: traffic is back on {old}, {new} removed"))
             }
             Some(Paused::Rolling(plan)) => {
-                self.lock().paused = None;
-                self.persist();
+                self.update(|m| m.paused = None).await;
                 let back =
                     RollingPlan { target: plan.previous.clone(), previous: plan.target.clone(), ..*plan };
                 let revision = back.target.revision;
@@ -698,15 +669,18 @@ impl Service {
 
     /// Keep `color` running out of rotation for `keep`, then stop it unless
     /// something else took it over.
-    pub(super) fn keep_warm(self: &Arc<Self>, color: Color, keep: Duration) {
+    pub(super) async fn keep_warm(self: &Arc<Self>, color: Color, keep: Duration) {
         let until = SystemTime::now().checked_add(keep).unwrap_or(SystemTime::now());
         let token = self.shared.shutdown.child_token();
-        {
-            let mut m = self.lock();
-            m.color(color).warm_until = until.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
-            if let Some(old) = m.warm_cancel.replace(token.clone()) {
-                old.cancel();
-            }
+        let timer = token.clone();
+        let replaced = self
+            .update(move |m| {
+                m.color(color).warm_until = until.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+                m.warm_cancel.replace(timer)
+            })
+            .await;
+        if let Some(old) = replaced {
+            old.cancel();
         }
         let service = self.clone();
         self.shared.tasks.spawn(async move {
@@ -714,23 +688,37 @@ impl Service {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(keep) => {}
             }
-            let _op = service.op_lock.lock().await;
+            // After the operation that runs now, if one does.
+            let _hold = loop {
+                match service.hold(Hold::StoppingWarm).await {
+                    Ok(hold) => break hold,
+                    Err(_) => tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    },
+                }
+            };
             if token.is_cancelled() {
                 return;
             }
             let still_warm = {
-                let m = service.lock();
+                let m = service.view();
                 m.active != Some(color) && m.colors.get(&color).is_some_and(|c| c.warm_until.is_some())
             };
             if still_warm {
                 tracing::info!(service = %service.name, %color, "keep_old elapsed; stopping the old color");
-                service.retire_color(color, None).await;
+                // A stopping agent leaves the rest to the next one, which
+                // finds the time passed and stops the color.
+                tokio::select! {
+                    _ = service.shared.shutdown.cancelled() => {}
+                    _ = service.retire_color(color, None) => {}
+                }
             }
         });
     }
 
-    pub(super) fn cancel_warm_timer(&self) {
-        if let Some(t) = self.lock().warm_cancel.take() {
+    pub(super) async fn cancel_warm_timer(&self) {
+        if let Some(t) = self.update(|m| m.warm_cancel.take()).await {
             t.cancel();
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The running operation, as its steps see it.
+#[derive(Clone)]
 pub(super) struct OpCtx {
     pub id: u64,
     pub kind: OperationKind,

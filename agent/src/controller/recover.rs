@@ -4,6 +4,7 @@
 //! operation that a crash cut short: a half-done deploy or canary is
 //! aborted, a promote that had switched is completed.
 
+use super::actor::Hold;
 use super::model::{Paused, ServiceModel};
 use super::Service;
 use crate::api::{Color, EventKind, Outcome, OutcomeKind, Phase, ReplicaState, Weights};
@@ -15,28 +16,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 impl Service {
     /// Rebuild the model; `found` are the runtime's replicas of this service.
+    ///
+    /// Nothing else runs on the service meanwhile: requests that arrive
+    /// wait until recovery is done.
     pub async fn recover(self: &Arc<Self>, mut found: Vec<ReplicaHandle>) {
+        let Ok(_hold) = self.hold(Hold::Recovering).await else { return };
         let record = self.shared.persister.record(&self.name);
         let mut interrupted = None;
         if let Some(rec) = record {
-            {
-                let mut m = self.lock();
-                *m = ServiceModel {
-                    revision: rec.revision,
-                    active: rec.active,
-                    weights: Some(rec.weights),
-                    previous: rec.previous.clone(),
-                    last_outcome: rec.history.last().map(|h| h.outcome.clone()),
-                    history: rec.history.clone(),
-                    paused: rec.paused.as_ref().map(Paused::from_record),
-                    ..ServiceModel::default()
-                };
-                for (color, c) in &rec.colors {
-                    let cm = m.color(*color);
-                    cm.spec = c.spec.clone();
-                    cm.warm_until = c.warm_until;
-                }
+            let mut model = ServiceModel {
+                revision: rec.revision,
+                active: rec.active,
+                weights: Some(rec.weights),
+                previous: rec.previous.clone(),
+                last_outcome: rec.history.last().map(|h| h.outcome.clone()),
+                history: rec.history.clone(),
+                paused: rec.paused.as_ref().map(Paused::from_record),
+                ..ServiceModel::default()
+            };
+            for (color, c) in &rec.colors {
+                let cm = model.color(*color);
+                cm.spec = c.spec.clone();
+                cm.warm_until = c.warm_until;
             }
+            self.update(move |m| *m = model).await;
             for (color, c) in &rec.colors {
                 for r in &c.replicas {
                     let spec = RevisionSpec {
@@ -66,7 +69,7 @@ impl Service {
                             },
                         );
                         if replace {
-                            self.track_gone(*color, r, spec);
+                            self.track_gone(*color, r, spec).await;
                         }
                         continue;
                     };
@@ -76,12 +79,12 @@ impl Service {
                     } else {
                         ReplicaState::Out
                     };
-                    self.track_replica(*color, handle, spec, state);
+                    self.track_replica(*color, handle, spec, state).await;
                 }
             }
             interrupted = rec.operation.clone();
         } else if !found.is_empty() {
-            self.adopt_without_state(&mut found);
+            self.adopt_without_state(&mut found).await;
         }
 
         // Whatever is left belongs to nobody: a replica started by a deploy
@@ -91,21 +94,21 @@ impl Service {
             let _ = self.shared.runtime.stop(&orphan, &self.config.stop_signal, self.config.stop_grace).await;
             let _ = self.shared.runtime.remove(&orphan).await;
         }
-        self.apply_routes();
 
         if let Some(op) = interrupted {
             use crate::api::OperationKind as K;
             let target = op.target;
-            let active = self.lock().active;
+            let active = self.view().active;
             // Shown as running while it is resolved.
-            self.lock().operation = Some(crate::api::OperationStatus {
+            let shown = crate::api::OperationStatus {
                 id: op.id,
                 kind: op.kind,
                 phase: Phase::Recovering,
                 revision: op.revision,
                 started_at: op.started_at.clone(),
                 detail: String::new(),
-            });
+            };
+            self.update(move |m| m.operation = Some(shown)).await;
             let message = match (op.kind, target) {
                 // Traffic had moved to the target (a promote, a deploy or
                 // canary that went on to promote, a rollback): finish the
@@ -113,14 +116,14 @@ impl Service {
                 // when `keep_old` says so.
                 (K::Promote | K::Rollback | K::Deploy | K::Canary, Some(t))
                     if active == Some(t)
-                        && self.lock().colors.get(&t.other()).is_some_and(|c| !c.replicas.is_empty()) =>
+                        && self.view().colors.get(&t.other()).is_some_and(|c| !c.replicas.is_empty()) =>
                 {
                     let old = t.other();
                     // As the operation would have: a rollback removes the
                     // color it left, a promote stops it or keeps it warm.
                     if op.kind == K::Rollback {
                         self.retire_color(old, None).await;
-                        self.lock().previous = None;
+                        self.update(|m| m.previous = None).await;
                     } else {
                         self.settle_old(None, old).await;
                     }
@@ -129,18 +132,14 @@ impl Service {
                 // A promote cut before its switch changed nothing: the
                 // candidate a finished deploy left stays, out of the
                 // rotation, for the next promote.
-                (K::Promote, Some(t)) if active != Some(t) && self.lock().is_candidate(t) => {
-                    let mut m = self.lock();
-                    m.weights = m.active.map(Weights::all_to);
+                (K::Promote, Some(t)) if active != Some(t) && self.view().is_candidate(t) => {
+                    self.update(|m| m.weights = m.active.map(Weights::all_to)).await;
                     format!("the agent restarted during this promote, before the switch to {t}; traffic stays on the stable color and the candidate in {t} is kept: promote it again")
                 }
                 (_, Some(t))
-                    if active != Some(t) && (self.lock().is_candidate(t) || op.kind == K::Deploy) =>
+                    if active != Some(t) && (self.view().is_candidate(t) || op.kind == K::Deploy) =>
                 {
-                    {
-                        let mut m = self.lock();
-                        m.weights = m.active.map(Weights::all_to);
-                    }
+                    self.update(|m| m.weights = m.active.map(Weights::all_to)).await;
                     self.retire_color(t, None).await;
                     format!("the agent restarted during this {}; the half-done {t} color was removed and traffic stays on the stable color", op.kind)
                 }
@@ -154,18 +153,19 @@ impl Service {
                 revision: op.revision,
                 at: now_rfc3339(),
             };
-            self.lock().end_operation(outcome.clone(), None);
+            let ended = outcome.clone();
+            self.update(move |m| m.end_operation(ended, None)).await;
             tracing::warn!(service = %self.name, revision = op.revision, "{message}");
             self.emit(Some(op.id), EventKind::OperationFinished { result: outcome });
         }
 
-        self.fill_missing_slots();
+        self.fill_missing_slots().await;
         self.trim_extra_replicas().await;
 
         // An old color kept warm keeps its remaining time.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let warm: Vec<(Color, u64)> = {
-            let m = self.lock();
+            let m = self.view();
             m.colors
                 .iter()
                 .filter(|(c, _)| Some(**c) != m.active)
@@ -174,13 +174,11 @@ impl Service {
         };
         for (color, until) in warm {
             if until > now {
-                self.keep_warm(color, Duration::from_secs(until - now));
+                self.keep_warm(color, Duration::from_secs(until - now)).await;
             } else {
                 self.retire_color(color, None).await;
             }
         }
-        self.apply_routes();
-        self.persist();
     }
 
     /// The active color runs `replicas` replicas again: a crash between
@@ -188,9 +186,9 @@ impl Service {
     /// batch) left its slot empty, and with `replicas = 1` nothing would
     /// serve. Each empty slot is tracked as gone, so the healer starts it
     /// with the color's spec, through the health gate.
-    fn fill_missing_slots(&self) {
+    async fn fill_missing_slots(&self) {
         let missing: Vec<(Color, u32, RevisionSpec)> = {
-            let m = self.lock();
+            let m = self.view();
             let Some(active) = m.active else { return };
             let Some(c) = m.colors.get(&active) else { return };
             let Some(spec) = c.spec.clone() else { return };
@@ -216,7 +214,7 @@ impl Service {
                 spec: None,
                 state: ReplicaState::Serving,
             };
-            self.track_gone(color, &record, spec);
+            self.track_gone(color, &record, spec).await;
         }
     }
 
@@ -227,7 +225,7 @@ impl Service {
     /// half-done batch is undone), drained before they stop.
     async fn trim_extra_replicas(&self) {
         let (color, extra) = {
-            let m = self.lock();
+            let m = self.view();
             let Some(active) = m.active else { return };
             let Some(c) = m.colors.get(&active) else { return };
             let mut numbers: Vec<u32> = c.replicas.iter().map(|r| r.number).collect();
@@ -253,7 +251,7 @@ impl Service {
 
     /// No state file entry but running replicas: the newest revision
     /// becomes the active color again, the rest is removed.
-    fn adopt_without_state(self: &Arc<Self>, found: &mut Vec<ReplicaHandle>) {
+    async fn adopt_without_state(self: &Arc<Self>, found: &mut Vec<ReplicaHandle>) {
         let Some(newest) = found.iter().max_by_key(|h| h.revision).cloned() else {
             return;
         };
@@ -263,14 +261,17 @@ impl Service {
         *found = rest;
         let spec = RevisionSpec { revision: newest.revision, spec: self.config.spec.clone() };
         {
-            let mut m = self.lock();
-            m.revision = newest.revision;
-            m.active = Some(color);
-            m.weights = Some(Weights::all_to(color));
-            m.color(color).spec = Some(spec.clone());
+            let (revision, spec) = (newest.revision, spec.clone());
+            self.update(move |m| {
+                m.revision = revision;
+                m.active = Some(color);
+                m.weights = Some(Weights::all_to(color));
+                m.color(color).spec = Some(spec);
+            })
+            .await;
         }
         for handle in mine {
-            self.track_replica(color, handle, spec.clone(), ReplicaState::Serving);
+            self.track_replica(color, handle, spec.clone(), ReplicaState::Serving).await;
         }
         self.emit(
             None,

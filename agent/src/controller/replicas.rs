@@ -75,14 +75,14 @@ impl Service {
             .start(&replica_spec)
             .await
             .map_err(|e| format!("cannot start replica {number} of {color}: {e}"))?;
-        self.track_replica(color, handle, spec.clone(), state);
+        self.track_replica(color, handle, spec.clone(), state).await;
         Ok(())
     }
 
     /// Track a running replica (started or adopted): start its health
     /// monitor and a watcher that feeds verdicts into the model and the
     /// route table.
-    pub(super) fn track_replica(
+    pub(super) async fn track_replica(
         self: &Arc<Self>,
         color: Color,
         handle: ReplicaHandle,
@@ -113,13 +113,7 @@ impl Service {
             spec,
             monitor: monitor.clone(),
         };
-        {
-            let mut model = self.lock();
-            let c = model.color(color);
-            c.replicas.retain(|r| r.number != replica.number);
-            c.replicas.push(replica);
-            c.replicas.sort_by_key(|r| r.number);
-        }
+        self.update(move |m| m.put_replica(color, replica)).await;
         let service = self.clone();
         let mut rx = watch.receiver();
         self.shared.tasks.spawn(async move {
@@ -129,14 +123,14 @@ impl Service {
                     changed = rx.changed() => if changed.is_err() { break },
                 }
                 let report = rx.borrow_and_update().clone();
-                service.on_health(color, &backend, report);
+                service.on_health(color, &backend, report).await;
             }
         });
     }
 
     /// Keep a serving replica that vanished while the agent was down in
     /// the model as exited, so that the healer replaces it.
-    pub(super) fn track_gone(&self, color: Color, record: &ReplicaRecord, spec: RevisionSpec) {
+    pub(super) async fn track_gone(&self, color: Color, record: &ReplicaRecord, spec: RevisionSpec) {
         let handle = ReplicaHandle {
             runtime_id: record.runtime_id.clone(),
             name: record.name.clone(),
@@ -157,45 +151,44 @@ impl Service {
             spec,
             monitor: CancellationToken::new(),
         };
-        let mut model = self.lock();
-        let c = model.color(color);
-        c.replicas.retain(|r| r.number != replica.number);
-        c.replicas.push(replica);
-        c.replicas.sort_by_key(|r| r.number);
-        drop(model);
+        self.update(move |m| m.put_replica(color, replica)).await;
         self.heal_wake.notify_one();
     }
 
     /// A health verdict changed: update the model, and the route table when
     /// rotation changes. A serving replica that turns unhealthy leaves the
     /// rotation here, at once.
-    fn on_health(&self, color: Color, backend: &BackendId, report: HealthReport) {
+    async fn on_health(&self, color: Color, backend: &BackendId, report: HealthReport) {
         let HealthReport { health, reason, exited, .. } = report;
-        let (event, rotation_changed) = {
-            let mut model = self.lock();
-            let Some(r) = model.color(color).replicas.iter_mut().find(|r| &r.backend == backend) else {
-                return;
-            };
-            r.exited |= exited;
-            if r.health == health {
-                r.reason = reason;
-                return;
-            }
-            let before = r.in_rotation();
-            r.health = health;
-            r.reason = reason.clone();
-            let event =
-                EventKind::Replica { color, replica: r.number.to_string(), health, state: r.state, reason };
-            (event, before != r.in_rotation())
-        };
+        let backend = backend.clone();
+        let changed = self
+            .update(move |model| {
+                let op = model.operation.as_ref().map(|o| o.id);
+                let r = model.color(color).replicas.iter_mut().find(|r| r.backend == backend)?;
+                r.exited |= exited;
+                if r.health == health {
+                    r.reason = reason;
+                    return None;
+                }
+                r.health = health;
+                r.reason = reason.clone();
+                Some((
+                    op,
+                    EventKind::Replica {
+                        color,
+                        replica: r.number.to_string(),
+                        health,
+                        state: r.state,
+                        reason,
+                    },
+                ))
+            })
+            .await;
+        let Some((op, event)) = changed else { return };
         if let EventKind::Replica { health: Health::Unhealthy, ref replica, ref reason, .. } = event {
             tracing::warn!(service = %self.name, %color, replica, reason = reason.as_deref().unwrap_or(""), "replica unhealthy");
         }
-        let op = self.lock().operation.as_ref().map(|o| o.id);
         self.emit(op, event);
-        if rotation_changed {
-            self.apply_routes();
-        }
         // An exit may call for a replacement, and a replacement turning
         // healthy is worth a line: either way the healer looks now.
         if exited || health == Health::Healthy {
@@ -212,7 +205,7 @@ impl Service {
         let mut last_healthy = u32::MAX;
         loop {
             let (healthy, exited) = {
-                let model = self.lock();
+                let model = self.view();
                 let replicas = model.colors.get(&color).map(|c| c.replicas.as_slice()).unwrap_or(&[]);
                 let healthy = replicas.iter().filter(|r| r.health == Health::Healthy).count() as u32;
                 // The health monitor's verdict, not its wording: a replica
@@ -235,7 +228,7 @@ impl Service {
             }
             if Instant::now() >= deadline {
                 let worst = {
-                    let model = self.lock();
+                    let model = self.view();
                     model.colors.get(&color).and_then(|c| {
                         c.replicas.iter().find(|r| r.health != Health::Healthy).map(|r| {
                             (
@@ -282,25 +275,26 @@ impl Service {
     /// selects, and report each change as an event. The route table is not
     /// touched: callers apply it once their whole change is in the model.
     /// Returns the backends of the selected replicas.
-    pub(super) fn set_state(
+    pub(super) async fn set_state(
         &self,
         color: Color,
-        which: impl Fn(&ReplicaModel) -> bool,
+        which: impl Fn(&ReplicaModel) -> bool + Send + 'static,
         state: ReplicaState,
     ) -> Vec<BackendId> {
-        let (op, changed, backends) = {
-            let mut model = self.lock();
-            let op = model.operation.as_ref().map(|o| o.id);
-            let backends = model
-                .color(color)
-                .replicas
-                .iter()
-                .filter(|r| which(r))
-                .map(|r| r.backend.clone())
-                .collect::<Vec<_>>();
-            let changed = model.set_states(color, which, state);
-            (op, changed, backends)
-        };
+        let (op, changed, backends) = self
+            .update(move |model| {
+                let op = model.operation.as_ref().map(|o| o.id);
+                let backends = model
+                    .color(color)
+                    .replicas
+                    .iter()
+                    .filter(|r| which(r))
+                    .map(|r| r.backend.clone())
+                    .collect::<Vec<_>>();
+                let changed = model.set_states(color, which, state);
+                (op, changed, backends)
+            })
+            .await;
         for event in changed {
             self.emit(op, event);
         }
@@ -308,8 +302,8 @@ impl Service {
     }
 
     /// Set the state of every replica of `color`.
-    pub(super) fn set_color_state(&self, color: Color, state: ReplicaState) {
-        self.set_state(color, |_| true, state);
+    pub(super) async fn set_color_state(&self, color: Color, state: ReplicaState) {
+        self.set_state(color, |_| true, state).await;
     }
 
     /// Drain the given backends, reporting in-flight counts as progress.
@@ -354,27 +348,26 @@ impl Service {
     pub(super) async fn retire_color(&self, color: Color, op: Option<u64>) {
         // Replicas already out of rotation were drained when they left it;
         // drain again only what was serving or still has work.
-        let serving = self.set_state(color, |r| r.state == ReplicaState::Serving, ReplicaState::Draining);
+        let serving =
+            self.set_state(color, |r| r.state == ReplicaState::Serving, ReplicaState::Draining).await;
         let backends = self.backends_of(color);
-        self.apply_routes();
         if !serving.is_empty() || backends.iter().any(|b| self.proxy.inflight(b) > 0) {
             self.drain_backends(color, backends, op).await;
         }
-        let replicas = {
-            let mut model = self.lock();
-            let c = model.color(color);
-            c.warm_until = None;
-            c.replicas.clone()
-        };
+        let replicas = self
+            .update(move |m| {
+                let c = m.color(color);
+                c.warm_until = None;
+                c.replicas.clone()
+            })
+            .await;
         self.stop_replicas(color, &replicas, op).await;
-        {
-            let mut model = self.lock();
-            let c = model.color(color);
+        self.update(move |m| {
+            let c = m.color(color);
             c.replicas.clear();
             c.spec = None;
-        }
-        self.apply_routes();
-        self.persist();
+        })
+        .await;
     }
 
     /// Stop and remove replicas (already out of rotation and drained).
@@ -411,7 +404,7 @@ impl Service {
 
     /// The backends of one color.
     pub(super) fn backends_of(&self, color: Color) -> Vec<BackendId> {
-        let model = self.lock();
+        let model = self.view();
         model
             .colors
             .get(&color)
@@ -428,6 +421,14 @@ fn backend_id(handle: &ReplicaHandle) -> BackendId {
 }
 
 impl ServiceModel {
+    /// Track `replica` in `color`, in place of one with the same number.
+    pub(crate) fn put_replica(&mut self, color: Color, replica: ReplicaModel) {
+        let c = self.color(color);
+        c.replicas.retain(|r| r.number != replica.number);
+        c.replicas.push(replica);
+        c.replicas.sort_by_key(|r| r.number);
+    }
+
     /// Replicas of `color` that are unhealthy now, with their reasons.
     pub(crate) fn unhealthy(&self, color: Color) -> Vec<(u32, String)> {
         self.colors

@@ -5,7 +5,7 @@
 //! stop signal, so stop-first loses no request either: with one replica,
 //! requests wait in the proxy's queue while its successor starts.
 
-use super::model::Paused;
+use super::model::{Paused, ServiceModel};
 use super::plan::{validate_spec, OpCtx, OpFailure, RollingPlan};
 use super::{ControlError, Service};
 use crate::api::{
@@ -19,8 +19,11 @@ use tokio::time::Instant;
 
 impl Service {
     /// Validate a rolling request against the model and the config.
-    pub(super) fn plan_rolling(&self, req: &RollingRequest) -> Result<RollingPlan, ControlError> {
-        let model = self.lock();
+    pub(super) fn plan_rolling(
+        &self,
+        model: &ServiceModel,
+        req: &RollingRequest,
+    ) -> Result<RollingPlan, ControlError> {
         let active = model
             .active
             .ok_or_else(|| ControlError::BadRequest("nothing to update: deploy a first revision".into()))?;
@@ -89,16 +92,17 @@ impl Service {
         ctx: &OpCtx,
         plan: RollingPlan,
     ) -> Result<String, OpFailure> {
-        let color = self.lock().active.expect("planned rolling has an active color");
-        {
-            let mut m = self.lock();
-            m.revision = m.revision.max(plan.target.revision);
+        let color = self.view().active.expect("planned rolling has an active color");
+        let revision = plan.target.revision;
+        self.update(move |m| {
+            m.revision = m.revision.max(revision);
             if matches!(m.paused, Some(Paused::Rolling(_))) {
                 m.paused = None;
             }
-        }
+        })
+        .await;
         let todo: Vec<u32> = {
-            let m = self.lock();
+            let m = self.view();
             m.colors[&color]
                 .replicas
                 .iter()
@@ -123,7 +127,8 @@ impl Service {
                         "waiting {} before the next batch",
                         humantime::format_duration(plan.settings.delay)
                     ),
-                );
+                )
+                .await;
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return Err(OpFailure::new(OutcomeKind::Aborted, "rolling update aborted between batches")),
                     _ = tokio::time::sleep(plan.settings.delay) => {}
@@ -139,7 +144,8 @@ impl Service {
                     batch,
                     plan.target.revision
                 ),
-            );
+            )
+            .await;
             let mut result = self.replace_batch(ctx, color, batch, &plan.target, plan.settings.order).await;
             if result.is_ok() && !plan.settings.monitor.is_zero() {
                 self.phase(
@@ -150,7 +156,8 @@ impl Service {
                         i + 1,
                         humantime::format_duration(plan.settings.monitor)
                     ),
-                );
+                )
+                .await;
                 result = self.watch_batch(ctx, color, plan.settings.monitor).await;
             }
             let Err(reason) = result else { continue };
@@ -176,8 +183,8 @@ impl Service {
             }
             return Err(match plan.settings.failure_action {
                 FailureAction::Pause => {
-                    self.lock().paused = Some(Paused::Rolling(Box::new(plan.clone())));
-                    self.persist();
+                    let paused = Paused::Rolling(Box::new(plan.clone()));
+                    self.update(move |m| m.paused = Some(paused)).await;
                     OpFailure::new(
                         OutcomeKind::Paused,
                         format!("rolling update paused after batch {}: {reason}. Fix it, then: bgctl rolling {} --resume", i + 1, self.name),
@@ -192,9 +199,10 @@ impl Service {
                             i + 1,
                             plan.previous.revision
                         ),
-                    );
+                    )
+                    .await;
                     let back: Vec<u32> = {
-                        let m = self.lock();
+                        let m = self.view();
                         m.colors[&color]
                             .replicas
                             .iter()
@@ -217,8 +225,8 @@ impl Service {
                             "rollback of the rolling update failed too: {e}"
                         )));
                     }
-                    self.lock().color(color).spec = Some(plan.previous.clone());
-                    self.persist();
+                    let previous = plan.previous.clone();
+                    self.update(move |m| m.color(color).spec = Some(previous)).await;
                     OpFailure::new(
                         OutcomeKind::RolledBack,
                         format!(
@@ -229,12 +237,12 @@ impl Service {
                 }
             });
         }
-        {
-            let mut m = self.lock();
-            m.previous = Some(plan.previous.clone());
-            m.color(color).spec = Some(plan.target.clone());
-        }
-        self.persist();
+        let (previous, target) = (plan.previous.clone(), plan.target.clone());
+        self.update(move |m| {
+            m.previous = Some(previous);
+            m.color(color).spec = Some(target);
+        })
+        .await;
         Ok(format!(
             "every replica of {color} runs revision {} ({failed} failed batch(es))",
             plan.target.revision
@@ -247,7 +255,7 @@ impl Service {
     async fn refill(self: &Arc<Self>, ctx: &OpCtx, color: Color, spec: &RevisionSpec) -> Result<(), String> {
         loop {
             let free = {
-                let m = self.lock();
+                let m = self.view();
                 let have: Vec<u32> = m
                     .colors
                     .get(&color)
@@ -282,7 +290,7 @@ impl Service {
                 // New replicas take fresh numbers so that old and new can
                 // run side by side under the documented container names.
                 let fresh: Vec<u32> = {
-                    let m = self.lock();
+                    let m = self.view();
                     let max = m
                         .colors
                         .get(&color)
@@ -317,36 +325,32 @@ impl Service {
             self.retire_replicas(Some(ctx.id), color, &[number]).await;
             return Err(e);
         }
-        self.set_replica_state(color, number, ReplicaState::Serving);
-        self.apply_routes();
-        self.persist();
+        self.set_replica_state(color, number, ReplicaState::Serving).await;
         Ok(())
     }
 
     /// Take replicas out of rotation, drain them, stop and forget them.
     pub(super) async fn retire_replicas(&self, op: Option<u64>, color: Color, numbers: &[u32]) {
-        let backends = self.set_state(color, |r| numbers.contains(&r.number), ReplicaState::Draining);
+        let picked = numbers.to_vec();
+        let backends =
+            self.set_state(color, move |r| picked.contains(&r.number), ReplicaState::Draining).await;
         let replicas: Vec<_> = self
-            .lock()
-            .color(color)
-            .replicas
-            .iter()
-            .filter(|r| numbers.contains(&r.number))
-            .cloned()
-            .collect();
-        self.apply_routes();
+            .view()
+            .colors
+            .get(&color)
+            .map(|c| c.replicas.iter().filter(|r| numbers.contains(&r.number)).cloned().collect())
+            .unwrap_or_default();
         self.drain_backends(color, backends, op).await;
         self.stop_replicas(color, &replicas, op).await;
-        self.lock().color(color).replicas.retain(|r| !numbers.contains(&r.number));
-        self.apply_routes();
-        self.persist();
+        let gone = numbers.to_vec();
+        self.update(move |m| m.color(color).replicas.retain(|r| !gone.contains(&r.number))).await;
     }
 
     async fn wait_replica_healthy(&self, ctx: &OpCtx, color: Color, number: u32) -> Result<(), String> {
         let deadline = Instant::now() + self.config.health.deadline;
         loop {
             let (health, reason, exited) = {
-                let m = self.lock();
+                let m = self.view();
                 match m.colors.get(&color).and_then(|c| c.replicas.iter().find(|r| r.number == number)) {
                     Some(r) => (r.health, r.reason.clone(), r.exited),
                     None => return Err(format!("replica {number} vanished while starting")),
@@ -372,7 +376,7 @@ impl Service {
     async fn watch_batch(&self, ctx: &OpCtx, color: Color, window: Duration) -> Result<(), String> {
         let end = Instant::now() + window;
         while Instant::now() < end {
-            let sick = self.lock().unhealthy(color).into_iter().next();
+            let sick = self.view().unhealthy(color).into_iter().next();
             if let Some((n, reason)) = sick {
                 return Err(format!("replica {n} turned unhealthy: {reason}"));
             }
@@ -384,13 +388,12 @@ impl Service {
         Ok(())
     }
 
-    fn set_replica_state(&self, color: Color, number: u32, state: ReplicaState) {
-        self.set_state(color, |r| r.number == number, state);
+    async fn set_replica_state(&self, color: Color, number: u32, state: ReplicaState) {
+        self.set_state(color, move |r| r.number == number, state).await;
     }
 
     /// Resolve a replica id (`2` or `green-2`) within the active color.
-    pub(super) fn find_replica(&self, id: &str) -> Result<(Color, u32), ControlError> {
-        let m = self.lock();
+    pub(super) fn find_replica(&self, m: &ServiceModel, id: &str) -> Result<(Color, u32), ControlError> {
         let unknown = || ControlError::UnknownReplica { service: self.name.clone(), replica: id.to_string() };
         let (color, number) = match id.split_once('-') {
             Some((c, n)) => (c.parse::<Color>().map_err(|_| unknown())?, n),
@@ -411,15 +414,13 @@ impl Service {
         color: Color,
         number: u32,
     ) -> Result<String, OpFailure> {
-        let backends = self.set_state(color, |r| r.number == number, ReplicaState::Draining);
+        let backends = self.set_state(color, move |r| r.number == number, ReplicaState::Draining).await;
         if backends.is_empty() {
             return Err(OpFailure::failed("replica vanished"));
         }
-        self.apply_routes();
-        self.phase(ctx, Phase::Draining, format!("draining replica {number} of {color}"));
+        self.phase(ctx, Phase::Draining, format!("draining replica {number} of {color}")).await;
         let report = self.drain_backends(color, backends, Some(ctx.id)).await;
-        self.set_replica_state(color, number, ReplicaState::Out);
-        self.persist();
+        self.set_replica_state(color, number, ReplicaState::Out).await;
         Ok(format!(
             "replica {number} of {color} is out of rotation ({} request(s) finished, {} cut)",
             report.finished, report.cut
@@ -434,9 +435,7 @@ impl Service {
         number: u32,
     ) -> Result<String, OpFailure> {
         self.wait_replica_healthy(ctx, color, number).await.map_err(OpFailure::failed)?;
-        self.set_replica_state(color, number, ReplicaState::Serving);
-        self.apply_routes();
-        self.persist();
+        self.set_replica_state(color, number, ReplicaState::Serving).await;
         Ok(format!("replica {number} of {color} is back in rotation"))
     }
 
@@ -450,7 +449,7 @@ impl Service {
         overrides: &SpecOverrides,
     ) -> Result<String, OpFailure> {
         let (old, serving) = {
-            let m = self.lock();
+            let m = self.view();
             let r = m
                 .colors
                 .get(&color)
@@ -462,42 +461,47 @@ impl Service {
             self.replica_drain(ctx, color, number).await?;
         }
         let spec: Spec = old.spec.with_overrides(overrides);
-        let revision = {
-            let mut m = self.lock();
-            m.revision += 1;
-            m.revision
-        };
+        let revision = self
+            .update(|m| {
+                m.revision += 1;
+                m.revision
+            })
+            .await;
         let new = RevisionSpec { revision, spec };
-        let replica = self.lock().color(color).replicas.iter().find(|r| r.number == number).cloned();
+        let replica = self.replica(color, number);
         if let Some(r) = replica {
-            self.phase(ctx, Phase::Stopping, format!("stopping replica {number} of {color}"));
+            self.phase(ctx, Phase::Stopping, format!("stopping replica {number} of {color}")).await;
             self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
-            self.lock().color(color).replicas.retain(|x| x.number != number);
+            self.update(move |m| m.color(color).replicas.retain(|x| x.number != number)).await;
         }
         self.phase(
             ctx,
             Phase::Starting,
             format!("starting replica {number} of {color} with revision {revision}"),
-        );
+        )
+        .await;
         let started = match self.start_replica(color, number, &new).await {
             Ok(()) => self.wait_replica_healthy(ctx, color, number).await,
             Err(e) => Err(e),
         };
         if let Err(e) = started {
             // Put the old spec back, still out of rotation.
-            let failed = self.lock().color(color).replicas.iter().find(|r| r.number == number).cloned();
+            let failed = self.replica(color, number);
             if let Some(r) = failed {
                 self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
-                self.lock().color(color).replicas.retain(|x| x.number != number);
+                self.update(move |m| m.color(color).replicas.retain(|x| x.number != number)).await;
             }
             let _ = self.start_replica(color, number, &old).await;
-            self.persist();
             return Err(OpFailure::failed(format!(
                 "replica {number} update failed, it runs revision {} again (out of rotation): {e}",
                 old.revision
             )));
         }
-        self.persist();
         Ok(format!("replica {number} of {color} runs revision {revision}, healthy and out of rotation: bgctl replica enable {} {number}", self.name))
+    }
+
+    /// Replica `number` of `color`, as last committed.
+    fn replica(&self, color: Color, number: u32) -> Option<super::model::ReplicaModel> {
+        self.view().colors.get(&color)?.replicas.iter().find(|r| r.number == number).cloned()
     }
 }
