@@ -66,6 +66,9 @@ pub enum AgentError {
 /// (see [`crate::handoff`]), or are bound here; in the first two cases no
 /// client is refused while agents change.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    // Every task the agent spawns, waited for at shutdown.
+    let tracker = TaskTracker::new();
+    tracker.spawn(crate::signal::cancel_on_shutdown_signal(shutdown.clone()));
     let store = StateStore::open(&config.agent.state_dir)?;
     let handoff_path = handoff::socket_path(&config.agent.state_dir);
     let mut inherited = Inherited::from_systemd();
@@ -95,14 +98,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             docker.ping().await?;
             Arc::new(docker)
         }
-        RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.agent.state_dir)?),
+        RuntimeKind::Process => {
+            Arc::new(ProcessRuntime::new(&config.agent.state_dir)?.tracked(tracker.clone(), shutdown.clone()))
+        }
     };
     let events = EventHub::persistent(&store.dir().join("events.seq")).map_err(|source| StateError::Io {
         context: "cannot reserve event sequence numbers in",
         path: store.dir().join("events.seq"),
         source,
     })?;
-    let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         runtime: runtime.clone(),
         events: events.clone(),
@@ -154,7 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tracing::warn!(service = %name, replicas = left.len(), "replicas of a service that is not in the config are left alone");
     }
 
-    let api = ControlApi::new(services.clone(), events, shutdown.clone());
+    let api = ControlApi::new(services.clone(), events, shutdown.clone(), tracker.clone());
     let control_path = &config.agent.control_socket;
     let (socket, socket_bound_here) = match inherited.take_unix(control_path) {
         Some(listener) => (listener, false),

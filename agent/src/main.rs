@@ -84,7 +84,6 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(bg_agent::signal::cancel_on_shutdown_signal(shutdown.clone()));
         match bg_agent::daemon::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -46,6 +46,8 @@ pub struct ControlApi {
     services: BTreeMap<String, Arc<Service>>,
     events: EventHub,
     shutdown: CancellationToken,
+    /// Where streaming answers (the event stream) run.
+    tasks: TaskTracker,
 }
 
 /// Which listener a connection came from.
@@ -63,8 +65,9 @@ impl ControlApi {
         services: BTreeMap<String, Arc<Service>>,
         events: EventHub,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Arc<ControlApi> {
-        Arc::new(ControlApi { services, events, shutdown })
+        Arc::new(ControlApi { services, events, shutdown, tasks })
     }
 
     /// Serve one accepted connection until it closes or the agent stops.
@@ -205,7 +208,7 @@ impl ControlApi {
         let shutdown = self.shutdown.clone();
         let wanted = move |e: &crate::api::Event| q.service.as_ref().is_none_or(|s| *s == e.service);
         let follow = q.follow;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             for e in sub.replay.iter().filter(|e| wanted(e)) {
                 if tx.send(Ok(ndjson(e))).await.is_err() {
                     return;

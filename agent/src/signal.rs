@@ -4,7 +4,8 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-/// Wait for SIGTERM or SIGINT, then cancel `shutdown`.
+/// Wait for SIGTERM or SIGINT, then cancel `shutdown`; return early when
+/// something else cancelled it.
 pub async fn cancel_on_shutdown_signal(shutdown: CancellationToken) {
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -12,6 +13,7 @@ pub async fn cancel_on_shutdown_signal(shutdown: CancellationToken) {
         return;
     };
     tokio::select! {
+        _ = shutdown.cancelled() => return,
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }

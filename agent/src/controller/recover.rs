@@ -23,6 +23,7 @@ impl Service {
         let Ok(_hold) = self.hold(Hold::Recovering).await else { return };
         let record = self.shared.persister.record(&self.name);
         let mut interrupted = None;
+        let mut out_of_rotation = Vec::new();
         if let Some(rec) = record {
             let mut model = ServiceModel {
                 revision: rec.revision,
@@ -55,7 +56,8 @@ impl Service {
                     else {
                         // A replica of the active color that should serve is
                         // replaced by the healer, as if it had exited now.
-                        let replace = rec.active == Some(*color) && r.state == ReplicaState::Serving;
+                        let active = rec.active == Some(*color);
+                        let replace = active && r.state == ReplicaState::Serving;
                         self.emit(
                             None,
                             EventKind::Message {
@@ -64,12 +66,21 @@ impl Service {
                                     "replica {} of {color} ({}) is gone since the agent last ran{}",
                                     r.number,
                                     r.name,
-                                    if replace { "; it will be replaced" } else { "" }
+                                    match (active, replace) {
+                                        (true, true) => "; it will be replaced",
+                                        (true, false) => "; it is started again, out of rotation",
+                                        _ => "",
+                                    }
                                 ),
                             },
                         );
                         if replace {
                             self.track_gone(*color, r, spec).await;
+                        } else if active {
+                            // Out of rotation by an operation's choice (a
+                            // replica drained or being updated): its slot
+                            // is started again, still out of rotation.
+                            out_of_rotation.push((*color, r.number, spec));
                         }
                         continue;
                     };
@@ -93,6 +104,12 @@ impl Service {
             tracing::warn!(service = %self.name, replica = %orphan.name, "removing a replica no state refers to");
             let _ = self.shared.runtime.stop(&orphan, &self.config.stop_signal, self.config.stop_grace).await;
             let _ = self.shared.runtime.remove(&orphan).await;
+        }
+        for (color, number, spec) in out_of_rotation {
+            if let Err(e) = self.start_replica_as(color, number, &spec, ReplicaState::Out).await {
+                tracing::error!(service = %self.name, "{e}");
+                self.emit(None, EventKind::Message { level: "error".into(), message: e });
+            }
         }
 
         if let Some(op) = interrupted {

@@ -472,7 +472,9 @@ impl Service {
         if let Some(r) = replica {
             self.phase(ctx, Phase::Stopping, format!("stopping replica {number} of {color}")).await;
             self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
-            self.update(move |m| m.color(color).replicas.retain(|x| x.number != number)).await;
+            // The slot stays recorded, out of rotation, until the new
+            // replica takes it: after a crash in between, recovery adopts
+            // whichever replica runs under its name, out of rotation.
         }
         self.phase(
             ctx,
@@ -489,9 +491,10 @@ impl Service {
             let failed = self.replica(color, number);
             if let Some(r) = failed {
                 self.stop_replicas(color, std::slice::from_ref(&r), Some(ctx.id)).await;
+            }
+            if self.start_replica(color, number, &old).await.is_err() {
                 self.update(move |m| m.color(color).replicas.retain(|x| x.number != number)).await;
             }
-            let _ = self.start_replica(color, number, &old).await;
             return Err(OpFailure::failed(format!(
                 "replica {number} update failed, it runs revision {} again (out of rotation): {e}",
                 old.revision

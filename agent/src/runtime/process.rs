@@ -37,6 +37,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often an adopted process is polled while waiting for it to exit.
 const ADOPTED_POLL: Duration = Duration::from_millis(50);
@@ -52,6 +54,10 @@ pub struct ProcessRuntime {
     procs: Mutex<HashMap<String, Proc>>,
     /// Which cgroup new processes go to.
     placement: Placement,
+    /// Where the reapers (one task per started process) run, and when they
+    /// stop waiting: at shutdown the processes run on for the next agent.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 /// One known process.
@@ -168,6 +174,11 @@ impl ProcessRuntime {
         Self::with_placement(state_dir, placement)
     }
 
+    /// Run the reapers on the agent's `tasks`, and stop them at `shutdown`.
+    pub fn tracked(self, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        ProcessRuntime { tasks, shutdown, ..self }
+    }
+
     /// [`ProcessRuntime::new`] with an explicit placement.
     pub fn with_placement(state_dir: &Path, placement: Placement) -> Result<Self, RuntimeError> {
         let dir = state_dir.join("processes");
@@ -216,7 +227,13 @@ impl ProcessRuntime {
                 logfile::delete(&dir, &record.name);
             }
         }
-        Ok(ProcessRuntime { dir, procs: Mutex::new(procs), placement })
+        Ok(ProcessRuntime {
+            dir,
+            procs: Mutex::new(procs),
+            placement,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
     }
 
     /// Move an adopted process out of the agent's cgroup into a scope of
@@ -433,8 +450,15 @@ impl ProcessRuntime {
 
         let (tx, rx) = watch::channel(None);
         let reaper_name = name.clone();
-        tokio::spawn(async move {
-            let code = match child.wait().await {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            // A stopping agent leaves its replicas running (the next one
+            // adopts them by record); only a live agent waits for them.
+            let status = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                status = child.wait() => status,
+            };
+            let code = match status {
                 Ok(status) => exit_code(status),
                 Err(e) => {
                     tracing::warn!(name = %reaper_name, error = %e, "waiting for the process failed");
