@@ -10,7 +10,7 @@ use super::Service;
 use crate::api::{Color, EventKind, Outcome, OutcomeKind, Phase, ReplicaState, Weights};
 use crate::events::now_rfc3339;
 use crate::runtime::ReplicaHandle;
-use crate::state::RevisionSpec;
+use crate::state::{RevisionSpec, ServiceRecord};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +57,8 @@ impl Service {
                         // A replica of the active color that should serve is
                         // replaced by the healer, as if it had exited now.
                         let active = rec.active == Some(*color);
-                        let replace = active && r.state == ReplicaState::Serving;
+                        let replace =
+                            active && recovered_state(&rec, *color, r.state) == ReplicaState::Serving;
                         self.emit(
                             None,
                             EventKind::Message {
@@ -85,11 +86,7 @@ impl Service {
                         continue;
                     };
                     let handle = found.swap_remove(pos);
-                    let state = if r.state == ReplicaState::Serving {
-                        ReplicaState::Serving
-                    } else {
-                        ReplicaState::Out
-                    };
+                    let state = recovered_state(&rec, *color, r.state);
                     self.track_replica(*color, handle, spec, state).await;
                 }
             }
@@ -300,5 +297,19 @@ impl Service {
                 ),
             },
         );
+    }
+}
+
+/// The traffic state a recorded replica comes back in. `draining` is a
+/// step, not a place: a replica a rolling batch was retiring comes back
+/// serving (the update is half-done, rule 4 of docs/recovery.md), one a
+/// replica action was draining stays out, as the operator asked; `out`
+/// stays out.
+fn recovered_state(rec: &ServiceRecord, color: Color, state: ReplicaState) -> ReplicaState {
+    let rolling = rec.operation.as_ref().is_some_and(|o| o.kind == crate::api::OperationKind::Rolling);
+    match state {
+        ReplicaState::Serving => ReplicaState::Serving,
+        ReplicaState::Draining if rolling && rec.active == Some(color) => ReplicaState::Serving,
+        _ => ReplicaState::Out,
     }
 }

@@ -147,7 +147,7 @@ impl Service {
             health: Health::Unhealthy,
             reason: Some("gone since the agent last ran".into()),
             exited: true,
-            state: record.state,
+            state: ReplicaState::Serving,
             spec,
             monitor: CancellationToken::new(),
         };
