@@ -309,3 +309,35 @@ async fn a_failed_state_write_leaves_the_model_and_the_table_as_they_were() {
         "the installed table still sends all to blue"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_during_a_hold_waits_for_it_and_one_during_a_handover_is_refused() {
+    let h = Harness::new("");
+    h.run(deploy("v1", false, false)).await;
+
+    let healing = h.service.hold(super::actor::Hold::Healing).await.unwrap();
+    let service = h.service.clone();
+    let waiting = tokio::spawn(async move { service.start(deploy("v2", false, false)).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiting.is_finished(), "the deploy waits behind the healer's hold");
+    assert_eq!(h.status().active, Some(Color::Blue), "status answers meanwhile");
+    drop(healing);
+    let id = waiting.await.unwrap().expect("admitted once the hold ended").operation;
+    assert_eq!(h.outcome(id).await.outcome, OutcomeKind::Succeeded);
+
+    let frozen = h.service.freeze().await.unwrap();
+    match h.start(Operation::Promote).await {
+        Err(ControlError::Conflict { running, .. }) => assert!(running.contains("handover"), "{running}"),
+        other => panic!("a promote during a handover: {other:?}"),
+    }
+    drop(frozen);
+    let promote = h.run(Operation::Promote).await;
+    assert_eq!(promote.outcome, OutcomeKind::Succeeded, "accepted after the handover ended: {promote:?}");
+    let sick = h.start(deploy("v3", false, true)).await.unwrap();
+    match h.service.freeze().await {
+        Err(ControlError::Conflict { running, .. }) => assert!(running.contains("operation"), "{running}"),
+        other => panic!("a handover during an operation: {other:?}"),
+    }
+    assert_eq!(h.outcome(sick).await.outcome, OutcomeKind::Failed);
+    assert_eq!(h.status().active, Some(Color::Green));
+}
