@@ -6,8 +6,9 @@
 //! percent from one minute to the next, that is what makes peers
 //! comparable (see `summary`).
 
+use super::agent_peer::AgentHome;
 use super::peers::{Peer, RunningPeer, Tools};
-use super::Plan;
+use super::{Plan, Setting};
 use crate::load::{Load, LoadReport};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -22,18 +23,34 @@ pub enum Mode {
     KeepAlive,
     /// Closed loop, a new connection (`Connection: close`) per request.
     Fresh,
+    /// Keep-alive, driven by wrk (`-t1`) instead of the project's client.
+    WrkKeepAlive,
+    /// Fresh connections, driven by wrk with `Connection: close`.
+    WrkFresh,
 }
 
 impl Mode {
-    /// Both shapes.
-    pub const ALL: [Mode; 2] = [Mode::KeepAlive, Mode::Fresh];
+    /// Every shape, in report order.
+    pub const ALL: [Mode; 4] = [Mode::KeepAlive, Mode::Fresh, Mode::WrkKeepAlive, Mode::WrkFresh];
 
     /// Its name in tables.
     pub fn name(self) -> &'static str {
         match self {
             Mode::KeepAlive => "keep-alive",
             Mode::Fresh => "fresh connections",
+            Mode::WrkKeepAlive => "keep-alive (wrk)",
+            Mode::WrkFresh => "fresh connections (wrk)",
         }
+    }
+
+    /// Whether wrk drives it.
+    pub fn wrk(self) -> bool {
+        matches!(self, Mode::WrkKeepAlive | Mode::WrkFresh)
+    }
+
+    /// New connection per request.
+    fn fresh(self) -> bool {
+        matches!(self, Mode::Fresh | Mode::WrkFresh)
     }
 }
 
@@ -77,10 +94,76 @@ pub struct Measured {
 
 fn load(mode: Mode, clients: usize, target: SocketAddr, d: Duration) -> Load {
     let l = Load::keepalive(clients).target(target).max_duration(d);
-    match mode {
-        Mode::KeepAlive => l,
-        Mode::Fresh => l.fresh_connections(),
+    if mode.fresh() {
+        l.fresh_connections()
+    } else {
+        l
     }
+}
+
+/// What wrk reported for one cell.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct WrkReport {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    requests: u64,
+    failed: u64,
+}
+
+/// Run wrk against `target` for `d`.
+fn wrk(tools: &Tools, mode: Mode, clients: usize, target: SocketAddr, d: Duration) -> WrkReport {
+    let program = tools.wrk.as_ref().expect("wrk modes run only when wrk is installed");
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(["-t1", "-c", &clients.to_string(), "-d", &format!("{}s", d.as_secs().max(1))]).args([
+        "--latency",
+        "--timeout",
+        "5s",
+    ]);
+    if mode.fresh() {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(format!("http://{target}/")).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's report:\n{text}"))
+}
+
+/// A wrk duration (`250.00us`, `2.75ms`, `1.20s`) in microseconds.
+fn wrk_us(v: &str) -> Option<u64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e6)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 6e7)
+    } else {
+        return None;
+    };
+    Some((num.parse::<f64>().ok()? * scale) as u64)
+}
+
+/// Read wrk's `--latency` report.
+fn parse_wrk(text: &str) -> Option<WrkReport> {
+    let mut r = WrkReport::default();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => r.p50_us = wrk_us(v)?,
+            ["99%", v] => r.p99_us = wrk_us(v)?,
+            ["Requests/sec:", v] => r.rps = v.parse().ok()?,
+            [n, "requests", "in", ..] => r.requests = n.parse().ok()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => r.failed += n.parse::<u64>().ok()?,
+            ["Socket", "errors:", rest @ ..] => {
+                r.failed +=
+                    rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    (r.rps > 0.0).then_some(r)
 }
 
 async fn run_for(load: Load, d: Duration) -> LoadReport {
@@ -89,8 +172,41 @@ async fn run_for(load: Load, d: Duration) -> LoadReport {
     handle.stop().await
 }
 
-/// Measure one cell on a running peer.
-async fn cell(plan: &Plan, running: &RunningPeer, mode: Mode, round: usize) -> (Cell, LoadReport) {
+/// Measure one cell with wrk on a running peer.
+async fn wrk_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, mode: Mode, round: usize) -> Cell {
+    run_for(load(mode, plan.clients, running.addr, plan.warmup), plan.warmup).await;
+    let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
+    let r = wrk(tools, mode, plan.clients, running.addr, plan.cell);
+    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    if r.failed > 0 {
+        eprintln!("  {} {}: {} failed (wrk)", running.peer.name(), mode.name(), r.failed);
+    }
+    Cell {
+        peer: running.peer.name(),
+        mode,
+        round,
+        rps: r.rps,
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        ok: r.requests.saturating_sub(r.failed),
+        failed: r.failed,
+        peak_rss_kib: running.peak_rss_kib(),
+        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
+        cpu_ticks,
+    }
+}
+
+/// Measure one cell on a running peer; its latency samples too.
+async fn cell(
+    tools: &Tools,
+    plan: &Plan,
+    running: &RunningPeer,
+    mode: Mode,
+    round: usize,
+) -> (Cell, Vec<u32>) {
+    if mode.wrk() {
+        return (wrk_cell(tools, plan, running, mode, round).await, Vec::new());
+    }
     run_for(load(mode, plan.clients, running.addr, plan.warmup), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
     let report = run_for(load(mode, plan.clients, running.addr, plan.cell + plan.warmup), plan.cell).await;
@@ -118,14 +234,17 @@ async fn cell(plan: &Plan, running: &RunningPeer, mode: Mode, round: usize) -> (
         cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
         cpu_ticks,
     };
-    (cell, report)
+    (cell, report.latencies_us)
 }
 
 /// Every cell of every round, per load shape: the shape's peers are
 /// started once, side by side, and each round visits each of them in an
 /// order rotated by one, so that no peer always follows the same one.
+#[allow(clippy::too_many_arguments)]
 pub async fn all(
     tools: &Tools,
+    setting: Setting,
+    agent: Option<&AgentHome>,
     plan: &Plan,
     peers: &[Peer],
     modes: &[Mode],
@@ -135,10 +254,11 @@ pub async fn all(
     for &mode in modes {
         // Started afresh per shape, so that peak RSS is the shape's own.
         let running: Vec<RunningPeer> =
-            peers.iter().map(|&p| RunningPeer::start(tools, p, &[upstream])).collect();
+            peers.iter().map(|&p| RunningPeer::start(tools, setting, agent, p, &[upstream])).collect();
         for round in 0..plan.rounds {
             for i in 0..running.len() {
-                let (c, report) = cell(plan, &running[(i + round) % running.len()], mode, round).await;
+                let (c, samples) =
+                    cell(tools, plan, &running[(i + round) % running.len()], mode, round).await;
                 eprintln!(
                     "round {round:>2} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",
                     c.peer,
@@ -149,7 +269,7 @@ pub async fn all(
                     c.peak_rss_kib,
                     c.cpu_us_per_req
                 );
-                measured.latencies_us.entry((c.peer, mode)).or_default().extend(report.latencies_us);
+                measured.latencies_us.entry((c.peer, mode)).or_default().extend(samples);
                 measured.cells.push(c);
             }
         }
@@ -158,4 +278,32 @@ pub async fn all(
         samples.sort_unstable();
     }
     measured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_reports_with_errors_and_every_unit() {
+        let text = "Running 2s test @ http://127.0.0.1:8080/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   512.00us  100.00us   5.00ms   90.00%
+  Latency Distribution
+     50%  480.00us
+     75%  600.00us
+     90%  700.00us
+     99%    2.75ms
+  123456 requests in 2.00s, 10.00MB read
+  Socket errors: connect 1, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:  61728.00
+Transfer/sec:      5.00MB
+";
+        let r = parse_wrk(text).expect("a report");
+        assert_eq!(r, WrkReport { rps: 61728.0, p50_us: 480, p99_us: 2750, requests: 123456, failed: 10 });
+        assert_eq!(wrk_us("1.50s"), Some(1_500_000));
+        assert_eq!(parse_wrk("no numbers here"), None);
+    }
 }

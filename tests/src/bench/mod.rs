@@ -3,6 +3,7 @@
 //! straight to the upstream as the physical limit, plus switching, drain
 //! and switch-latency measurements. Each submodule has one job.
 
+pub mod agent_peer;
 pub mod cells;
 pub mod inprocess;
 pub mod peers;
@@ -13,6 +14,20 @@ pub mod svg;
 pub mod switching;
 
 use std::time::Duration;
+
+/// How the peers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setting {
+    /// The proxy library (`bg-proxy-bench-server`, one thread), nginx with
+    /// one worker and HAProxy with one thread, each pinned to core 1, the
+    /// load generator on core 0: the proxies' cost per request.
+    Pinned,
+    /// As users run them on this machine, nothing pinned: the `bg-agent`
+    /// binary from a config, nginx `worker_processes auto`, HAProxy
+    /// `nbthread` = cores.
+    Product,
+}
 
 /// How long and how often each measurement runs.
 #[derive(Debug, Clone, Copy)]

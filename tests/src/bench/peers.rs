@@ -1,7 +1,8 @@
 //! The proxies under test and how to start and switch each: bg-proxy (its
-//! bench server binary), nginx and HAProxy from generated configs in a
-//! temporary directory, all on one pinned core; and "direct", the client
-//! straight to the upstream.
+//! bench server binary) or bg-agent (the product, see `agent_peer`), nginx
+//! and HAProxy from generated configs in a temporary directory, each on
+//! one pinned core or as users run them ([`Setting`]); and "direct", the
+//! client straight to the upstream.
 //!
 //! Every proxy does the same work per request: besides removing hop-by-hop
 //! headers, nginx and HAProxy are configured, as an operator would, to send
@@ -9,7 +10,9 @@
 //! (appended to an existing one), `X-Forwarded-Proto: http` and
 //! `X-Forwarded-Host` (a copy of Host).
 
+use super::agent_peer::AgentHome;
 use super::procs::{free_addr, on_path, pinned, Proc};
+use super::Setting;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,8 @@ pub enum Peer {
     Direct,
     /// bg-proxy in its own process, one thread.
     BgProxy,
+    /// The `bg-agent` binary, as users run it.
+    BgAgent,
     /// nginx, one worker.
     Nginx,
     /// HAProxy, one thread.
@@ -34,13 +39,27 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in the order of the report.
-    pub const ALL: [Peer; 4] = [Peer::Direct, Peer::BgProxy, Peer::Nginx, Peer::Haproxy];
+    pub const ALL: [Peer; 5] = [Peer::Direct, Peer::BgProxy, Peer::BgAgent, Peer::Nginx, Peer::Haproxy];
+
+    /// The peers of one setting (those installed are kept by the caller).
+    pub fn of(setting: Setting) -> Vec<Peer> {
+        match setting {
+            Setting::Pinned => vec![Peer::Direct, Peer::BgProxy, Peer::Nginx, Peer::Haproxy],
+            Setting::Product => vec![Peer::Direct, Peer::BgAgent, Peer::Nginx, Peer::Haproxy],
+        }
+    }
+
+    /// Whether it is ours (compared with the others, pair by pair).
+    pub fn ours(self) -> bool {
+        matches!(self, Peer::BgProxy | Peer::BgAgent)
+    }
 
     /// Its name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Peer::Direct => "direct",
             Peer::BgProxy => "bg-proxy",
+            Peer::BgAgent => "bg-agent",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
         }
@@ -52,6 +71,8 @@ impl Peer {
 pub struct Tools {
     /// `bg-proxy-bench-server`.
     pub bg_proxy: PathBuf,
+    /// The release `bg-agent`.
+    pub bg_agent: PathBuf,
     /// `bench-upstream`.
     pub upstream: PathBuf,
     /// The release `websample`.
@@ -60,6 +81,8 @@ pub struct Tools {
     pub nginx: Option<PathBuf>,
     /// haproxy, when installed.
     pub haproxy: Option<PathBuf>,
+    /// wrk, when installed: the external load generator.
+    pub wrk: Option<PathBuf>,
 }
 
 impl Tools {
@@ -67,18 +90,20 @@ impl Tools {
     pub fn find(bin_dir: &Path) -> Tools {
         Tools {
             bg_proxy: bin_dir.join("bg-proxy-bench-server"),
+            bg_agent: bin_dir.join("bg-agent"),
             upstream: bin_dir.join("bench-upstream"),
             websample: bin_dir.join("websample"),
             nginx: on_path("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists())),
             haproxy: on_path("haproxy")
                 .or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.exists())),
+            wrk: on_path("wrk"),
         }
     }
 
     /// Whether `peer` can run here.
     pub fn has(&self, peer: Peer) -> bool {
         match peer {
-            Peer::Direct | Peer::BgProxy => true,
+            Peer::Direct | Peer::BgProxy | Peer::BgAgent => true,
             Peer::Nginx => self.nginx.is_some(),
             Peer::Haproxy => self.haproxy.is_some(),
         }
@@ -114,22 +139,37 @@ pub struct RunningPeer {
 
 impl RunningPeer {
     /// Start `peer` in front of `upstreams` (the first takes the traffic;
-    /// a second one is where [`RunningPeer::switch`] sends it).
-    pub fn start(tools: &Tools, peer: Peer, upstreams: &[SocketAddr]) -> RunningPeer {
+    /// a second one is where [`RunningPeer::switch`] sends it), in
+    /// `setting`. bg-agent runs on `agent`, whose replica is `upstreams[0]`.
+    pub fn start(
+        tools: &Tools,
+        setting: Setting,
+        agent: Option<&AgentHome>,
+        peer: Peer,
+        upstreams: &[SocketAddr],
+    ) -> RunningPeer {
         let dir = tempfile::Builder::new().prefix("bg-bench-").tempdir().expect("temp dir");
         let log = dir.path().join("out.log");
+        let launch = |program: &Path| match setting {
+            Setting::Pinned => pinned(PROXY_CORE, program),
+            Setting::Product => Command::new(program),
+        };
         let (addr, proc) = match peer {
             Peer::Direct => (upstreams[0], None),
+            Peer::BgAgent => {
+                let agent = agent.expect("the product setting prepares bg-agent");
+                (agent.listen, Some(agent.start(tools)))
+            }
             Peer::BgProxy => {
                 let addr = free_addr();
-                let mut cmd = pinned(PROXY_CORE, &tools.bg_proxy);
+                let mut cmd = launch(&tools.bg_proxy);
                 cmd.arg(addr.to_string()).args(upstreams.iter().map(|u| u.to_string()));
                 (addr, Some(Proc::start("bg-proxy", cmd, addr, Some(&log))))
             }
             Peer::Nginx => {
                 let addr = free_addr();
-                let conf = write_nginx(dir.path(), addr, upstreams[0]);
-                let mut cmd = pinned(PROXY_CORE, tools.nginx.as_ref().expect("nginx is installed"));
+                let conf = write_nginx(dir.path(), addr, upstreams[0], setting);
+                let mut cmd = launch(tools.nginx.as_ref().expect("nginx is installed"));
                 cmd.arg("-p")
                     .arg(dir.path())
                     .arg("-c")
@@ -140,8 +180,8 @@ impl RunningPeer {
             }
             Peer::Haproxy => {
                 let addr = free_addr();
-                let conf = write_haproxy(dir.path(), addr, upstreams);
-                let mut cmd = pinned(PROXY_CORE, tools.haproxy.as_ref().expect("haproxy is installed"));
+                let conf = write_haproxy(dir.path(), addr, upstreams, setting);
+                let mut cmd = launch(tools.haproxy.as_ref().expect("haproxy is installed"));
                 cmd.arg("-db").arg("-f").arg(&conf);
                 (addr, Some(Proc::start("haproxy", cmd, addr, Some(&log))))
             }
@@ -169,6 +209,7 @@ impl RunningPeer {
         let next = (self.active + 1) % self.upstreams.len();
         match self.peer {
             Peer::Direct => return Err("direct has nothing to switch".into()),
+            Peer::BgAgent => return Err("bg-agent switches by promote (the end-to-end tests)".into()),
             Peer::BgProxy => {
                 self.proc.as_ref().expect("bg-proxy runs").signal(nix::sys::signal::Signal::SIGUSR1)
             }
@@ -210,9 +251,9 @@ impl RunningPeer {
 /// `None` for the peers that take no config file.
 pub fn write_config(peer: Peer, dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> Option<PathBuf> {
     match peer {
-        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0])),
-        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams)),
-        Peer::Direct | Peer::BgProxy => None,
+        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0], Setting::Pinned)),
+        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams, Setting::Pinned)),
+        Peer::Direct | Peer::BgProxy | Peer::BgAgent => None,
     }
 }
 
@@ -221,18 +262,23 @@ fn upstream_line(addr: SocketAddr) -> String {
     format!("server {addr};\n")
 }
 
-/// nginx, one worker, keep-alive to the upstream. The `proxy_set_header`
+/// nginx, one worker (pinned) or `auto` (product), keep-alive to the
+/// upstream. The `proxy_set_header`
 /// lines add the forwarding headers bg-proxy adds; a location that sets any
 /// header inherits none from outside, so Host is set too, as the client
 /// sent it, which is what bg-proxy passes on. `X-Forwarded-Host` is
 /// `$http_host` rather than the usual `$host`, which drops the port and
 /// falls back to the server name: bg-proxy and HAProxy copy Host verbatim.
-fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf {
+fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr, setting: Setting) -> PathBuf {
+    let workers = match setting {
+        Setting::Pinned => "1",
+        Setting::Product => "auto",
+    };
     std::fs::create_dir_all(dir.join("tmp")).expect("nginx temp dir");
     std::fs::write(dir.join("upstream.conf"), upstream_line(upstream)).expect("write upstream.conf");
     let d = dir.display();
     let conf = format!(
-        "worker_processes 1;
+        "worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -270,12 +316,17 @@ http {{
     path
 }
 
-/// HAProxy, one thread, connection reuse to the backend; the first
+/// HAProxy, one thread (pinned) or one per core (product), connection
+/// reuse to the backend; the first
 /// upstream enabled, the others disabled until [`RunningPeer::switch`].
 /// `option forwardfor` and the two `set-header` rules add the forwarding
 /// headers bg-proxy adds (HAProxy's X-Forwarded-For is a line of its own
 /// after any the client sent rather than one joined value: the same list).
-fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
+fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr], setting: Setting) -> PathBuf {
+    let threads = match setting {
+        Setting::Pinned => 1,
+        Setting::Product => std::thread::available_parallelism().map_or(1, usize::from),
+    };
     let servers: String = upstreams
         .iter()
         .enumerate()
@@ -283,7 +334,7 @@ fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> Pa
         .collect();
     let conf = format!(
         "global
-    nbthread 1
+    nbthread {threads}
     stats socket {sock} mode 600 level admin
 defaults
     mode http
@@ -328,7 +379,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (listen, up): (SocketAddr, SocketAddr) =
             ("127.0.0.1:18402".parse().unwrap(), "127.0.0.1:18403".parse().unwrap());
-        let nginx = std::fs::read_to_string(write_nginx(dir.path(), listen, up)).unwrap();
+        let nginx = std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product)).unwrap();
+        assert!(nginx.contains("worker_processes auto;"), "{nginx}");
         for line in [
             "proxy_set_header Connection \"\";",
             "proxy_set_header Host $http_host;",
@@ -338,7 +390,9 @@ mod tests {
         ] {
             assert!(nginx.contains(line), "nginx.conf lacks {line}:\n{nginx}");
         }
-        let haproxy = std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up])).unwrap();
+        let haproxy =
+            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Pinned)).unwrap();
+        assert!(haproxy.contains("nbthread 1\n"), "{haproxy}");
         for line in [
             "option forwardfor",
             "http-request set-header X-Forwarded-Proto http",

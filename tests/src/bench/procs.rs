@@ -38,6 +38,10 @@ pub struct Proc {
     /// The address it was started for.
     pub addr: SocketAddr,
     child: Child,
+    /// Whether its children are part of it (nginx workers: measured with
+    /// it, killed with it) or not (bg-agent's replicas, which outlive the
+    /// agent and are the upstream, not the proxy).
+    owns_children: bool,
 }
 
 impl Proc {
@@ -58,7 +62,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let mut proc = Proc { name: name.into(), addr, child };
+        let mut proc = Proc { name: name.into(), addr, child, owns_children: true };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = proc.child.try_wait() {
@@ -71,6 +75,12 @@ impl Proc {
         proc
     }
 
+    /// Its children are not part of it: not measured, left running.
+    pub fn keep_children(mut self) -> Proc {
+        self.owns_children = false;
+        self
+    }
+
     /// Its pid (the pinned program itself: `taskset` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -79,17 +89,22 @@ impl Proc {
     /// Peak resident memory in KiB of it and its children (nginx workers),
     /// from `VmHWM`.
     pub fn peak_rss_kib(&self) -> u64 {
-        let mut pids = vec![self.pid()];
-        pids.extend(children(self.pid()));
-        pids.iter().map(|p| vm_hwm_kib(*p)).sum()
+        self.pids().iter().map(|p| vm_hwm_kib(*p)).sum()
     }
 
     /// CPU time (user + system) it and its children used so far, in
     /// clock ticks (1/100 s on Linux).
     pub fn cpu_ticks(&self) -> u64 {
+        self.pids().iter().map(|p| cpu_ticks(*p)).sum()
+    }
+
+    /// It and the children that are part of it.
+    fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.pid()];
-        pids.extend(children(self.pid()));
-        pids.iter().map(|p| cpu_ticks(*p)).sum()
+        if self.owns_children {
+            pids.extend(children(self.pid()));
+        }
+        pids
     }
 
     /// Send a signal to it.
@@ -100,7 +115,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let kids = children(self.pid());
+        let kids = if self.owns_children { children(self.pid()) } else { Vec::new() };
         let _ = self.child.kill();
         let _ = self.child.wait();
         for k in kids {

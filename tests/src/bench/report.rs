@@ -47,6 +47,8 @@ impl Machine {
 pub struct Results {
     /// `quick` or `full`.
     pub mode: &'static str,
+    /// How the peers ran.
+    pub setting: super::Setting,
     /// Where it ran.
     pub machine: Machine,
     /// Peers that could not run, and why.
@@ -94,9 +96,9 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "Mode `{}`: {} rounds × {:.0} s per cell and peer, {} clients; req/s the median over the cells, \
-         p50 and p99 over all requests, ratios to the best peer from these.\n",
-        r.mode, r.rounds, r.cell_seconds, r.clients
+        "Mode `{}`, setting `{:?}`: {} rounds × {:.0} s per cell and peer, {} clients; req/s the median over the cells, \
+         p50 and p99 over all requests (wrk: the median of its cells' percentiles), ratios to the best peer from these.\n",
+        r.mode, r.setting, r.rounds, r.cell_seconds, r.clients
     );
     for missing in &r.missing {
         let _ = writeln!(s, "- skipped: {missing}");
@@ -135,17 +137,18 @@ pub fn markdown(r: &Results) -> String {
         }
     }
     if !r.paired.is_empty() {
-        let _ = writeln!(s, "\n### bg-proxy ÷ each peer, cell by cell in the same round\n");
+        let _ = writeln!(s, "\n### ours ÷ each peer, cell by cell in the same round\n");
         let _ = writeln!(
             s,
-            "| load | against | rounds | req/s ratio, median (quartiles) | rounds ahead | p99 ratio, median (quartiles) | rounds ahead |"
+            "| load | ours | against | rounds | req/s ratio, median (quartiles) | rounds ahead | p99 ratio, median (quartiles) | rounds ahead |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|");
         for p in &r.paired {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.2} ({:.2}–{:.2}) | {} | {:.2} ({:.2}–{:.2}) | {} |",
+                "| {} | {} | {} | {} | {:.2} ({:.2}–{:.2}) | {} | {:.2} ({:.2}–{:.2}) | {} |",
                 p.mode.name(),
+                p.ours,
                 p.against,
                 p.rounds,
                 p.rps_ratio[1],

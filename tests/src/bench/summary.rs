@@ -12,11 +12,14 @@ use super::cells::{Cell, Measured, Mode};
 use super::peers::Peer;
 use serde::Serialize;
 
-/// bg-proxy against one peer in one load shape, round by round.
+/// Ours (bg-proxy or bg-agent) against one peer in one load shape, round
+/// by round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Paired {
     /// The load shape.
     pub mode: Mode,
+    /// Which of ours: bg-proxy (pinned) or bg-agent (product).
+    pub ours: &'static str,
     /// The peer bg-proxy is compared with.
     pub against: &'static str,
     /// Rounds with both peers measured.
@@ -57,7 +60,14 @@ pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
     let samples = measured.latencies_us.get(&(first.peer, mode)).map_or(&[][..], Vec::as_slice);
     let requests: u64 = of.iter().map(|c| c.ok + c.failed).sum();
     let ticks: u64 = of.iter().map(|c| c.cpu_ticks).sum();
-    let pct = |q: f64| nearest_rank(samples, q).map_or(0, u64::from);
+    // wrk reports percentiles, not samples: then the median of its cells'.
+    let cell_median =
+        |f: fn(&Cell) -> u64| quantiles(&of.iter().map(|c| f(c) as f64).collect::<Vec<_>>(), [0.5])[0] as u64;
+    let pct = |q: f64| match nearest_rank(samples, q) {
+        Some(v) => u64::from(v),
+        None if q < 0.9 => cell_median(|c| c.p50_us),
+        None => cell_median(|c| c.p99_us),
+    };
     Some(Cell {
         round: of.len(),
         rps: quantiles(&of.iter().map(|c| c.rps).collect::<Vec<_>>(), [0.5])[0],
@@ -83,14 +93,18 @@ pub fn summaries(measured: &Measured) -> Vec<Cell> {
     out
 }
 
-/// bg-proxy against every other proxy, per shape.
+/// Ours against every other proxy, per shape.
 pub fn paired(cells: &[Cell]) -> Vec<Paired> {
     let mut out = Vec::new();
     for mode in Mode::ALL {
-        for against in [Peer::Nginx, Peer::Haproxy].map(Peer::name) {
+        for (us, against) in [Peer::BgProxy, Peer::BgAgent]
+            .into_iter()
+            .flat_map(|o| [(o, Peer::Nginx), (o, Peer::Haproxy)])
+            .map(|(o, a)| (o.name(), a.name()))
+        {
             let mut rps = Vec::new();
             let mut p99 = Vec::new();
-            for ours in cells.iter().filter(|c| c.peer == Peer::BgProxy.name() && c.mode == mode) {
+            for ours in cells.iter().filter(|c| c.peer == us && c.mode == mode) {
                 let Some(theirs) =
                     cells.iter().find(|c| c.peer == against && c.mode == mode && c.round == ours.round)
                 else {
@@ -104,6 +118,7 @@ pub fn paired(cells: &[Cell]) -> Vec<Paired> {
             }
             out.push(Paired {
                 mode,
+                ours: us,
                 against,
                 rounds: rps.len(),
                 rps_ratio: quartiles(&rps),

@@ -90,9 +90,15 @@ pub fn median_max_us(times: &[Duration]) -> (u64, u64) {
 }
 
 /// Run the switching test against one peer.
-pub async fn run(tools: &Tools, plan: &Plan, peer: Peer, upstreams: &[(SocketAddr, String)]) -> SwitchRun {
+pub async fn run(
+    tools: &Tools,
+    setting: super::Setting,
+    plan: &Plan,
+    peer: Peer,
+    upstreams: &[(SocketAddr, String)],
+) -> SwitchRun {
     let addrs: Vec<SocketAddr> = upstreams.iter().map(|(a, _)| *a).collect();
-    let mut running = RunningPeer::start(tools, peer, &addrs);
+    let mut running = RunningPeer::start(tools, setting, None, peer, &addrs);
     let bound = plan.switch_every * (plan.switches as u32 + 4) + Duration::from_secs(10);
     let keepalive = Load::keepalive(16).target(running.addr).max_duration(bound).record_requests().start();
     let fresh = Load::rate(200).fresh_connections().target(running.addr).max_duration(bound).start();

@@ -2,7 +2,9 @@
 //! `VERSION\n` with an `x-version` header, on one thread. It stands in for
 //! the app so that the numbers measure the proxies, not websample.
 //!
-//! Usage: `bench-upstream ADDR [VERSION]` (prints `listening ADDR`).
+//! Usage: `bench-upstream ADDR [VERSION]` (prints `listening ADDR`). With
+//! no arguments it listens on `$BIND:$PORT` with `$VERSION`, as a replica
+//! of the process runtime does (the bench's bg-agent peer runs it so).
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
@@ -13,8 +15,9 @@ use std::convert::Infallible;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
-    let version = args.next().unwrap_or_else(|| "v1".into());
+    let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+    let addr = args.next().unwrap_or_else(|| format!("{}:{}", env("BIND", "127.0.0.1"), env("PORT", "0")));
+    let version = args.next().unwrap_or_else(|| env("VERSION", "v1"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind upstream address");

@@ -1,18 +1,21 @@
 //! The benchmark: bg-proxy against nginx and HAProxy (each on one pinned
 //! core), with the client straight to the upstream as the limit; then
-//! switching under load, switch latency and drain time.
+//! switching under load, switch latency and drain time. With `--setting
+//! product`: the `bg-agent` binary against nginx and HAProxy as users run
+//! them, nothing pinned, with wrk beside the project's own client.
 //!
-//! `cargo run --release -p bg-tests --bin bench -- [--quick] [--json PATH] [--svg PATH]`
+//! `cargo run --release -p bg-tests --bin bench -- [--setting pinned|product] [--quick] [--json PATH] [--svg PATH]`
 //!
 //! It installs nothing: nginx and haproxy are used when on `PATH` and
 //! skipped (with a note) when not. See BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
+use bg_tests::bench::agent_peer::AgentHome;
 use bg_tests::bench::peers::{write_config, Peer, Tools};
 use bg_tests::bench::procs::{free_addr, on_path, pinned, Proc};
 use bg_tests::bench::report::{markdown, Machine, Results};
 use bg_tests::bench::summary::{paired, summaries};
-use bg_tests::bench::{cells, inprocess, svg, switching, Plan};
+use bg_tests::bench::{cells, inprocess, svg, switching, Plan, Setting};
 use clap::Parser;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -21,6 +24,10 @@ use std::process::Command;
 /// Benchmark bg-proxy against nginx and HAProxy.
 #[derive(Parser, Debug)]
 struct Args {
+    /// How the peers run: `pinned` (the proxy library, one core each) or
+    /// `product` (bg-agent and the peers as users run them, unpinned).
+    #[arg(long, value_enum, default_value = "pinned")]
+    setting: Setting,
     /// A few seconds per cell instead of the full run.
     #[arg(long)]
     quick: bool,
@@ -36,7 +43,7 @@ struct Args {
     /// Skip switching and drain (throughput only).
     #[arg(long)]
     no_switching: bool,
-    /// Only these peers (direct, bg-proxy, nginx, haproxy), comma-separated.
+    /// Only these peers (direct, bg-proxy, bg-agent, nginx, haproxy), comma-separated.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Only these load shapes, comma-separated (for profiling one of them).
@@ -104,7 +111,8 @@ fn pin_self() -> bool {
 fn build_helpers() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "-q", "-p", "bg-tests", "-p", "websample", "--bins", "--manifest-path"])
+        .args(["build", "--release", "-q", "-p", "bg-tests", "-p", "websample", "-p", "bg-agent", "--bins"])
+        .arg("--manifest-path")
         .arg(bg_tests::bins::workspace_root().join("Cargo.toml"))
         .status()
         .expect("run cargo");
@@ -130,7 +138,7 @@ fn main() {
         }
         return;
     }
-    let pinned_ok = pin_self();
+    let pinned_ok = args.setting == Setting::Pinned && pin_self();
     build_helpers();
     let bin_dir = std::env::current_exe().expect("current exe").parent().expect("bin dir").to_path_buf();
     let tools = Tools::find(&bin_dir);
@@ -141,7 +149,14 @@ fn main() {
     if let Some(rounds) = args.rounds {
         plan.rounds = rounds.max(1);
     }
-    let modes = if args.modes.is_empty() { cells::Mode::ALL.to_vec() } else { args.modes.clone() };
+    let modes: Vec<cells::Mode> = if args.modes.is_empty() {
+        cells::Mode::ALL.into_iter().filter(|m| !m.wrk() || tools.wrk.is_some()).collect()
+    } else {
+        args.modes.clone()
+    };
+    if tools.wrk.is_none() {
+        eprintln!("skipped the wrk cells: wrk is not on PATH (Debian: apt-get install -y wrk)");
+    }
     let mut missing = Vec::new();
     for (peer, package) in [(Peer::Nginx, "nginx"), (Peer::Haproxy, "haproxy")] {
         if !tools.has(peer) {
@@ -151,7 +166,7 @@ fn main() {
     for m in &missing {
         eprintln!("skipped {m}");
     }
-    let peers: Vec<Peer> = Peer::ALL
+    let peers: Vec<Peer> = Peer::of(args.setting)
         .into_iter()
         .filter(|p| tools.has(*p) && (args.peers.is_empty() || args.peers.iter().any(|n| n == p.name())))
         .collect();
@@ -159,25 +174,42 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let results = rt.block_on(async {
-        let up_addr = free_addr();
-        let mut cmd = pinned(0, &tools.upstream);
-        cmd.arg(up_addr.to_string());
-        let upstream = Proc::start("bench-upstream", cmd, up_addr, None);
+        // The product setting's upstream is bg-agent's own replica; the
+        // pinned one's a bench-upstream on the load generator's core.
+        let (agent, upstream) = match args.setting {
+            Setting::Product => {
+                let home = AgentHome::prepare(&tools).await;
+                eprintln!("bg-agent's replica {} is every peer's upstream", home.upstream);
+                (Some(home), None)
+            }
+            Setting::Pinned => {
+                let up_addr = free_addr();
+                let mut cmd = pinned(0, &tools.upstream);
+                cmd.arg(up_addr.to_string());
+                (None, Some(Proc::start("bench-upstream", cmd, up_addr, None)))
+            }
+        };
+        let up_addr =
+            agent.as_ref().map_or_else(|| upstream.as_ref().expect("an upstream").addr, |a| a.upstream);
         let measured = if args.no_throughput {
             Default::default()
         } else {
-            cells::all(&tools, &plan, &peers, &modes, up_addr).await
+            cells::all(&tools, args.setting, agent.as_ref(), &plan, &peers, &modes, up_addr).await
         };
         drop(upstream);
+        drop(agent);
 
-        let (switching, inprocess) = if args.no_switching {
+        // Switching compares the proxies' switch mechanisms and the
+        // library in process: the pinned setting's question. bg-agent's
+        // switches are the end-to-end tests'.
+        let (switching, inprocess) = if args.no_switching || args.setting == Setting::Product {
             (Vec::new(), None)
         } else {
             let (v1, v2) = (websample(&tools, "v1"), websample(&tools, "v2"));
             let ups = [(v1.addr, "v1".to_string()), (v2.addr, "v2".to_string())];
             let mut runs = Vec::new();
             for peer in peers.iter().copied().filter(|p| *p != Peer::Direct) {
-                let run = switching::run(&tools, &plan, peer, &ups).await;
+                let run = switching::run(&tools, args.setting, &plan, peer, &ups).await;
                 eprintln!("switching {}: {} requests, {} failed", run.peer, run.requests, run.failed);
                 runs.push(run);
             }
@@ -185,6 +217,7 @@ fn main() {
         };
         Results {
             mode: if args.quick { "quick" } else { "full" },
+            setting: args.setting,
             machine,
             missing,
             cell_seconds: plan.cell.as_secs_f64(),
@@ -213,8 +246,12 @@ fn main() {
 }
 
 fn caption(r: &Results) -> String {
+    let how = match r.setting {
+        Setting::Pinned => "proxies pinned to one core",
+        Setting::Product => "as users run them, nothing pinned",
+    };
     format!(
-        "{} cores, {}; {} clients; {} rounds x {:.0} s per proxy; proxies pinned to one core",
+        "{} cores, {}; {} clients; {} rounds x {:.0} s per proxy; {how}",
         r.machine.cores, r.machine.cpu, r.clients, r.rounds, r.cell_seconds
     )
 }
