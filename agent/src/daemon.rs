@@ -151,8 +151,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         by_service.entry(handle.service.clone()).or_default().push(handle);
     }
     for (name, service) in &services {
-        service.recover(by_service.remove(name).unwrap_or_default()).await;
+        let fresh = service.recover(by_service.remove(name).unwrap_or_default()).await;
         tracker.spawn(service.clone().heal());
+        if fresh && service.config().deploy.on_start == crate::config::OnStart::Deploy {
+            service.first_start().await;
+        }
     }
     for (name, left) in by_service {
         tracing::warn!(service = %name, replicas = left.len(), "replicas of a service that is not in the config are left alone");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Quickstart: build bluegreen, start an agent with one service `web`, deploy
-# v1, then deploy and promote v2 while a client hammers the service, and
-# show that no request failed.
+# Quickstart: build bluegreen, start an agent with one service `web` (it
+# deploys v1 by itself: first start), then deploy and promote v2 while a
+# client hammers the service, and show that no request failed.
 #
 #   examples/scripts/quickstart.sh            # Docker if the engine answers, else local processes
 #   BG_RUNTIME=process examples/scripts/quickstart.sh
@@ -88,8 +88,10 @@ export BG_AGENT="unix://$work/agent.sock"
 for _ in $(seq 100); do "$bin/bgctl" status >/dev/null 2>&1 && break; sleep 0.1; done
 "$bin/bgctl" status >/dev/null || { cat "$work/agent.log"; exit 1; }
 
-say "bgctl deploy web   (first deploy: v1 goes live)"
-"$bin/bgctl" deploy web
+say "first start: the agent deploys the configured spec (v1) by itself"
+for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$port/" || { "$bin/bgctl" status web; cat "$work/agent.log"; exit 1; }
+"$bin/bgctl" history web
 
 say "a client now sends requests in a loop to http://127.0.0.1:$port/"
 ( while :; do curl -s -o /dev/null -w '%{http_code} ' --max-time 15 "http://127.0.0.1:$port/" || echo -n 'ERR '; done ) > "$work/codes" 2>/dev/null &

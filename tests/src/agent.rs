@@ -63,7 +63,10 @@ impl Svc {
             .set("health", "healthy_threshold", "1")
             .set("health", "unhealthy_threshold", "2")
             .set("health", "deadline", "\"10s\"")
-            .set("deploy", "drain_timeout", "\"10s\"");
+            .set("deploy", "drain_timeout", "\"10s\"")
+            // The scenarios make their first deploy themselves; the
+            // first-start test sets "deploy".
+            .set("deploy", "on_start", "\"wait\"");
         s.env.insert("VERSION".into(), "v1".into());
         s
     }

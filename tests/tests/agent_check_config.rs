@@ -84,6 +84,12 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
         ),
         ("unclosed table header", format!("{agent}\n[services.web\n"), 5, "services.web"),
         (
+            "on_start that is neither deploy nor wait",
+            format!("{agent}\n{service}[services.web.deploy]\non_start = \"later\"\n"),
+            9,
+            "services.web.deploy.on_start",
+        ),
+        (
             "two services on 0.0.0.0:P and 127.0.0.1:P (the second bind would fail)",
             format!(
                 "{agent}\n[services.web]\nlisten = [\"0.0.0.0:18080\"]\nimage = \"websample:v1\"\n\n\

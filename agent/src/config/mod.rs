@@ -185,6 +185,19 @@ pub struct DeployConfig {
     pub failure_action: FailureAction,
     /// Highest tolerated 5xx ratio of the new color during the monitor window.
     pub max_error_rate: f64,
+    /// What the agent does at start for a service it has no state of.
+    pub on_start: OnStart,
+}
+
+/// `[services.NAME.deploy] on_start`: what a service with no recorded state
+/// does when the agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStart {
+    /// Deploy the configured spec (it goes live, as every first deploy
+    /// does): a freshly provisioned host serves without a `bgctl deploy`.
+    Deploy,
+    /// Wait for a `bgctl deploy`.
+    Wait,
 }
 
 /// `[services.NAME.rolling]`.

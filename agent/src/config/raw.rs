@@ -170,6 +170,7 @@ pub(super) struct RawDeploy {
     pub monitor: Option<Spanned<String>>,
     pub failure_action: Option<Spanned<String>>,
     pub max_error_rate: Option<Spanned<f64>>,
+    pub on_start: Option<Spanned<String>>,
 }
 
 /// `[services.NAME.rolling]`.

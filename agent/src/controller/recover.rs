@@ -18,10 +18,12 @@ impl Service {
     /// Rebuild the model; `found` are the runtime's replicas of this service.
     ///
     /// Nothing else runs on the service meanwhile: requests that arrive
-    /// wait until recovery is done.
-    pub async fn recover(self: &Arc<Self>, mut found: Vec<ReplicaHandle>) {
-        let Ok(_hold) = self.hold(Hold::Recovering).await else { return };
+    /// wait until recovery is done. Returns whether the service is new: no
+    /// record and no replica to adopt (see [`Service::first_start`]).
+    pub async fn recover(self: &Arc<Self>, mut found: Vec<ReplicaHandle>) -> bool {
+        let Ok(_hold) = self.hold(Hold::Recovering).await else { return false };
         let record = self.shared.persister.record(&self.name);
+        let fresh = record.is_none() && found.is_empty();
         let mut interrupted = None;
         let mut out_of_rotation = Vec::new();
         if let Some(rec) = record {
@@ -191,6 +193,32 @@ impl Service {
                 self.keep_warm(color, Duration::from_secs(until - now)).await;
             } else {
                 self.retire_color(color, None).await;
+            }
+        }
+        fresh
+    }
+
+    /// First start (`on_start = "deploy"`): deploy the configured spec of a
+    /// new service; it goes live as every first deploy does. A refusal or
+    /// a failure is an event and a log line like any other deploy's; the
+    /// agent serves its other services either way.
+    pub async fn first_start(&self) {
+        let request = crate::api::Operation::Deploy(crate::api::DeployRequest {
+            image: None,
+            command: None,
+            env: Default::default(),
+            promote: None,
+        });
+        match self.start(request).await {
+            Ok(a) => tracing::info!(
+                service = %self.name,
+                op = a.operation,
+                "no state yet: deploying the configured spec (on_start = \"deploy\")"
+            ),
+            Err(e) => {
+                let message = format!("first start: the configured spec could not be deployed: {e}");
+                tracing::error!(service = %self.name, "{message}");
+                self.emit(None, EventKind::Message { level: "error".into(), message });
             }
         }
     }

@@ -23,8 +23,9 @@ pub struct AgentHome {
 }
 
 impl AgentHome {
-    /// Write the config, start the agent once, deploy `bench-upstream` as
-    /// its replica, and stop the agent again (the replica runs on).
+    /// Write the config, start the agent once (it deploys `bench-upstream`
+    /// as its replica by itself: first start), and stop it again (the
+    /// replica runs on).
     pub async fn prepare(tools: &Tools) -> AgentHome {
         let dir = tempfile::Builder::new().prefix("bg-bench-agent-").tempdir().expect("temp dir");
         let listen = free_addr();
@@ -43,11 +44,6 @@ impl AgentHome {
         let mut home = AgentHome { dir, listen, upstream: listen, marker };
         let agent = home.start(tools);
         let socket = home.dir.path().join("agent.sock");
-        let (status, body) =
-            crate::api::request(&socket, "POST", "/v1/services/bench/deploy", Some(serde_json::json!({})))
-                .await
-                .expect("deploy request");
-        assert_eq!(status, 202, "deploy of the bench upstream: {body}");
         home.upstream = home.wait_serving(&socket).await;
         drop(agent);
         home

@@ -558,6 +558,12 @@ fn deploy(cx: &Ctx<'_>, prefix: &str, raw: &RawDeploy) -> Result<DeployConfig, C
             &FAILURE_ACTIONS,
         )?,
         max_error_rate: cx.ratio(&raw.max_error_rate, &key("max_error_rate"), DEFAULT_MAX_ERROR_RATE)?,
+        on_start: cx.choice(
+            &raw.on_start,
+            &key("on_start"),
+            OnStart::Deploy,
+            &[("deploy", OnStart::Deploy), ("wait", OnStart::Wait)],
+        )?,
     })
 }
 
