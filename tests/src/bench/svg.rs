@@ -1,12 +1,17 @@
 //! A small hand-written SVG of the medians: requests per second and p99
-//! latency per proxy, keep-alive and fresh connections side by side.
+//! latency per proxy, one bar per load shape measured.
 
 use super::cells::{Cell, Mode};
 use std::fmt::Write;
 
 const W: f64 = 760.0;
 const PANEL_H: f64 = 220.0;
-const COLORS: [&str; 2] = ["#3b6fb6", "#e08a2c"];
+const COLORS: [&str; 4] = ["#3b6fb6", "#e08a2c", "#7fa6dc", "#f2c08a"];
+
+/// The shapes measured, in report order (a bar each per peer).
+fn modes(medians: &[Cell]) -> Vec<Mode> {
+    Mode::ALL.into_iter().filter(|m| medians.iter().any(|c| c.mode == *m)).collect()
+}
 
 fn panel(s: &mut String, top: f64, title: &str, medians: &[Cell], value: impl Fn(&Cell) -> f64, unit: &str) {
     let peers: Vec<&str> = {
@@ -22,10 +27,11 @@ fn panel(s: &mut String, top: f64, title: &str, medians: &[Cell], value: impl Fn
     let (left, chart_h, base) = (60.0, PANEL_H - 70.0, top + PANEL_H - 35.0);
     let _ = writeln!(s, r#"<text x="{left}" y="{}" font-weight="bold">{title}</text>"#, top + 18.0);
     let group = (W - left - 20.0) / peers.len().max(1) as f64;
-    let bar = group / 3.0;
+    let modes = modes(medians);
+    let bar = group / (modes.len() + 1) as f64;
     for (i, peer) in peers.iter().enumerate() {
         let gx = left + i as f64 * group;
-        for (j, mode) in Mode::ALL.iter().enumerate() {
+        for (j, mode) in modes.iter().enumerate() {
             let Some(c) = medians.iter().find(|c| c.peer == *peer && c.mode == *mode) else { continue };
             let v = value(c);
             let h = v / max * chart_h;
@@ -68,8 +74,8 @@ pub fn render(medians: &[Cell], caption: &str) -> String {
     panel(&mut s, 0.0, "Throughput (higher is better)", medians, |c| c.rps, "req/s");
     panel(&mut s, PANEL_H, "p99 latency (lower is better)", medians, |c| c.p99_us as f64 / 1000.0, "ms");
     let y = PANEL_H * 2.0 + 15.0;
-    for (j, mode) in Mode::ALL.iter().enumerate() {
-        let x = 60.0 + j as f64 * 200.0;
+    for (j, mode) in modes(medians).iter().enumerate() {
+        let x = 60.0 + j as f64 * 170.0;
         let _ =
             writeln!(s, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, y - 10.0, COLORS[j]);
         let _ = writeln!(s, r#"<text x="{}" y="{y}">{}</text>"#, x + 16.0, mode.name());
