@@ -84,6 +84,20 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
         ),
         ("unclosed table header", format!("{agent}\n[services.web\n"), 5, "services.web"),
         (
+            "pre_stop with both http and exec",
+            format!(
+                "{agent}\n{service}[services.web.hooks]\npre_stop = {{ http = \"/q\", exec = [\"x\"] }}\n"
+            ),
+            9,
+            "services.web.hooks.pre_stop",
+        ),
+        (
+            "an empty pre_deploy command",
+            format!("{agent}\n{service}[services.web.hooks]\npre_deploy = []\n"),
+            9,
+            "services.web.hooks.pre_deploy",
+        ),
+        (
             "on_start that is neither deploy nor wait",
             format!("{agent}\n{service}[services.web.deploy]\non_start = \"later\"\n"),
             9,

@@ -135,6 +135,8 @@ pub struct ServiceConfig {
     pub deploy: DeployConfig,
     /// `[services.NAME.rolling]`.
     pub rolling: RollingConfig,
+    /// `[services.NAME.hooks]`.
+    pub hooks: HooksConfig,
 }
 
 /// How replicas are health-checked.
@@ -187,6 +189,31 @@ pub struct DeployConfig {
     pub max_error_rate: f64,
     /// What the agent does at start for a service it has no state of.
     pub on_start: OnStart,
+}
+
+/// `[services.NAME.hooks]`: commands around a deploy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HooksConfig {
+    /// On the host, before the new color starts; a non-zero exit fails the
+    /// deploy with nothing started.
+    pub pre_deploy: Option<Vec<String>>,
+    /// On the host, after traffic moved (promote, rollback); a failure is
+    /// reported, not fatal.
+    pub post_switch: Option<Vec<String>>,
+    /// Per old replica, after its drain, before its stop signal.
+    pub pre_stop: Option<PreStop>,
+    /// Longest run of one hook; it is killed after that.
+    pub timeout: Duration,
+}
+
+/// The `pre_stop` hook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreStop {
+    /// `GET` this path on the replica.
+    Http(String),
+    /// Run this command beside the replica (process runtime), with
+    /// `BG_REPLICA_ADDR` set.
+    Exec(Vec<String>),
 }
 
 /// `[services.NAME.deploy] on_start`: what a service with no recorded state

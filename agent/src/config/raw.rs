@@ -145,6 +145,26 @@ pub(super) struct RawService {
     pub deploy: RawDeploy,
     #[serde(default)]
     pub rolling: RawRolling,
+    #[serde(default)]
+    pub hooks: RawHooks,
+}
+
+/// `[services.NAME.hooks]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    pub pre_deploy: Option<Spanned<Vec<String>>>,
+    pub post_switch: Option<Spanned<Vec<String>>>,
+    pub pre_stop: Option<Spanned<RawPreStop>>,
+    pub hook_timeout: Option<Spanned<String>>,
+}
+
+/// `pre_stop = { http = "/path" }` or `{ exec = ["cmd", ...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPreStop {
+    pub http: Option<String>,
+    pub exec: Option<Vec<String>>,
 }
 
 /// `[services.NAME.health]`.

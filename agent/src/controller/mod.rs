@@ -11,6 +11,7 @@
 
 mod actor;
 mod heal;
+mod hooks;
 mod model;
 mod ops;
 mod plan;

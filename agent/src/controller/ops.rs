@@ -219,6 +219,24 @@ impl Service {
     }
 
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
+        // Before anything changes: a failing pre_deploy leaves the service
+        // as it was, nothing started.
+        if let Some(argv) = self.config.hooks.pre_deploy.clone() {
+            let color = self.view().idle();
+            self.phase(ctx, Phase::Starting, "running the pre_deploy hook".into()).await;
+            let candidate = RevisionSpec { revision: ctx.revision, spec: spec.clone() };
+            let target = super::hooks::HookTarget { op: Some(ctx.id), color, spec: &candidate, env: vec![] };
+            let result = tokio::select! {
+                _ = ctx.cancel.cancelled() => Err("aborted".to_string()),
+                r = self.host_hook("pre_deploy", &argv, target) => r,
+            };
+            if let Err(e) = result {
+                return Err(OpFailure::failed(format!(
+                    "deploy of revision {} failed, nothing was started and traffic did not move: {e}",
+                    ctx.revision
+                )));
+            }
+        }
         let target = self
             .update(|m| {
                 // A new release settles a paused promote: its old color is
@@ -338,6 +356,7 @@ impl Service {
             self.emit(Some(ctx.id), event);
         }
         self.emit_switched(Some(ctx.id)).await;
+        self.post_switch(Some(ctx.id), new);
         let Some(old) = old else {
             return Ok(format!("revision {revision} is live on {new}"));
         };
@@ -464,7 +483,7 @@ impl Service {
 
     /// Instant rollback: `back` is still running; swap to it, drain and
     /// remove `from`.
-    async fn swap_back(&self, ctx: &OpCtx, from: Color, back: Color) -> Result<(), OpFailure> {
+    async fn swap_back(self: &Arc<Self>, ctx: &OpCtx, from: Color, back: Color) -> Result<(), OpFailure> {
         let changed = self
             .commit(move |m| {
                 m.active = Some(back);
@@ -478,6 +497,7 @@ impl Service {
             self.emit(Some(ctx.id), event);
         }
         self.emit_switched(Some(ctx.id)).await;
+        self.post_switch(Some(ctx.id), back);
         self.retire_color(from, Some(ctx.id)).await;
         Ok(())
     }

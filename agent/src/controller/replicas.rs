@@ -375,6 +375,7 @@ impl Service {
         let signal = self.config.stop_signal.as_str();
         let grace = self.config.stop_grace;
         let stops = replicas.iter().map(|r| async move {
+            self.pre_stop(op, color, r).await;
             r.monitor.cancel();
             let outcome = self.shared.runtime.stop(&r.handle, signal, grace).await;
             let reason = match &outcome {

@@ -4,7 +4,7 @@
 
 use super::claims::Claims;
 use super::locate::line_of;
-use super::{RawAgent, RawConfig, RawDeploy, RawHealth, RawRolling, RawRuntime, RawService};
+use super::{RawAgent, RawConfig, RawDeploy, RawHealth, RawHooks, RawRolling, RawRuntime, RawService};
 use crate::api::Spec;
 use crate::config::*;
 use crate::runtime::signal::canonical_signal;
@@ -465,6 +465,7 @@ fn service(
     let health = health(cx, &format!("{prefix}.health"), &raw.health)?;
     let deploy = deploy(cx, &format!("{prefix}.deploy"), &raw.deploy)?;
     let rolling = rolling(cx, &format!("{prefix}.rolling"), &raw.rolling)?;
+    let hooks = hooks(cx, &format!("{prefix}.hooks"), &raw.hooks, kind)?;
 
     Ok(ServiceConfig {
         name: n.clone(),
@@ -481,6 +482,58 @@ fn service(
         health,
         deploy,
         rolling,
+        hooks,
+    })
+}
+
+/// Default `[services.X.hooks] hook_timeout` (60 seconds).
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn hooks(cx: &Ctx<'_>, prefix: &str, raw: &RawHooks, kind: RuntimeKind) -> Result<HooksConfig, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let command =
+        |v: &Option<Spanned<Vec<String>>>, name: &str| -> Result<Option<Vec<String>>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(c) if c.get_ref().first().is_none_or(|p| p.trim().is_empty()) => Err(cx.err(
+                    c.span(),
+                    &key(name),
+                    "a hook is a command and its arguments, e.g. [\"/usr/local/bin/migrate\", \"up\"]",
+                )),
+                Some(c) => Ok(Some(c.get_ref().clone())),
+            }
+        };
+    let pre_stop = match &raw.pre_stop {
+        None => None,
+        Some(p) => match (&p.get_ref().http, &p.get_ref().exec) {
+            (Some(path), None) if path.starts_with('/') => Some(PreStop::Http(path.clone())),
+            (Some(path), None) => {
+                return Err(cx.err(p.span(), &key("pre_stop.http"), format!("{path:?} must start with /")))
+            }
+            (None, Some(argv)) if argv.first().is_some_and(|a| !a.trim().is_empty()) => {
+                if kind == RuntimeKind::Docker {
+                    return Err(cx.err(
+                        p.span(),
+                        &key("pre_stop.exec"),
+                        "exec inside a container is not supported on the docker runtime yet; use { http = \"/path\" }",
+                    ));
+                }
+                Some(PreStop::Exec(argv.clone()))
+            }
+            _ => {
+                return Err(cx.err(
+                    p.span(),
+                    &key("pre_stop"),
+                    "give exactly one of { http = \"/path\" } or { exec = [\"cmd\", ...] }",
+                ))
+            }
+        },
+    };
+    Ok(HooksConfig {
+        pre_deploy: command(&raw.pre_deploy, "pre_deploy")?,
+        post_switch: command(&raw.post_switch, "post_switch")?,
+        pre_stop,
+        timeout: cx.positive_duration(&raw.hook_timeout, &key("hook_timeout"), DEFAULT_HOOK_TIMEOUT)?,
     })
 }
 
