@@ -97,6 +97,7 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
             9,
             "services.web.hooks.pre_deploy",
         ),
+        ("zero worker threads", format!("{agent}worker_threads = 0\n\n{service}"), 4, "agent.worker_threads"),
         (
             "on_start that is neither deploy nor wait",
             format!("{agent}\n{service}[services.web.deploy]\non_start = \"later\"\n"),

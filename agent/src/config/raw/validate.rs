@@ -262,6 +262,10 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         Some(v) => Some(cx.socket_addr(v, "agent.metrics_listen")?),
         None => None,
     };
+    let worker_threads = match &raw.worker_threads {
+        None => default_worker_threads(),
+        Some(_) => cx.count(&raw.worker_threads, "agent.worker_threads", 1, 1)?.min(1024) as usize,
+    };
     Ok(AgentConfig {
         state_dir,
         control_socket,
@@ -269,6 +273,7 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         control_listen,
         token_file,
         metrics_listen,
+        worker_threads,
     })
 }
 
