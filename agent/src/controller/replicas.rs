@@ -123,7 +123,11 @@ impl Service {
                     changed = rx.changed() => if changed.is_err() { break },
                 }
                 let report = rx.borrow_and_update().clone();
-                service.on_health(color, &backend, report).await;
+                // The monitor ends at shutdown, when the actor may be gone.
+                tokio::select! {
+                    _ = monitor.cancelled() => break,
+                    _ = service.on_health(color, &backend, report) => {}
+                }
             }
         });
     }
