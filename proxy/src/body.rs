@@ -54,6 +54,9 @@ impl Upstream {
             }
         }
         self.guard = None;
+        // Nothing is left on the backend: a later cut of it must not end
+        // the connection that still sends the last frame.
+        self.cut.forget();
     }
 
     /// The body broke: the connection is closed, not returned.
