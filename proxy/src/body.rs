@@ -10,7 +10,9 @@
 //! client's connection has room for more, so a body that is not done after
 //! a frame registers for the cut at once, and tells the HTTP/1.1
 //! connection it rides on, which then closes even while nothing polls the
-//! body (a slow reader).
+//! body (a slow reader), or the h2 stream it rides on, whose task then
+//! drops the stream (`h2_streams`) even while hyper waits for the client's
+//! flow-control window.
 
 use crate::backend::InflightGuard;
 use crate::pool::Pooled;
@@ -39,7 +41,8 @@ pub(crate) struct Upstream {
     guard: Option<InflightGuard>,
     /// The connection can carry another request once the body is read.
     reusable: bool,
-    /// Told when the cut fires (the client connection, for HTTP/1.1).
+    /// Told when the cut fires: the client connection (HTTP/1.1) or the
+    /// h2 stream.
     tell: Option<Arc<dyn OnFire>>,
 }
 
@@ -55,7 +58,7 @@ impl Upstream {
         }
         self.guard = None;
         // Nothing is left on the backend: a later cut of it must not end
-        // the connection that still sends the last frame.
+        // the connection (or h2 stream) that still sends the last frame.
         self.cut.forget();
     }
 

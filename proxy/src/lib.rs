@@ -38,6 +38,7 @@ mod client_ip;
 mod counters;
 mod first_bytes;
 mod forward;
+mod h2_streams;
 mod headers;
 mod lazy_stream;
 mod listen_options;
@@ -69,7 +70,8 @@ use tokio_util::sync::CancellationToken;
 /// Default time a request waits for a healthy backend before a 503 (10 seconds).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a client has to send its request headers (10 seconds), so a
-/// slow client cannot hold a connection slot for ever.
+/// slow client cannot hold a connection slot for ever; also how long an
+/// idle connection is kept (see [`ProxyConfig::header_read_timeout`]).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default maximum of client connections per listener (10,000).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -112,7 +114,12 @@ pub enum Balance {
 pub struct ProxyConfig {
     /// How long a request waits for a backend when none is available.
     pub queue_timeout: Duration,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers, and so how
+    /// long an idle connection is kept: HTTP/1.1 keep-alive connections
+    /// wait this long for the next request's headers; an h2 connection
+    /// with no stream open for this long is told GOAWAY (pings and window
+    /// updates do not count), and closed a second later if its client
+    /// does not answer it.
     pub header_read_timeout: Duration,
     /// Client connections accepted at once per listener; more wait in the
     /// kernel's backlog.
@@ -141,8 +148,9 @@ pub struct ProxyConfig {
     pub max_queued: u64,
     /// How long a write to a client may make no progress (the client
     /// stopped reading) before its connection is closed; upgraded tunnels
-    /// included. Idle HTTP/1.1 keep-alive connections are bounded by
-    /// `header_read_timeout`, which runs from the end of the last answer.
+    /// included. Idle connections are bounded by `header_read_timeout`
+    /// instead. An h2 stream whose client's flow-control window stays
+    /// full blocks no write, so this does not end it (a drain's cut does).
     pub write_timeout: Duration,
     /// Whether an HTTP/1.1 client that shuts down its write side while its
     /// request is pending still gets the answer. Off by default: a closed
@@ -371,8 +379,9 @@ impl Proxy {
     /// response body is not fully sent, and upgraded connections), or until
     /// `timeout`. At the deadline, what is still open on them is cut:
     /// waiting requests get a 502, HTTP/1.1 client connections whose
-    /// answer is still streaming are closed (also when the client reads
-    /// slowly), tunnels close, and the upstream connections with them. Idle
+    /// answer is still streaming are closed and h2 streams reset (also
+    /// when the client reads slowly or not at all), tunnels close, and the
+    /// upstream connections with them. Idle
     /// pooled connections to them are closed either way. Call it after the
     /// backends left the rotation.
     pub async fn drain(&self, backends: &[BackendId], timeout: Duration) -> DrainReport {
