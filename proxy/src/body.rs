@@ -15,6 +15,7 @@
 //! flow-control window.
 
 use crate::backend::InflightGuard;
+use crate::h2_streams::StreamHandle;
 use crate::pool::Pooled;
 use crate::signal::{OnFire, SignalWait};
 use crate::upstream::{Decoder, Step};
@@ -44,6 +45,8 @@ pub(crate) struct Upstream {
     /// Told when the cut fires: the client connection (HTTP/1.1) or the
     /// h2 stream.
     tell: Option<Arc<dyn OnFire>>,
+    /// The h2 stream, told when hyper holds back a body with more to come.
+    stream: Option<Arc<StreamHandle>>,
 }
 
 impl Upstream {
@@ -70,6 +73,9 @@ impl Upstream {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(pooled) = self.conn.as_mut() else { return Poll::Ready(None) };
+        if let Some(stream) = &self.stream {
+            stream.polled();
+        }
         loop {
             let conn = &mut pooled.conn;
             match self.decoder.decode(&mut conn.buf, conn.eof) {
@@ -83,6 +89,10 @@ impl Upstream {
                         // soon: the cut is registered now (once per body).
                         self.fail();
                         return Poll::Ready(Some(Err(Box::new(Cut))));
+                    } else if let Some(stream) = &self.stream {
+                        // Until hyper asks again; for long, only when the
+                        // client's window is shut.
+                        stream.holding();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -128,8 +138,9 @@ pub(crate) enum ProxyBody {
 
 impl ProxyBody {
     /// Stream the body left in `conn`, cut by `decoder`; `guard` ends with
-    /// it; `cut` aborts it, and `tell` is told of the cut. `reusable`: the
-    /// connection goes back to its pool at the end.
+    /// it; `cut` aborts it, and `tell` is told of the cut; `stream`, on
+    /// h2, when the body waits for hyper. `reusable`: the connection goes
+    /// back to its pool at the end.
     pub(crate) fn upstream(
         conn: Pooled,
         decoder: Decoder,
@@ -137,8 +148,10 @@ impl ProxyBody {
         guard: InflightGuard,
         cut: SignalWait,
         tell: Option<Arc<dyn OnFire>>,
+        stream: Option<Arc<StreamHandle>>,
     ) -> ProxyBody {
-        let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable, tell };
+        let mut body =
+            Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable, tell, stream };
         if body.decoder.is_done() {
             // Nothing to stream (HEAD, 204, 304, empty): done already.
             body.finish();

@@ -267,7 +267,11 @@ async fn attempt(
             return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }
-    let tell = if ctx.h1 { Some(ctx.clone() as Arc<dyn OnFire>) } else { crate::h2_streams::current() };
+    let stream = if ctx.h1 { None } else { crate::h2_streams::current() };
+    let tell = match &stream {
+        Some(s) => Some(s.clone() as Arc<dyn OnFire>),
+        None => ctx.h1.then(|| ctx.clone() as Arc<dyn OnFire>),
+    };
     let decoder = Decoder::new(answer.framing);
     if let (false, Some(tell), false) = (ctx.h1, &tell, decoder.is_done()) {
         // hyper may not poll an h2 body at all while the client's window
@@ -279,7 +283,7 @@ async fn attempt(
             return Attempt::Done(cut_answer(&backend, guard, started));
         }
     }
-    let body = ProxyBody::upstream(pooled, decoder, reusable, guard, cut, tell);
+    let body = ProxyBody::upstream(pooled, decoder, reusable, guard, cut, tell, stream);
     Attempt::Done(resp.map(|()| body))
 }
 

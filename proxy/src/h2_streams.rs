@@ -10,11 +10,16 @@
 //!   handle of the stream, and h2 resets a stream whose handles are all
 //!   gone unfinished (`RST_STREAM` with `CANCEL`). The connection and its
 //!   other streams go on.
+//! - a stream whose response body has data for the client but is not
+//!   polled for `write_timeout` (the client's flow-control window stays
+//!   shut: it stopped reading this stream) is dropped the same way. The
+//!   socket's own write timeout cannot see that: other streams, pings and
+//!   window updates still get through.
 //! - the connection knows how many streams are open, for its idle timeout
 //!   (pings, settings and window updates are no requests).
 //!
-//! The response body finds its stream's cut handle through a task-local
-//! set while the stream's future is polled ([`current`]).
+//! The response body finds its stream's handle through a task-local set
+//! while the stream's future is polled ([`current`]).
 
 use crate::signal::OnFire;
 use futures_util::task::AtomicWaker;
@@ -25,28 +30,50 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 tokio::task_local! {
-    /// The cut handle of the h2 stream whose future is being polled.
-    static STREAM: Arc<StreamCut>;
+    /// The handle of the h2 stream whose future is being polled.
+    static STREAM: Arc<StreamHandle>;
 }
 
-/// The cut handle of the h2 stream this code runs in, to be told of a
-/// drain's cut; `None` outside an h2 stream's task.
-pub(crate) fn current() -> Option<Arc<dyn OnFire>> {
-    STREAM.try_with(|s| s.clone() as Arc<dyn OnFire>).ok()
+/// The handle of the h2 stream this code runs in; `None` outside an h2
+/// stream's task.
+pub(crate) fn current() -> Option<Arc<StreamHandle>> {
+    STREAM.try_with(Arc::clone).ok()
 }
 
-/// Set when a drain cut the backend of a stream's response.
+/// What a stream's response body tells the stream's task.
 #[derive(Default)]
-pub(crate) struct StreamCut(AtomicBool);
+pub(crate) struct StreamHandle {
+    /// A drain cut the backend of the response.
+    cut: AtomicBool,
+    /// The body handed hyper a frame, more is to come, and hyper has not
+    /// asked for it yet.
+    held: AtomicBool,
+    /// Times hyper asked the body for more: progress.
+    polls: AtomicU64,
+}
 
-impl OnFire for StreamCut {
+impl StreamHandle {
+    /// The body is being polled (hyper wants more).
+    pub(crate) fn polled(&self) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.held.store(false, Ordering::Relaxed);
+    }
+
+    /// The body handed over a frame and has more to come.
+    pub(crate) fn holding(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+}
+
+impl OnFire for StreamHandle {
     fn fired(&self) {
         // The signal wakes the stream's task right after: its wrapper
         // then sees the flag and drops the stream.
-        self.0.store(true, Ordering::Release);
+        self.cut.store(true, Ordering::Release);
     }
 }
 
@@ -129,17 +156,20 @@ impl Drop for Open {
 }
 
 /// The executor of one h2 connection: runs its streams' futures on the
-/// listener's task tracker, each cuttable and counted.
+/// listener's task tracker, each cuttable, bounded by the write timeout
+/// and counted.
 #[derive(Clone)]
 pub(crate) struct StreamExec {
     streams: Arc<Streams>,
     tracker: TaskTracker,
+    write_timeout: Duration,
 }
 
 impl StreamExec {
-    /// An executor whose streams are counted in `streams`.
-    pub(crate) fn new(streams: Arc<Streams>, tracker: TaskTracker) -> StreamExec {
-        StreamExec { streams, tracker }
+    /// An executor whose streams are counted in `streams`; one whose body
+    /// waits `write_timeout` for hyper to take more is dropped.
+    pub(crate) fn new(streams: Arc<Streams>, tracker: TaskTracker, write_timeout: Duration) -> StreamExec {
+        StreamExec { streams, tracker, write_timeout }
     }
 }
 
@@ -149,17 +179,30 @@ where
 {
     fn execute(&self, fut: F) {
         let open = Open::new(self.streams.clone());
-        self.tracker.spawn(Stream { fut, cut: Arc::default(), _open: open });
+        self.tracker.spawn(Stream {
+            fut,
+            handle: Arc::default(),
+            write_timeout: self.write_timeout,
+            timer: None,
+            armed: None,
+            _open: open,
+        });
     }
 }
 
 pin_project! {
-    /// One stream's future: ends (and is dropped) as soon as its cut
-    /// handle was told.
+    /// One stream's future: ends (and is dropped) as soon as its handle
+    /// was told of a cut, or once its body was held for `write_timeout`.
     struct Stream<F> {
         #[pin]
         fut: F,
-        cut: Arc<StreamCut>,
+        handle: Arc<StreamHandle>,
+        write_timeout: Duration,
+        // Made the first time the body is held, kept after: a client
+        // that stalls once often stalls again.
+        timer: Option<Pin<Box<Sleep>>>,
+        // The timer runs for the hold that began after this many polls.
+        armed: Option<u64>,
         _open: Open,
     }
 }
@@ -169,12 +212,37 @@ impl<F: Future<Output = ()>> Future for Stream<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if this.cut.0.load(Ordering::Acquire) {
+        if this.handle.cut.load(Ordering::Acquire) {
             tracing::debug!("h2 stream cut by drain");
             return Poll::Ready(());
         }
         let fut = this.fut;
-        STREAM.sync_scope(this.cut.clone(), || fut.poll(cx))
+        if STREAM.sync_scope(this.handle.clone(), || fut.poll(cx)).is_ready() {
+            return Poll::Ready(());
+        }
+        if !this.handle.held.load(Ordering::Relaxed) {
+            *this.armed = None;
+            return Poll::Pending;
+        }
+        // hyper waits for the client's window before it asks the body
+        // for more; a new hold (the body was polled since) starts the
+        // timer again, so a slow but steady reader is not cut.
+        let polls = this.handle.polls.load(Ordering::Relaxed);
+        if *this.armed != Some(polls) {
+            *this.armed = Some(polls);
+            let deadline = Instant::now() + *this.write_timeout;
+            match this.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match this.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                tracing::debug!(timeout = ?this.write_timeout, "h2 stream's client read nothing; reset");
+                Poll::Ready(())
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -188,7 +256,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_for_waits_out_open_streams_and_restarts_after_each() {
         let streams = Arc::new(Streams::default());
-        let exec = StreamExec::new(streams.clone(), TaskTracker::new());
+        let exec = StreamExec::new(streams.clone(), TaskTracker::new(), Duration::from_secs(30));
         let (tx, rx) = oneshot::channel::<()>();
         exec.execute(async move {
             let _ = rx.await;
@@ -225,7 +293,7 @@ mod tests {
             let _dropped = dropped_tx;
             std::future::poll_fn(|cx| {
                 if let Some(tx) = registered.take() {
-                    let me = current().expect("a stream's cut handle");
+                    let me: Arc<dyn OnFire> = current().expect("a stream's handle");
                     assert!(wait.poll_fired_telling(cx, Some(&me)).is_pending());
                     let _ = tx.send(());
                 }
@@ -240,7 +308,7 @@ mod tests {
     #[tokio::test]
     async fn a_cut_drops_a_stream_that_is_not_polled_and_no_other() {
         let streams = Arc::new(Streams::default());
-        let exec = StreamExec::new(streams.clone(), TaskTracker::new());
+        let exec = StreamExec::new(streams.clone(), TaskTracker::new(), Duration::from_secs(30));
         let (a, b) = (Arc::new(Signal::default()), Arc::new(Signal::default()));
         let cut = stuck_stream(&exec, &a).await;
         let mut other = stuck_stream(&exec, &b).await;

@@ -148,9 +148,13 @@ pub struct ProxyConfig {
     pub max_queued: u64,
     /// How long a write to a client may make no progress (the client
     /// stopped reading) before its connection is closed; upgraded tunnels
-    /// included. Idle connections are bounded by `header_read_timeout`
-    /// instead. An h2 stream whose client's flow-control window stays
-    /// full blocks no write, so this does not end it (a drain's cut does).
+    /// included. On h2 the same bound holds per stream: a stream whose
+    /// body hyper takes nothing more from for this long (the client keeps
+    /// its flow-control window shut) is reset, its connection's other
+    /// streams go on. hyper takes up to 64 KiB at a time, so an h2 client
+    /// that reads one stream slower than 64 KiB per `write_timeout` (about
+    /// 2 KiB/s at the default) counts as stopped. Idle connections are
+    /// bounded by `header_read_timeout` instead.
     pub write_timeout: Duration,
     /// Whether an HTTP/1.1 client that shuts down its write side while its
     /// request is pending still gets the answer. Off by default: a closed

@@ -238,7 +238,8 @@ async fn connection(
             // A builder per connection: its executor counts this
             // connection's streams.
             let streams = Arc::new(Streams::default());
-            let mut h2 = http2::Builder::new(StreamExec::new(streams.clone(), l.tasks.clone()));
+            let mut h2 =
+                http2::Builder::new(StreamExec::new(streams.clone(), l.tasks.clone(), config.write_timeout));
             h2.timer(TokioTimer::new());
             let inner = l.inner.clone();
             let service =

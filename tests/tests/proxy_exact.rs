@@ -315,9 +315,19 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
 async fn h2c(
     addr: std::net::SocketAddr,
 ) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
+    h2c_window(addr, None).await
+}
+
+/// [`h2c`] with this flow-control window per stream (hyper's 2 MiB when
+/// `None`).
+async fn h2c_window(
+    addr: std::net::SocketAddr,
+    window: Option<u32>,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (h2, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .initial_stream_window_size(window)
         // Pings while idle, every 100 ms: they must not keep an idle
         // connection open.
         .keep_alive_interval(Duration::from_millis(100))
@@ -427,4 +437,63 @@ async fn an_h2_connection_with_no_stream_open_for_the_idle_timeout_gets_goaway_t
     // The idle time started a little before the backend noticed.
     let waited = idle_from.elapsed();
     assert!(waited >= idle / 2, "closed after {waited:?}, before the idle timeout");
+}
+
+/// The socket's write timeout cannot see a stream whose window the client
+/// keeps shut: the connection's other streams and pings still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_the_client_stops_reading_is_reset_after_the_write_timeout_and_a_slow_steady_one_is_not()
+{
+    use http_body_util::BodyExt;
+    let mut py = PyBackend::start().await;
+    let write_timeout = Duration::from_secs(2);
+    let p = proxy_to(&py, ProxyConfig { write_timeout, ..ProxyConfig::default() }).await;
+    // 64 KiB windows: the proxy hands hyper up to 64 KiB at a time, and
+    // takes more once the client's window let that out.
+    let (mut h2, _conn) = h2c_window(p.addr, Some(64 * 1024)).await;
+    let stalled = h2.send_request(get_req(p.addr, &format!("/big/{BIG}"))).await.expect("h2 response");
+    let started = Instant::now();
+
+    // Alongside on the same connection: 640 KiB read 16 KiB per 100 ms,
+    // 4 s in all. Each 64 KiB goes out within about 400 ms, a fifth of the
+    // timeout (slack for a loaded machine).
+    const STEADY: usize = 640 * 1024;
+    let mut h2b = h2.clone();
+    let addr = p.addr;
+    let steady = tokio::spawn(async move {
+        let resp = h2b.send_request(get_req(addr, &format!("/big/{STEADY}"))).await.expect("h2 response");
+        let mut body = resp.into_body();
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            total += frame.expect("the steady stream is not cut").data_ref().map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        total
+    });
+
+    py.expect_line("aborted /big", SECS_5 + write_timeout).await;
+    let after = started.elapsed();
+    assert!(after >= write_timeout, "reset after {after:?}, before the write timeout");
+    let mut body = stalled.into_body();
+    let mut total = 0;
+    let err = tokio::time::timeout(SECS_5, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => total += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => return e,
+                None => panic!("a reset stream must not look complete"),
+            }
+        }
+    })
+    .await
+    .expect("the stalled stream still streams 5 s after its reset");
+    assert!(total < BIG / 2, "the body went on streaming: {total} bytes ({err})");
+
+    let got = tokio::time::timeout(Duration::from_secs(30), steady)
+        .await
+        .expect("steady reader done")
+        .expect("join");
+    assert_eq!(got, STEADY);
+    bg_tests::wait::eventually("in flight back to zero", SECS_5, || p.proxy.inflight(&"blue-1".into()) == 0)
+        .await;
 }
