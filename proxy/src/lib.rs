@@ -29,6 +29,11 @@
 //! assert_eq!(report.cut, 0);
 //! # Ok(()) }
 //! ```
+//!
+//! `Expect: 100-continue` is forwarded; HTTP/1.1 clients get `100 Continue`
+//! when the proxy starts reading their body. h2 clients get none: hyper's
+//! h2 server cannot send a 1xx (see `ARCHITECTURE.md`), so a client that
+//! waits for one sends its body after its own timeout.
 // One `setsockopt` in `listen_options.rs` is the only unsafe code.
 #![deny(unsafe_code)]
 
