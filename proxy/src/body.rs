@@ -10,9 +10,12 @@
 //! client's connection has room for more, so a body that is not done after
 //! a frame registers for the cut at once, and tells the HTTP/1.1
 //! connection it rides on, which then closes even while nothing polls the
-//! body (a slow reader).
+//! body (a slow reader), or the h2 stream it rides on, whose task then
+//! drops the stream (`h2_streams`) even while hyper waits for the client's
+//! flow-control window.
 
 use crate::backend::InflightGuard;
+use crate::h2_streams::StreamHandle;
 use crate::pool::Pooled;
 use crate::signal::{OnFire, SignalWait};
 use crate::upstream::{Decoder, Step};
@@ -39,8 +42,11 @@ pub(crate) struct Upstream {
     guard: Option<InflightGuard>,
     /// The connection can carry another request once the body is read.
     reusable: bool,
-    /// Told when the cut fires (the client connection, for HTTP/1.1).
+    /// Told when the cut fires: the client connection (HTTP/1.1) or the
+    /// h2 stream.
     tell: Option<Arc<dyn OnFire>>,
+    /// The h2 stream, told when hyper holds back a body with more to come.
+    stream: Option<Arc<StreamHandle>>,
 }
 
 impl Upstream {
@@ -54,6 +60,9 @@ impl Upstream {
             }
         }
         self.guard = None;
+        // Nothing is left on the backend: a later cut of it must not end
+        // the connection (or h2 stream) that still sends the last frame.
+        self.cut.forget();
     }
 
     /// The body broke: the connection is closed, not returned.
@@ -64,6 +73,9 @@ impl Upstream {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(pooled) = self.conn.as_mut() else { return Poll::Ready(None) };
+        if let Some(stream) = &self.stream {
+            stream.polled();
+        }
         loop {
             let conn = &mut pooled.conn;
             match self.decoder.decode(&mut conn.buf, conn.eof) {
@@ -77,6 +89,10 @@ impl Upstream {
                         // soon: the cut is registered now (once per body).
                         self.fail();
                         return Poll::Ready(Some(Err(Box::new(Cut))));
+                    } else if let Some(stream) = &self.stream {
+                        // Until hyper asks again; for long, only when the
+                        // client's window is shut.
+                        stream.holding();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -122,8 +138,9 @@ pub(crate) enum ProxyBody {
 
 impl ProxyBody {
     /// Stream the body left in `conn`, cut by `decoder`; `guard` ends with
-    /// it; `cut` aborts it, and `tell` is told of the cut. `reusable`: the
-    /// connection goes back to its pool at the end.
+    /// it; `cut` aborts it, and `tell` is told of the cut; `stream`, on
+    /// h2, when the body waits for hyper. `reusable`: the connection goes
+    /// back to its pool at the end.
     pub(crate) fn upstream(
         conn: Pooled,
         decoder: Decoder,
@@ -131,8 +148,10 @@ impl ProxyBody {
         guard: InflightGuard,
         cut: SignalWait,
         tell: Option<Arc<dyn OnFire>>,
+        stream: Option<Arc<StreamHandle>>,
     ) -> ProxyBody {
-        let mut body = Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable, tell };
+        let mut body =
+            Upstream { conn: Some(conn), decoder, cut, guard: Some(guard), reusable, tell, stream };
         if body.decoder.is_done() {
             // Nothing to stream (HEAD, 204, 304, empty): done already.
             body.finish();

@@ -33,7 +33,8 @@ pub(crate) struct ConnCtx {
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: Arc<Signal>,
     /// HTTP/1.1: a drain's cut of a response's backend ends the whole
-    /// connection (it carries one response at a time).
+    /// connection (it carries one response at a time). On h2 it ends the
+    /// stream alone (`h2_streams`).
     pub(crate) h1: bool,
     /// Set when a drain cut the backend of the response this connection
     /// is sending; the connection's task, woken by the cut, then closes
@@ -266,8 +267,23 @@ async fn attempt(
             return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }
-    let tell = ctx.h1.then(|| ctx.clone() as Arc<dyn OnFire>);
-    let body = ProxyBody::upstream(pooled, Decoder::new(answer.framing), reusable, guard, cut, tell);
+    let stream = if ctx.h1 { None } else { crate::h2_streams::current() };
+    let tell = match &stream {
+        Some(s) => Some(s.clone() as Arc<dyn OnFire>),
+        None => ctx.h1.then(|| ctx.clone() as Arc<dyn OnFire>),
+    };
+    let decoder = Decoder::new(answer.framing);
+    if let (false, Some(tell), false) = (ctx.h1, &tell, decoder.is_done()) {
+        // hyper may not poll an h2 body at all while the client's window
+        // is full (its first frame included), so the stream registers for
+        // the cut now. (HTTP/1.1 sends the head with the first frame; its
+        // bodies register when they poll, and short ones never need to.)
+        let fired = std::future::poll_fn(|cx| Poll::Ready(cut.poll_fired_telling(cx, Some(tell)))).await;
+        if fired.is_ready() {
+            return Attempt::Done(cut_answer(&backend, guard, started));
+        }
+    }
+    let body = ProxyBody::upstream(pooled, decoder, reusable, guard, cut, tell, stream);
     Attempt::Done(resp.map(|()| body))
 }
 

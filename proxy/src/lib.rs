@@ -29,6 +29,11 @@
 //! assert_eq!(report.cut, 0);
 //! # Ok(()) }
 //! ```
+//!
+//! `Expect: 100-continue` is forwarded; HTTP/1.1 clients get `100 Continue`
+//! when the proxy starts reading their body. h2 clients get none: hyper's
+//! h2 server cannot send a 1xx (see `ARCHITECTURE.md`), so a client that
+//! waits for one sends its body after its own timeout.
 // One `setsockopt` in `listen_options.rs` is the only unsafe code.
 #![deny(unsafe_code)]
 
@@ -38,6 +43,7 @@ mod client_ip;
 mod counters;
 mod first_bytes;
 mod forward;
+mod h2_streams;
 mod headers;
 mod lazy_stream;
 mod listen_options;
@@ -69,7 +75,8 @@ use tokio_util::sync::CancellationToken;
 /// Default time a request waits for a healthy backend before a 503 (10 seconds).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a client has to send its request headers (10 seconds), so a
-/// slow client cannot hold a connection slot for ever.
+/// slow client cannot hold a connection slot for ever; also how long an
+/// idle connection is kept (see [`ProxyConfig::header_read_timeout`]).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default maximum of client connections per listener (10,000).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -112,7 +119,12 @@ pub enum Balance {
 pub struct ProxyConfig {
     /// How long a request waits for a backend when none is available.
     pub queue_timeout: Duration,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers, and so how
+    /// long an idle connection is kept: HTTP/1.1 keep-alive connections
+    /// wait this long for the next request's headers; an h2 connection
+    /// with no stream open for this long is told GOAWAY (pings and window
+    /// updates do not count), and closed a second later if its client
+    /// does not answer it.
     pub header_read_timeout: Duration,
     /// Client connections accepted at once per listener; more wait in the
     /// kernel's backlog.
@@ -141,8 +153,13 @@ pub struct ProxyConfig {
     pub max_queued: u64,
     /// How long a write to a client may make no progress (the client
     /// stopped reading) before its connection is closed; upgraded tunnels
-    /// included. Idle HTTP/1.1 keep-alive connections are bounded by
-    /// `header_read_timeout`, which runs from the end of the last answer.
+    /// included. On h2 the same bound holds per stream: a stream whose
+    /// body hyper takes nothing more from for this long (the client keeps
+    /// its flow-control window shut) is reset, its connection's other
+    /// streams go on. hyper takes up to 64 KiB at a time, so an h2 client
+    /// that reads one stream slower than 64 KiB per `write_timeout` (about
+    /// 2 KiB/s at the default) counts as stopped. Idle connections are
+    /// bounded by `header_read_timeout` instead.
     pub write_timeout: Duration,
     /// Whether an HTTP/1.1 client that shuts down its write side while its
     /// request is pending still gets the answer. Off by default: a closed
@@ -371,8 +388,9 @@ impl Proxy {
     /// response body is not fully sent, and upgraded connections), or until
     /// `timeout`. At the deadline, what is still open on them is cut:
     /// waiting requests get a 502, HTTP/1.1 client connections whose
-    /// answer is still streaming are closed (also when the client reads
-    /// slowly), tunnels close, and the upstream connections with them. Idle
+    /// answer is still streaming are closed and h2 streams reset (also
+    /// when the client reads slowly or not at all), tunnels close, and the
+    /// upstream connections with them. Idle
     /// pooled connections to them are closed either way. Call it after the
     /// backends left the rotation.
     pub async fn drain(&self, backends: &[BackendId], timeout: Duration) -> DrainReport {

@@ -2,8 +2,10 @@
 //! it the loop stops accepting and clients wait in the kernel backlog), a
 //! deadline for the first bytes and for request headers, HTTP/1.1 and h2c
 //! on the same port, a write timeout on client sockets, HTTP/1.1
-//! connections closed when a drain cuts the response they carry, and a
-//! graceful shutdown bounded by a timeout: HTTP/1.1
+//! connections closed when a drain cuts the response they carry (h2 ones
+//! lose the cut stream alone, see `h2_streams`), h2 connections with no
+//! stream open for `header_read_timeout` told GOAWAY, and a graceful
+//! shutdown bounded by a timeout: HTTP/1.1
 //! keep-alive connections linger a moment and answer with `Connection:
 //! close`, h2 connections get GOAWAY, in-flight requests finish.
 //!
@@ -15,6 +17,7 @@ use crate::client_ip::ClientIps;
 use crate::counters::GaugeGuard;
 use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
+use crate::h2_streams::{StreamExec, Streams};
 use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
@@ -23,7 +26,7 @@ use crate::{Inner, ProxyError};
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,11 +41,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long an h2 connection that was told GOAWAY may stay open with no
+/// stream (1 second): h2 closes it once its client answered the GOAWAY's
+/// ping, and a client that does not is not waited for.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// What the connections of one listener share.
 struct Listener {
     inner: Arc<Inner>,
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    /// The connections' tasks, and their h2 streams'.
+    tasks: TaskTracker,
     /// Fires when shutdown starts: connections finish their current
     /// request and close.
     graceful: Arc<Signal>,
@@ -117,16 +126,14 @@ pub(crate) async fn serve(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
         .half_close(config.half_close);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new());
+    let connections = TaskTracker::new();
     let shared = Arc::new(Listener {
         inner: inner.clone(),
         h1,
-        h2,
+        tasks: connections.clone(),
         graceful: Arc::default(),
         hard_stop: Arc::default(),
     });
-    let connections = TaskTracker::new();
     let mut client_ips = ClientIps::default();
     // The loop looks at the stop between accepts; a token takes two locks
     // each time, so a helper task turns it into the connections' graceful
@@ -228,14 +235,18 @@ async fn connection(
             drive(conn, graceful, &l.hard_stop, &conn_ctx, linger, |c| c.as_mut().graceful_shutdown()).await
         }
         Protocol::Http2 => {
-            // GOAWAY at once: h2 clients retry what it did not take, so
-            // there is nothing to linger for.
+            // A builder per connection: its executor counts this
+            // connection's streams.
+            let streams = Arc::new(Streams::default());
+            let mut h2 =
+                http2::Builder::new(StreamExec::new(streams.clone(), l.tasks.clone(), config.write_timeout));
+            h2.timer(TokioTimer::new());
             let inner = l.inner.clone();
             let service =
                 hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
-            let conn = Box::pin(l.h2.serve_connection(io, service));
-            drive(conn, graceful, &l.hard_stop, &conn_ctx, Duration::ZERO, |c| c.as_mut().graceful_shutdown())
-                .await
+            let conn = Box::pin(h2.serve_connection(io, service));
+            let idle = config.header_read_timeout;
+            drive_h2(conn, graceful, &l.hard_stop, &streams, idle, |c| c.as_mut().graceful_shutdown()).await
         }
     };
     if let Some(Err(e)) = result {
@@ -279,7 +290,7 @@ async fn hard_stopped(graceful: Pin<&mut SignalWait>, hard_stop: &Arc<Signal>) {
     hard_stop.wait().await;
 }
 
-/// Drive a connection to its end; `None` when the hard stop or a drain's
+/// Drive an HTTP/1.1 connection to its end; `None` when the hard stop or a drain's
 /// cut ended it. Once `graceful` fires it keeps serving for `linger` (its
 /// responses then say `Connection: close`), then it is asked to finish the
 /// request in flight and close, and driven until it has.
@@ -312,6 +323,37 @@ async fn drive<C: Future + Unpin>(
         output = &mut conn => Some(output),
         _ = cut_off(ctx) => None,
         _ = hard_stop.wait() => None,
+    }
+}
+
+/// Drive an h2 connection to its end; `None` when it was closed from
+/// here. It is told GOAWAY (and so finishes its streams and closes) once
+/// shutdown starts, or once no stream has been open on it for `idle`:
+/// pings and window updates do not keep it open. Told, it is closed when
+/// no stream has been open for [`GOAWAY_GRACE`] (its client never
+/// answered the GOAWAY), or at the hard stop. GOAWAY at once on shutdown:
+/// h2 clients retry what it did not take, so there is nothing to linger
+/// for.
+async fn drive_h2<C: Future + Unpin>(
+    mut conn: C,
+    mut graceful: Pin<&mut SignalWait>,
+    hard_stop: &Arc<Signal>,
+    streams: &Streams,
+    idle: Duration,
+    start_graceful_shutdown: impl FnOnce(&mut C),
+) -> Option<C::Output> {
+    tokio::select! {
+        biased;
+        output = &mut conn => return Some(output),
+        _ = graceful.as_mut() => {}
+        _ = streams.idle_for(idle) => tracing::debug!(?idle, "h2 connection idle; GOAWAY"),
+    }
+    start_graceful_shutdown(&mut conn);
+    tokio::select! {
+        biased;
+        output = &mut conn => Some(output),
+        _ = hard_stopped(graceful, hard_stop) => None,
+        _ = streams.idle_for(GOAWAY_GRACE) => None,
     }
 }
 

@@ -127,6 +127,16 @@ impl SignalWait {
         }
         Poll::Pending
     }
+
+    /// Give the slot back now: the signal no longer wakes (or tells)
+    /// anyone for this wait, until it is polled again.
+    pub(crate) fn forget(&mut self) {
+        if let Some((index, _, _)) = self.slot.take() {
+            let mut slots = self.signal.lock();
+            slots.wakers[index] = None;
+            slots.free.push(index);
+        }
+    }
 }
 
 /// Completes once the signal fired, and stays complete: it can be polled
@@ -141,11 +151,7 @@ impl Future for SignalWait {
 
 impl Drop for SignalWait {
     fn drop(&mut self) {
-        if let Some((index, _, _)) = self.slot.take() {
-            let mut slots = self.signal.lock();
-            slots.wakers[index] = None;
-            slots.free.push(index);
-        }
+        self.forget();
     }
 }
 

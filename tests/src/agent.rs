@@ -41,6 +41,7 @@ pub struct Svc {
     replicas: u32,
     env: BTreeMap<String, String>,
     image: String,
+    command: Option<Vec<String>>,
     keys: BTreeMap<String, Vec<(String, String)>>,
 }
 
@@ -53,6 +54,7 @@ impl Svc {
             replicas: 1,
             env: BTreeMap::new(),
             image: "websample:v1".into(),
+            command: None,
             keys: BTreeMap::new(),
         };
         s = s
@@ -86,6 +88,13 @@ impl Svc {
     /// The docker image of the configured spec.
     pub fn image(mut self, image: &str) -> Svc {
         self.image = image.into();
+        self
+    }
+
+    /// The program the process runtime runs for this service, instead of
+    /// websample; it must listen on `$PORT` and answer the health check.
+    pub fn command(mut self, argv: &[&str]) -> Svc {
+        self.command = Some(argv.iter().map(|a| a.to_string()).collect());
         self
     }
 
@@ -268,9 +277,10 @@ impl Agent {
                 svc.name, svc.replicas
             ));
             match self.runtime {
-                RuntimeChoice::Process => {
-                    toml.push_str(&format!("command = [{:?}]\n", crate::websample::websample_bin()));
-                }
+                RuntimeChoice::Process => match &svc.command {
+                    Some(argv) => toml.push_str(&format!("command = {argv:?}\n")),
+                    None => toml.push_str(&format!("command = [{:?}]\n", crate::websample::websample_bin())),
+                },
                 RuntimeChoice::Docker => {
                     toml.push_str(&format!("image = {:?}\npull = \"never\"\nport = 5000\n", svc.image));
                 }

@@ -1,8 +1,9 @@
 //! Proxy exactness against real parts: Python's `http.server` as the
 //! backend, real `curl` and hyper's h2 client as clients. Uploads with
 //! `Expect: 100-continue`, h2 cookies, clients that go away while queued
-//! or while the backend works, the queue's cap, and slow readers at a
-//! drain's deadline and at the write timeout.
+//! or while the backend works, the queue's cap, slow readers (HTTP/1.1
+//! and h2) at a drain's deadline and at the write timeout, and the h2
+//! idle timeout.
 
 mod proxy_support;
 
@@ -10,7 +11,7 @@ use bg_proxy::{Color, ProxyConfig};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_support::python::PyBackend;
 use proxy_support::{backend, TestProxy, SECS_5};
 use std::time::{Duration, Instant};
@@ -307,4 +308,192 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     bg_tests::wait::eventually("in flight back to zero", SECS_5, || p.proxy.inflight(&"blue-1".into()) == 0)
         .await;
     read_rest(&mut client).await;
+}
+
+/// An h2c connection (prior knowledge) to `addr` with hyper's client; its
+/// connection task's handle.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
+    h2c_window(addr, None).await
+}
+
+/// [`h2c`] with this flow-control window per stream (hyper's 2 MiB when
+/// `None`).
+async fn h2c_window(
+    addr: std::net::SocketAddr,
+    window: Option<u32>,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (h2, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(window)
+        // Pings while idle, every 100 ms: they must not keep an idle
+        // connection open.
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    (h2, tokio::spawn(conn))
+}
+
+fn get_req(addr: std::net::SocketAddr, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://{addr}{path}")).body(Empty::new()).expect("request")
+}
+
+/// The stream's flow-control window fills (hyper's client gives it 2 MiB
+/// and opens it again only as the application reads) and hyper's server
+/// stops polling the response body: the cut must still end the stream and
+/// the upstream connection, and leave the connection's other streams be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_whose_client_stopped_reading_is_reset_at_the_drain_deadline_and_its_connection_goes_on()
+{
+    use http_body_util::BodyExt;
+    let mut py = PyBackend::start().await;
+    let green = PyBackend::start().await;
+    let p = TestProxy::default().await;
+    p.route(
+        vec![backend("blue-1", py.addr, Color::Blue), backend("green-1", green.addr, Color::Green)],
+        Color::Blue,
+    );
+    let (mut h2, _conn) = h2c(p.addr).await;
+    let resp = tokio::time::timeout(SECS_5, h2.send_request(get_req(p.addr, &format!("/big/{BIG}"))))
+        .await
+        .expect("an answer within 5 s")
+        .expect("h2 response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    assert_eq!(p.proxy.inflight(&"blue-1".into()), 1);
+    // Time for the 2 MiB window to fill on loopback (milliseconds); were
+    // it not full yet, the stream would be cut while polled, which passes
+    // without the stream's own cut too, never fails.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    p.proxy.update_routes(|t| {
+        t.weights = bg_proxy::Weights::all_to(Color::Green);
+        for b in &mut t.backends {
+            b.in_rotation = b.color == Color::Green;
+        }
+    });
+    let timeout = Duration::from_millis(500);
+    let report = p.proxy.drain(&["blue-1".into()], timeout).await;
+    assert!(report.timed_out && report.cut == 1, "{report:?}");
+    assert!(report.elapsed < timeout + Duration::from_millis(500), "{report:?}");
+
+    // Within a second of the deadline (slack for a loaded machine; it
+    // takes one wake-up), blue has nothing left and saw its connection
+    // closed...
+    let slack = Duration::from_secs(1);
+    bg_tests::wait::eventually("blue's in-flight count released", slack, || {
+        p.proxy.inflight(&"blue-1".into()) == 0
+    })
+    .await;
+    py.expect_line("aborted /big", slack).await;
+    // ...the client's stream ends with a reset after what was buffered...
+    let mut total = 0;
+    let end = tokio::time::timeout(SECS_5, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => total += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream still streams 5 s after the cut");
+    let err = end.expect("a cut stream must not look complete");
+    assert!(total < BIG / 2, "the body went on streaming: {total} bytes ({err})");
+    // ...and the connection carries the next request, to green.
+    let a = proxy_support::read(h2.send_request(get_req(p.addr, "/")).await.expect("same connection")).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_with_no_stream_open_for_the_idle_timeout_gets_goaway_though_pinged() {
+    let mut py = PyBackend::start().await;
+    let idle = Duration::from_secs(1);
+    let p = proxy_to(&py, ProxyConfig { header_read_timeout: idle, ..ProxyConfig::default() }).await;
+    let (mut h2, mut conn) = h2c(p.addr).await;
+    let a = proxy_support::read(h2.send_request(get_req(p.addr, "/")).await.expect("h2 response")).await;
+    assert_eq!(a.body, "ok\n");
+
+    // A stream open for three idle timeouts keeps the connection open.
+    let hold = tokio::spawn(h2.send_request(get_req(p.addr, "/hold")));
+    py.expect_line("holding", SECS_5).await;
+    tokio::time::sleep(idle * 3).await;
+    assert!(!conn.is_finished(), "the connection closed while a stream was open");
+
+    // The client gives up on it (RST_STREAM): from then on nothing is
+    // open, and the pings every 100 ms do not count.
+    hold.abort();
+    py.expect_line("dropped /hold", SECS_5).await;
+    let idle_from = Instant::now();
+    let closed = tokio::time::timeout(idle + Duration::from_secs(4), &mut conn)
+        .await
+        .expect("the idle connection is still open idle + 4 s later");
+    closed.expect("connection task").expect("a graceful close (GOAWAY), not an error");
+    // The idle time started a little before the backend noticed.
+    let waited = idle_from.elapsed();
+    assert!(waited >= idle / 2, "closed after {waited:?}, before the idle timeout");
+}
+
+/// The socket's write timeout cannot see a stream whose window the client
+/// keeps shut: the connection's other streams and pings still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_the_client_stops_reading_is_reset_after_the_write_timeout_and_a_slow_steady_one_is_not()
+{
+    use http_body_util::BodyExt;
+    let mut py = PyBackend::start().await;
+    let write_timeout = Duration::from_secs(2);
+    let p = proxy_to(&py, ProxyConfig { write_timeout, ..ProxyConfig::default() }).await;
+    // 64 KiB windows: the proxy hands hyper up to 64 KiB at a time, and
+    // takes more once the client's window let that out.
+    let (mut h2, _conn) = h2c_window(p.addr, Some(64 * 1024)).await;
+    let stalled = h2.send_request(get_req(p.addr, &format!("/big/{BIG}"))).await.expect("h2 response");
+    let started = Instant::now();
+
+    // Alongside on the same connection: 640 KiB read 16 KiB per 100 ms,
+    // 4 s in all. Each 64 KiB goes out within about 400 ms, a fifth of the
+    // timeout (slack for a loaded machine).
+    const STEADY: usize = 640 * 1024;
+    let mut h2b = h2.clone();
+    let addr = p.addr;
+    let steady = tokio::spawn(async move {
+        let resp = h2b.send_request(get_req(addr, &format!("/big/{STEADY}"))).await.expect("h2 response");
+        let mut body = resp.into_body();
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            total += frame.expect("the steady stream is not cut").data_ref().map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        total
+    });
+
+    py.expect_line("aborted /big", SECS_5 + write_timeout).await;
+    let after = started.elapsed();
+    assert!(after >= write_timeout, "reset after {after:?}, before the write timeout");
+    let mut body = stalled.into_body();
+    let mut total = 0;
+    let err = tokio::time::timeout(SECS_5, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => total += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => return e,
+                None => panic!("a reset stream must not look complete"),
+            }
+        }
+    })
+    .await
+    .expect("the stalled stream still streams 5 s after its reset");
+    assert!(total < BIG / 2, "the body went on streaming: {total} bytes ({err})");
+
+    let got = tokio::time::timeout(Duration::from_secs(30), steady)
+        .await
+        .expect("steady reader done")
+        .expect("join");
+    assert_eq!(got, STEADY);
+    bg_tests::wait::eventually("in flight back to zero", SECS_5, || p.proxy.inflight(&"blue-1".into()) == 0)
+        .await;
 }

@@ -1,6 +1,8 @@
 """A backend built on Python's own http.server (HTTP/1.1), for the proxy's
 end-to-end tests: it behaves as that server does, nobody here wrote its
-HTTP handling. It prints its port, then one line per notable event.
+HTTP handling. It listens on 127.0.0.1:$PORT (a free port when PORT is
+unset, as the process runtime always sets it), prints its port, then one
+line per notable event.
 
   PUT /...       reads the body (http.server answers `100 Continue` first
                  when the request asks for it), answers "<length> <sum>".
@@ -10,6 +12,7 @@ HTTP handling. It prints its port, then one line per notable event.
   GET /cookies   answers the Cookie fields it got, one per line.
 """
 import http.server
+import os
 import select
 import socket
 import sys
@@ -69,7 +72,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(b"ok\n")
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "0"))), Handler)
 server.daemon_threads = True
 print(server.server_address[1], flush=True)
 server.serve_forever()

@@ -22,6 +22,8 @@ impl PyBackend {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proxy_support/py_backend.py");
         let mut child = Command::new("python3")
             .arg(script)
+            // A free port of its own choosing.
+            .env_remove("PORT")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
