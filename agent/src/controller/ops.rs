@@ -259,6 +259,7 @@ impl Service {
     }
 
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
+        let spec = self.prepare_spec(ctx, &spec).await?;
         let target = {
             let mut m = self.lock();
             // A new release settles a paused promote: its old color is
