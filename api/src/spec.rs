@@ -247,7 +247,9 @@ impl std::str::FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (number, unit) = t.split_at(split);
-        let bad = || format!("{s:?} is not a size: expected a number and a unit, e.g. \"512MiB\", \"2g\" or \"64k\"");
+        let bad = || {
+            format!("{s:?} is not a size: expected a number and a unit, e.g. \"512MiB\", \"2g\" or \"64k\"")
+        };
         let n: u64 = number.parse().map_err(|_| bad())?;
         let shift = match unit.trim().to_ascii_lowercase().as_str() {
             "b" => 0,
@@ -255,11 +257,7 @@ impl std::str::FromStr for ByteSize {
             "m" | "mb" | "mib" => 20,
             "g" | "gb" | "gib" => 30,
             "t" | "tb" | "tib" => 40,
-            "" => {
-                return Err(format!(
-                    "{s:?} has no unit: write e.g. \"{n}MiB\" (or \"{n}b\" for bytes)"
-                ))
-            }
+            "" => return Err(format!("{s:?} has no unit: write e.g. \"{n}MiB\" (or \"{n}b\" for bytes)")),
             _ => return Err(bad()),
         };
         n.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(|| format!("{s:?} is too large"))
