@@ -221,9 +221,11 @@ impl DockerRuntime {
         for network in &spec.networks {
             match docker.inspect_network(network, None::<InspectNetworkOptions>).await {
                 Ok(_) => {}
-                Err(e) if is_status(&e, 404) => return Err(RuntimeError::InvalidSpec(format!(
+                Err(e) if is_status(&e, 404) => {
+                    return Err(RuntimeError::InvalidSpec(format!(
                     "network {network:?} does not exist: create it first (docker network create {network})"
-                ))),
+                )))
+                }
                 Err(e) => return Err(self.err(&format!("inspecting network {network}"), e)),
             }
         }
