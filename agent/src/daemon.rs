@@ -94,7 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
         RuntimeKind::Docker => {
             let docker = DockerRuntime::connect(config.runtime.docker_host.as_deref())?
-                .with_call_timeout(config.runtime.call_timeout);
+                .with_call_timeout(config.runtime.call_timeout)
+                .with_auth_file(config.runtime.auth_file.clone());
             docker.ping().await?;
             Arc::new(docker)
         }

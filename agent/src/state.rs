@@ -56,6 +56,9 @@ pub struct ServiceRecord {
 /// A paused operation, as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+// One per service at most, written to a file: the size of the rolling
+// variant (two full specs) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum PausedRecord {
     /// A promote whose monitor window failed: traffic is on the active
     /// color and `old` still runs, out of rotation. `promote` finishes it,

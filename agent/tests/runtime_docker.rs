@@ -87,6 +87,7 @@ fn spec(service: &str, env: &[(&str, &str)]) -> ReplicaSpec {
             image: Some(IMAGE.into()),
             command: None,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
         },
         app_port: 5000,
         pull: PullPolicy::Missing,

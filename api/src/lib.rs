@@ -29,9 +29,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod operation;
+mod spec;
 mod typed;
 
 pub use operation::{encode_segment, Operation};
+pub use spec::{
+    repository_of, ByteSize, Cpus, EnvFile, FileMode, FileRef, Spec, User, Volume, VolumeSource, FILE_MODE,
+    MAX_CPUS, SECRETS_DIR, SECRET_MODE,
+};
 pub use typed::{ApiDuration, FailureAction, Phase, RollingOrder, MAX_DURATION};
 
 /// One of the two colors of a service.
@@ -80,21 +85,6 @@ impl std::str::FromStr for Color {
             other => Err(format!("unknown color {other:?}: expected blue or green")),
         }
     }
-}
-
-/// What a color runs: image (docker) or command (process), and environment.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Spec {
-    /// Container image, for the docker runtime.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Command and arguments; the process runtime's program, or the
-    /// container's command override.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// Environment added to the app's (`PORT` is always set by the runtime).
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
 }
 
 /// Per-deploy changes to the service's configured spec. `image` and
@@ -321,6 +311,10 @@ impl Spec {
     pub fn with_overrides(&self, overrides: &SpecOverrides) -> Spec {
         let mut spec = self.clone();
         if let Some(image) = &overrides.image {
+            // A new image has its own digest, found by the deploy.
+            if spec.image.as_ref() != Some(image) {
+                spec.digest = None;
+            }
             spec.image = Some(image.clone());
         }
         if let Some(command) = &overrides.command {

@@ -109,6 +109,69 @@ pub fn spec_summary(spec: &Spec) -> String {
     }
 }
 
+/// The container keys of a spec, one `key value` line each (secrets,
+/// files and env files by source and sha256, never content).
+pub fn spec_details(spec: &Spec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut line = |key: &str, value: String| out.push(format!("{key} {value}"));
+    let join = |v: &[String]| v.join(" ");
+    if let Some(d) = &spec.digest {
+        line("digest", d.clone());
+    }
+    let sha =
+        |s: &Option<String>| s.as_deref().map_or("(not read yet)".to_string(), |s| format!("sha256:{s}"));
+    for f in &spec.env_file {
+        line("env_file", format!("{} {}", f.path, sha(&f.sha256)));
+    }
+    for (k, v) in [
+        ("networks", &spec.networks),
+        ("network_aliases", &spec.network_aliases),
+        ("tmpfs", &spec.tmpfs),
+        ("cap_drop", &spec.cap_drop),
+        ("cap_add", &spec.cap_add),
+        ("extra_hosts", &spec.extra_hosts),
+    ] {
+        if !v.is_empty() {
+            line(k, join(v));
+        }
+    }
+    if !spec.volumes.is_empty() {
+        line("volumes", spec.volumes.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    };
+    if !spec.labels.is_empty() {
+        line("labels", map(&spec.labels));
+    }
+    for (k, v) in [
+        ("user", spec.user.as_ref().map(|u| u.to_string())),
+        ("workdir", spec.workdir.clone()),
+        ("entrypoint", spec.entrypoint.as_ref().map(|e| e.join(" "))),
+        ("read_only", spec.read_only.then(|| "true".to_string())),
+        ("init", spec.init.then(|| "true".to_string())),
+        ("memory", spec.memory.map(|m| m.to_string())),
+        ("memory_reservation", spec.memory_reservation.map(|m| m.to_string())),
+        ("cpus", spec.cpus.map(|c| c.to_string())),
+        ("pids_limit", spec.pids_limit.map(|p| p.to_string())),
+        ("log_driver", spec.log_driver.clone()),
+    ] {
+        if let Some(v) = v {
+            line(k, v);
+        }
+    }
+    if !spec.log_opts.is_empty() {
+        line("log_opts", map(&spec.log_opts));
+    }
+    for (name, f) in &spec.secrets {
+        line("secret", format!("{name} from {} mode {} {}", f.source, f.mode, sha(&f.sha256)));
+    }
+    for (target, f) in &spec.files {
+        line("file", format!("{target} from {} mode {} {}", f.source, f.mode, sha(&f.sha256)));
+    }
+    out
+}
+
 /// The weights as `blue 90 / green 10`.
 pub fn weights_text(s: &ServiceStatus) -> String {
     format!("blue {} / green {}", s.weights.blue, s.weights.green)
@@ -180,6 +243,7 @@ fn service_detail(s: &ServiceStatus) -> Vec<String> {
             Some(spec) => {
                 let rev = c.revision.map(|r| format!("revision {r}, ")).unwrap_or_default();
                 out.push(format!("{title}: {rev}{}", spec_summary(spec)));
+                out.extend(spec_details(spec).into_iter().map(|l| format!("    {l}")));
             }
         }
         if c.replicas.is_empty() {
@@ -353,6 +417,7 @@ mod tests {
                     image: Some("websample:v1".into()),
                     command: None,
                     env: BTreeMap::from([("VERSION".into(), "v1".into())]),
+                    ..Default::default()
                 }),
                 revision: Some(7),
                 replicas: vec![
@@ -364,7 +429,7 @@ mod tests {
         colors.insert(
             Color::Green,
             ColorStatus {
-                spec: Some(Spec { image: Some("websample:v2".into()), command: None, env: BTreeMap::new() }),
+                spec: Some(Spec { image: Some("websample:v2".into()), ..Default::default() }),
                 revision: Some(8),
                 replicas: vec![replica("1", "127.0.0.1:32770", Health::Starting, ReplicaState::Out, 0)],
             },

@@ -282,7 +282,11 @@ impl Agent {
                     None => toml.push_str(&format!("command = [{:?}]\n", crate::websample::websample_bin())),
                 },
                 RuntimeChoice::Docker => {
-                    toml.push_str(&format!("image = {:?}\npull = \"never\"\nport = 5000\n", svc.image));
+                    toml.push_str(&format!("image = {:?}\nport = 5000\n", svc.image));
+                    // Locally built images unless the test pulls.
+                    if !svc.keys.get("").is_some_and(|k| k.iter().any(|(k, _)| k == "pull")) {
+                        toml.push_str("pull = \"never\"\n");
+                    }
                 }
             }
             let mut env = svc.env.clone();
@@ -783,7 +787,9 @@ pub fn remove_containers(service: &str) {
     let ids: Vec<String> =
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
     if !ids.is_empty() {
-        let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
+        // `-v`: anonymous volumes (read-only replicas keep their secrets in
+        // them) go with their containers.
+        let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).stdout(Stdio::null()).status();
     }
 }
 

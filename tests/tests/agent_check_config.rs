@@ -43,7 +43,7 @@ fn a_good_config_prints_ok_exits_0_and_starts_nothing() {
     assert!(!dir.path().join("state").exists(), "--check-config created the state dir");
     assert!(!dir.path().join("agent.sock").exists(), "--check-config bound the control socket");
 
-    for example in ["agent.toml", "agent-process.toml"] {
+    for example in ["agent.toml", "agent-process.toml", "real-app.toml"] {
         let path = workspace_root().join("examples/config").join(example);
         let out = check(&path);
         out.assert_exit_code(0);

@@ -101,6 +101,9 @@ pub struct RuntimeConfig {
     /// How long one engine request may take before it fails with an error
     /// naming the engine (image pulls and stops have their own limits).
     pub call_timeout: Duration,
+    /// Registry credentials in Docker's `config.json` format; `None` reads
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Default `[runtime] call_timeout`.
@@ -122,7 +125,8 @@ pub struct ServiceConfig {
     pub name: String,
     /// Proxy listeners.
     pub listen: Vec<SocketAddr>,
-    /// The configured spec: image or command, and env.
+    /// The configured spec: image or command, env, and the container keys
+    /// (secrets and files without their sha256 until a deploy reads them).
     pub spec: Spec,
     /// Pull policy (docker).
     pub pull: PullPolicy,

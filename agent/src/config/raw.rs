@@ -6,6 +6,7 @@
 //! [`Config`](super::Config).
 
 mod claims;
+mod container;
 mod locate;
 mod validate;
 
@@ -121,6 +122,7 @@ pub(super) struct RawRuntime {
     pub kind: Option<Spanned<String>>,
     pub docker_host: Option<Spanned<String>>,
     pub call_timeout: Option<Spanned<String>>,
+    pub auth_file: Option<Spanned<String>>,
 }
 
 /// `[services.NAME]`.
@@ -140,6 +142,30 @@ pub(super) struct RawService {
     pub queue_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
     pub max_queued: Option<Spanned<i64>>,
+    // The container keys (a real application's spec), validated by
+    // `container`.
+    pub networks: Option<SpannedList>,
+    pub network_aliases: Option<SpannedList>,
+    pub volumes: Option<SpannedList>,
+    pub tmpfs: Option<SpannedList>,
+    pub env_file: Option<SpannedList>,
+    pub labels: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub user: Option<Spanned<String>>,
+    pub workdir: Option<Spanned<String>>,
+    pub entrypoint: Option<Spanned<Vec<String>>>,
+    pub read_only: Option<Spanned<bool>>,
+    pub init: Option<Spanned<bool>>,
+    pub memory: Option<Spanned<String>>,
+    pub memory_reservation: Option<Spanned<String>>,
+    pub cpus: Option<Spanned<f64>>,
+    pub pids_limit: Option<Spanned<i64>>,
+    pub cap_drop: Option<SpannedList>,
+    pub cap_add: Option<SpannedList>,
+    pub extra_hosts: Option<SpannedList>,
+    pub log_driver: Option<Spanned<String>>,
+    pub log_opts: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub secrets: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawFileRef>>>>,
+    pub files: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawFileRef>>>>,
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]
@@ -166,6 +192,17 @@ pub(super) struct RawHooks {
 pub(super) struct RawPreStop {
     pub http: Option<String>,
     pub exec: Option<Vec<String>>,
+}
+
+/// A list whose items keep their own spans.
+pub(super) type SpannedList = Spanned<Vec<Spanned<String>>>;
+
+/// One entry of `[services.NAME.secrets]` or `[services.NAME.files]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileRef {
+    pub source: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
 }
 
 /// `[services.NAME.health]`.

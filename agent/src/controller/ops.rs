@@ -219,6 +219,9 @@ impl Service {
     }
 
     async fn deploy(self: &Arc<Self>, ctx: &OpCtx, spec: Spec, promote: bool) -> Result<String, OpFailure> {
+        // The image pulled and pinned, secrets and files read: a bad image
+        // or source fails here, before anything changes.
+        let spec = self.prepare_spec(ctx, &spec).await?;
         // Before anything changes: a failing pre_deploy leaves the service
         // as it was, nothing started.
         if let Some(argv) = self.config.hooks.pre_deploy.clone() {

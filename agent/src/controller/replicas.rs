@@ -5,7 +5,7 @@
 use super::model::{ReplicaModel, ServiceModel};
 use super::plan::{OpCtx, OpFailure};
 use super::Service;
-use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState};
+use crate::api::{Color, EventKind, Health, OutcomeKind, ReplicaState, Spec};
 use crate::health::{HealthMonitor, HealthReport};
 use crate::runtime::{ReplicaHandle, ReplicaSpec};
 use crate::state::{ReplicaRecord, RevisionSpec};
@@ -22,6 +22,18 @@ const POLL: Duration = Duration::from_millis(50);
 const FAILURE_LOG_LINES: usize = 20;
 
 impl Service {
+    /// Ready a new revision's spec before anything starts (the runtime
+    /// reads its secrets and files, pulls and pins its image); the runtime's
+    /// progress lines become `message` events of the operation.
+    pub(super) async fn prepare_spec(&self, ctx: &OpCtx, spec: &Spec) -> Result<Spec, OpFailure> {
+        let progress = |line: String| {
+            self.emit(Some(ctx.id), EventKind::Message { level: "info".into(), message: line });
+        };
+        self.shared.runtime.prepare(spec, self.config.pull, &progress).await.map_err(|e| {
+            OpFailure::failed(format!("revision {} was not started, traffic did not move: {e}", ctx.revision))
+        })
+    }
+
     /// Start replicas `1..=n` of `color` with `spec`, out of rotation.
     /// Returns the first start error, after removing what did start.
     pub(super) async fn start_color(

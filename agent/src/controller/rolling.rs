@@ -90,8 +90,9 @@ impl Service {
     pub(super) async fn rolling(
         self: &Arc<Self>,
         ctx: &OpCtx,
-        plan: RollingPlan,
+        mut plan: RollingPlan,
     ) -> Result<String, OpFailure> {
+        plan.target.spec = self.prepare_spec(ctx, &plan.target.spec).await?;
         let color = self.view().active.expect("planned rolling has an active color");
         let revision = plan.target.revision;
         self.update(move |m| {
@@ -457,10 +458,10 @@ impl Service {
                 .ok_or_else(|| OpFailure::failed("replica vanished"))?;
             (r.spec.clone(), r.state == ReplicaState::Serving)
         };
+        let spec: Spec = self.prepare_spec(ctx, &old.spec.with_overrides(overrides)).await?;
         if serving {
             self.replica_drain(ctx, color, number).await?;
         }
-        let spec: Spec = old.spec.with_overrides(overrides);
         let revision = self
             .update(|m| {
                 m.revision += 1;

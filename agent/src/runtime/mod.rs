@@ -6,6 +6,7 @@ pub mod docker;
 pub mod process;
 pub mod scope;
 pub mod signal;
+pub mod sources;
 
 use crate::api::{Color, Spec};
 use std::future::Future;
@@ -175,17 +176,45 @@ pub enum RuntimeError {
     /// The replica is not known to the runtime.
     #[error("replica {0} not found")]
     NotFound(String),
+    /// A secret, file or env file source cannot be read, changed since the
+    /// deploy read it, or does not parse.
+    #[error("{path}: {message}")]
+    Source {
+        /// The source file.
+        path: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A process replica could not be placed in its own cgroup
     /// ([`scope`]).
     #[error(transparent)]
     Scope(#[from] scope::ScopeError),
 }
 
+/// Where a runtime reports what a long step is doing (a pull's progress),
+/// one line at a time; the controller turns the lines into events.
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
 /// Starts, stops, lists and inspects replicas. Implementations are cheap to
 /// share (`Arc<dyn Runtime>`).
 pub trait Runtime: Send + Sync + 'static {
     /// `docker` or `process`.
     fn kind(&self) -> &'static str;
+
+    /// Make a new revision's `spec` ready to run before any replica
+    /// starts, and return it as it is to be recorded: read its secrets,
+    /// files and env files (recording their sha256), and for docker check
+    /// its networks, pull its image following `pull` and record its repo
+    /// digest. A failure here means nothing was started.
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a Spec,
+        pull: PullPolicy,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<Spec, RuntimeError>> {
+        let _ = (pull, progress);
+        Box::pin(async move { Ok(spec.clone()) })
+    }
 
     /// Create and start one replica; returns once it runs (not once it is
     /// healthy). Labels/records carry service, color, revision and replica.

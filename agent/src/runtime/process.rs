@@ -17,6 +17,7 @@
 //! the record's token in its environment, so the next agent can find it in
 //! `/proc` even when its pid never reached the disk.
 
+mod files;
 mod logfile;
 mod procfs;
 mod record;
@@ -25,7 +26,12 @@ mod tests;
 
 use super::scope::{Placement, SERVICE_ENV};
 use super::signal::parse_signal;
-use super::{labels, BoxFuture, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport};
+use super::sources::Sources;
+use super::{
+    labels, BoxFuture, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError,
+    StopReport,
+};
+use crate::api::{Spec, User};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use record::{Record, TOKEN_ENV};
@@ -58,6 +64,10 @@ pub struct ProcessRuntime {
     /// stop waiting: at shutdown the processes run on for the next agent.
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Contents of secrets, files and env files read by deploys.
+    sources: Sources,
+    /// Where replicas' secrets and files directories go ([`files::base`]).
+    files_dir: PathBuf,
 }
 
 /// One known process.
@@ -127,6 +137,38 @@ fn signal_group(pgid: u32, sig: Signal) -> Result<(), RuntimeError> {
     }
 }
 
+/// The uid and gid a replica of `user` runs as: `Some` when the agent is
+/// root and switches to them, `None` when the agent already is that user.
+/// Anyone else cannot switch users: refused, naming the user.
+fn run_as(user: &User) -> Result<Option<(u32, u32)>, RuntimeError> {
+    let unknown =
+        |what: &str| RuntimeError::InvalidSpec(format!("user {user}: {what} does not exist on this host"));
+    let entry = match user.uid() {
+        Some(uid) => nix::unistd::User::from_uid(uid.into()).ok().flatten(),
+        None => {
+            Some(nix::unistd::User::from_name(&user.user).ok().flatten().ok_or_else(|| unknown("the user"))?)
+        }
+    };
+    let uid = user.uid().or(entry.as_ref().map(|e| e.uid.as_raw())).ok_or_else(|| unknown("the user"))?;
+    let gid = match &user.group {
+        Some(_) if user.gid().is_some() => user.gid().unwrap_or(uid),
+        Some(g) => {
+            nix::unistd::Group::from_name(g).ok().flatten().ok_or_else(|| unknown("the group"))?.gid.as_raw()
+        }
+        None => entry.map_or(uid, |e| e.gid.as_raw()),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if me == 0 {
+        return Ok(Some((uid, gid)));
+    }
+    if me == uid && user.group.is_none() {
+        return Ok(None);
+    }
+    Err(RuntimeError::InvalidSpec(format!(
+        "user {user} needs the agent to run as root to switch to it (it runs as uid {me})"
+    )))
+}
+
 /// Ask the kernel for a free loopback port. Another program could take it
 /// before the app binds it; the health check would then fail, and the
 /// deploy with it, which is the safe outcome.
@@ -184,6 +226,7 @@ impl ProcessRuntime {
         let dir = state_dir.join("processes");
         std::fs::create_dir_all(&dir)
             .map_err(io_err(format!("creating {} (is the state_dir writable?)", dir.display())))?;
+        let files_dir = files::base(&dir);
         let mut procs = HashMap::new();
         let (provisional, records): (Vec<Record>, Vec<Record>) = Record::load_all(&dir)
             .map_err(io_err(format!("reading {}", dir.display())))?
@@ -212,6 +255,7 @@ impl ProcessRuntime {
                         tracing::info!(name = %record.name, "forgetting a process that never started");
                         let _ = Record::delete(&dir, &record.name);
                         logfile::delete(&dir, &record.name);
+                        files::delete(&files_dir, &record.name);
                     }
                 }
             }
@@ -225,6 +269,7 @@ impl ProcessRuntime {
                 tracing::info!(name = %record.name, pid = record.pid, "forgetting process that is gone");
                 let _ = Record::delete(&dir, &record.name);
                 logfile::delete(&dir, &record.name);
+                files::delete(&files_dir, &record.name);
             }
         }
         Ok(ProcessRuntime {
@@ -233,6 +278,8 @@ impl ProcessRuntime {
             placement,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            sources: Sources::new(),
+            files_dir,
         })
     }
 
@@ -391,6 +438,7 @@ impl ProcessRuntime {
         let abandon = |e: RuntimeError| {
             let _ = Record::delete(&self.dir, &name);
             logfile::delete(&self.dir, &name);
+            files::delete(&self.files_dir, &name);
             e
         };
 
@@ -405,14 +453,25 @@ impl ProcessRuntime {
             .map_err(io_err(format!("opening the log of {name}")))
             .map_err(abandon)?;
         let (log, log2) = log;
+        let owner = spec.spec.user.as_ref().map(run_as).transpose().map_err(abandon)?.flatten();
+        let env = self.sources.env_of(&spec.spec).map_err(abandon)?;
+        let dirs_env =
+            files::write(&self.files_dir, &name, &spec.spec, &self.sources, owner).map_err(abandon)?;
         let argv = self.placement.wrap(&name, &record.token, &record.command);
         let mut cmd = tokio::process::Command::new(&argv[0]);
         for var in SERVICE_ENV {
             // The agent's own systemd environment is not the app's.
             cmd.env_remove(var);
         }
+        if let Some((uid, gid)) = owner {
+            cmd.uid(uid).gid(gid);
+        }
+        if let Some(workdir) = &spec.spec.workdir {
+            cmd.current_dir(workdir);
+        }
         cmd.args(&argv[1..])
-            .envs(&spec.spec.env)
+            .envs(&env)
+            .envs(dirs_env)
             .env("PORT", port.to_string())
             .env(TOKEN_ENV, &record.token)
             .stdin(Stdio::null())
@@ -493,6 +552,7 @@ impl ProcessRuntime {
         Record::delete(&self.dir, &p.record.name)
             .map_err(io_err(format!("deleting the record of {}", p.record.name)))?;
         logfile::delete(&self.dir, &p.record.name);
+        files::delete(&self.files_dir, &p.record.name);
         Ok(())
     }
 
@@ -505,6 +565,15 @@ impl ProcessRuntime {
 impl Runtime for ProcessRuntime {
     fn kind(&self) -> &'static str {
         "process"
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a Spec,
+        _pull: PullPolicy,
+        _progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<Spec, RuntimeError>> {
+        Box::pin(async move { self.sources.resolve(spec) })
     }
 
     fn start<'a>(&'a self, spec: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {

@@ -53,6 +53,7 @@ pub fn websample_spec(service: &str, env: &[(&str, &str)]) -> ReplicaSpec {
             image: None,
             command: Some(vec![websample().display().to_string()]),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            ..Default::default()
         },
         app_port: 5000,
         pull: PullPolicy::Never,

@@ -11,7 +11,13 @@
 //!
 //! Routes: `GET /` → `VERSION\n` with `x-version`; `GET /sleep/N` → the same
 //! after N seconds (fractions allowed); `GET /healthz` → 200 or 503;
-//! `GET /ws` → WebSocket echo. Every answer carries `x-version`.
+//! `GET /ws` → WebSocket echo. To look inside a replica: `GET /file/PATH`
+//! (the file's bytes; 404 missing, 403 unreadable), `PUT /file/PATH`
+//! (writes the body: 201, or 500 with the OS error), `GET /upstream`
+//! (fetches `$UPSTREAM_URL`, plain HTTP, and answers its status and body;
+//! 502 with the error), `GET /whoami` (JSON `version`, `uid`, `gid`,
+//! `hostname`, `cwd`), `GET /big/N` (N MiB, streamed). Every answer
+//! carries `x-version`.
 //!
 //! It logs one line per lifecycle event on stdout, `websample <epoch-ms>
 //! <event>`, so tests can order what happened: `listening`, `sigterm`,
@@ -20,7 +26,8 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
@@ -160,8 +167,24 @@ async fn serve() {
     log("exit");
 }
 
-fn text(app: &App, status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+/// Every answer's body: whole, or streamed (`/big/N`).
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+/// Largest body `PUT /file/...` takes (64 MiB).
+const MAX_PUT: usize = 64 << 20;
+/// Size of one chunk of `/big/N`.
+const BIG_CHUNK: usize = 64 << 10;
+
+fn text(app: &App, status: StatusCode, body: String) -> Response<Body> {
+    bytes(app, status, Bytes::from(body))
+}
+
+fn bytes(app: &App, status: StatusCode, body: Bytes) -> Response<Body> {
+    with_version(app, status, Full::new(body).boxed())
+}
+
+fn with_version(app: &App, status: StatusCode, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(&app.version) {
         resp.headers_mut().insert("x-version", v);
@@ -169,12 +192,23 @@ fn text(app: &App, status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
+        p if p.starts_with("/file/") => file(&app, req, &p["/file".len()..]).await,
+        "/upstream" => upstream(&app).await,
+        "/whoami" => whoami(&app),
+        p if p.starts_with("/big/") => match p["/big/".len()..].parse::<usize>() {
+            Ok(mib) if mib <= 4096 => {
+                let chunks = mib * ((1 << 20) / BIG_CHUNK);
+                let chunk = Bytes::from(vec![b'x'; BIG_CHUNK]);
+                let stream = futures_util::stream::iter((0..chunks).map(move |_| {
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
+                }));
+                with_version(&app, StatusCode::OK, BodyExt::boxed(StreamBody::new(stream)))
+            }
+            _ => text(&app, StatusCode::BAD_REQUEST, "expected /big/N with N MiB up to 4096\n".into()),
+        },
         "/" => {
             let n = app.counter.fetch_add(1, Ordering::Relaxed);
             if app.error_rate > 0.0 && fails(n, app.error_rate) {
@@ -208,6 +242,80 @@ async fn handle(
     Ok(resp)
 }
 
+/// `GET` or `PUT` a file by absolute path.
+async fn file(app: &App, req: Request<Incoming>, path: &str) -> Response<Body> {
+    use std::io::ErrorKind;
+    match *req.method() {
+        hyper::Method::GET => match tokio::fs::read(path).await {
+            Ok(content) => bytes(app, StatusCode::OK, Bytes::from(content)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                text(app, StatusCode::NOT_FOUND, format!("{path}: {e}\n"))
+            }
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                text(app, StatusCode::FORBIDDEN, format!("{path}: {e}\n"))
+            }
+            Err(e) => text(app, StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}\n")),
+        },
+        hyper::Method::PUT => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_PUT).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(app, StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+            };
+            match tokio::fs::write(path, &body).await {
+                Ok(()) => text(app, StatusCode::CREATED, format!("wrote {} bytes to {path}\n", body.len())),
+                Err(e) => text(app, StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}\n")),
+            }
+        }
+        _ => text(app, StatusCode::METHOD_NOT_ALLOWED, "GET or PUT\n".into()),
+    }
+}
+
+/// Fetch `$UPSTREAM_URL` and answer its status and body.
+async fn upstream(app: &App) -> Response<Body> {
+    let Ok(url) = std::env::var("UPSTREAM_URL") else {
+        return text(app, StatusCode::BAD_GATEWAY, "UPSTREAM_URL is not set\n".into());
+    };
+    let uri: hyper::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return text(app, StatusCode::BAD_GATEWAY, format!("UPSTREAM_URL {url:?}: {e}\n")),
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let fetched = async {
+        let resp = client.get(uri).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), fetched).await {
+        Ok(Ok((status, body))) => bytes(app, status, body),
+        Ok(Err(e)) => text(app, StatusCode::BAD_GATEWAY, format!("fetching {url}: {e}\n")),
+        Err(_) => text(app, StatusCode::BAD_GATEWAY, format!("fetching {url}: no answer within 10s\n")),
+    }
+}
+
+/// `{"version", "uid", "gid", "hostname", "cwd"}`, read from `/proc` (an
+/// image built `FROM scratch` has no libc to ask).
+fn whoami(app: &App) -> Response<Body> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let id = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+    let body = serde_json::json!({
+        "version": app.version,
+        "uid": id("Uid:"),
+        "gid": id("Gid:"),
+        "hostname": hostname.trim(),
+        "cwd": cwd,
+    });
+    let mut resp = text(app, StatusCode::OK, format!("{body}\n"));
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 /// Spreads failures evenly: request `n` fails when the running count of
 /// failures owed grows past the next whole number. Deterministic, so a
 /// canary test sees exactly the configured rate.
@@ -215,7 +323,7 @@ fn fails(n: u64, rate: f64) -> bool {
     ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
 }
 
-fn websocket(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn websocket(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let is_upgrade = req
         .headers()
         .get(UPGRADE)

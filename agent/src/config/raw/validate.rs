@@ -35,13 +35,13 @@ const DEFAULT_ROLLING_ORDER: RollingOrder = RollingOrder::StopFirst;
 const DEFAULT_MAX_FAILURE_RATIO: f64 = 0.0;
 
 /// Builds errors that point into one file.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line: line_of(self.text, span.start),
@@ -95,7 +95,13 @@ impl Ctx<'_> {
         Ok(d)
     }
 
-    fn count(&self, v: &Option<Spanned<i64>>, key: &str, default: u32, min: i64) -> Result<u32, ConfigError> {
+    pub(super) fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: u32,
+        min: i64,
+    ) -> Result<u32, ConfigError> {
         let Some(v) = v else { return Ok(default) };
         let n = *v.get_ref();
         if n < min || n > i64::from(u32::MAX) {
@@ -313,7 +319,25 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
         let span = raw.call_timeout.as_ref().map(|v| v.span()).unwrap_or(0..0);
         return Err(cx.err(span, "runtime.call_timeout", "must be above zero, e.g. \"15s\""));
     }
-    Ok(RuntimeConfig { kind, docker_host, call_timeout })
+    let auth_file = match &raw.auth_file {
+        None => None,
+        Some(a) if kind == RuntimeKind::Process => {
+            return Err(cx.err(
+                a.span(),
+                "runtime.auth_file",
+                "only applies to kind = \"docker\": remove it or set kind = \"docker\"",
+            ))
+        }
+        Some(a) if !Path::new(a.get_ref()).is_absolute() => {
+            return Err(cx.err(
+                a.span(),
+                "runtime.auth_file",
+                format!("{:?} must be an absolute path, e.g. \"/root/.docker/config.json\"", a.get_ref()),
+            ))
+        }
+        Some(a) => Some(PathBuf::from(a.get_ref())),
+    };
+    Ok(RuntimeConfig { kind, docker_host, call_timeout, auth_file })
 }
 
 fn valid_service_name(name: &str) -> bool {
@@ -472,10 +496,13 @@ fn service(
     let rolling = rolling(cx, &format!("{prefix}.rolling"), &raw.rolling)?;
     let hooks = hooks(cx, &format!("{prefix}.hooks"), &raw.hooks, kind)?;
 
+    let mut spec = Spec { image, command, env, ..Spec::default() };
+    super::container::container(cx, &prefix, raw, kind, &mut spec)?;
+
     Ok(ServiceConfig {
         name: n.clone(),
         listen,
-        spec: Spec { image, command, env },
+        spec,
         pull,
         port,
         replicas,

@@ -32,6 +32,7 @@ fn spec(service: &str, command: &[&str]) -> ReplicaSpec {
             image: None,
             command: Some(command.iter().map(|s| s.to_string()).collect()),
             env: Default::default(),
+            ..Default::default()
         },
         app_port: 5000,
         pull: PullPolicy::Never,

@@ -4,27 +4,38 @@
 //! to the Docker Engine API through bollard and negotiates the API version
 //! once, on first use, so engines as old as 20.10 (API 1.41) work.
 //!
+//! Submodules: `create` maps a spec onto the engine's create request,
+//! `files` uploads secrets and files before the start, `image` pulls (with
+//! `auth` credentials) and finds the repo digest.
+//!
 //! API 1.41 has no `signal` parameter on the stop call, so the stop signal
 //! and grace are set on the container when it is created and the stop call
 //! passes `t = grace`. A stop with another signal than the configured one
 //! is done by hand: kill with that signal, wait up to grace, SIGKILL.
 
+pub mod auth;
+mod create;
+mod files;
+mod image;
+
 use super::signal::canonical_signal;
+use super::sources::Sources;
 use super::{
-    labels, BoxFuture, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError, StopReport,
+    labels, BoxFuture, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError,
+    StopReport,
 };
+use crate::api::Spec;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding,
-};
+use bollard::models::{ContainerInspectResponse, HealthStatusEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, KillContainerOptions,
     ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Seconds bollard waits for one API answer while the client is set up;
@@ -51,6 +62,10 @@ pub struct DockerRuntime {
     client: tokio::sync::OnceCell<Docker>,
     /// What to tell the user to check when the engine cannot be reached.
     hint: String,
+    /// `[runtime] auth_file`; `None` reads Docker's default.
+    auth_file: Option<PathBuf>,
+    /// Contents of secrets, files and env files read by deploys.
+    sources: Sources,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -104,7 +119,13 @@ impl DockerRuntime {
             source: Some(Box::new(e)),
         })?;
         let base = base.with_timeout(DEFAULT_CALL_TIMEOUT);
-        Ok(DockerRuntime { base, client: tokio::sync::OnceCell::new(), hint })
+        Ok(DockerRuntime {
+            base,
+            client: tokio::sync::OnceCell::new(),
+            hint,
+            auth_file: None,
+            sources: Sources::new(),
+        })
     }
 
     /// Fail any single engine request that takes longer than `limit`
@@ -112,6 +133,14 @@ impl DockerRuntime {
     /// an error naming it. Image pulls and stops have their own limits.
     pub fn with_call_timeout(mut self, limit: Duration) -> Self {
         self.base = self.base.with_timeout(limit);
+        self
+    }
+
+    /// Read registry credentials from `auth_file` (Docker's `config.json`
+    /// format) instead of `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`.
+    pub fn with_auth_file(mut self, auth_file: Option<PathBuf>) -> Self {
+        self.auth_file = auth_file;
         self
     }
 
@@ -150,43 +179,6 @@ impl DockerRuntime {
         RuntimeError::Docker { message, source: Some(Box::new(e)) }
     }
 
-    /// Make sure `image` is present, following `pull`.
-    async fn ensure_image(&self, image: &str, pull: PullPolicy) -> Result<(), RuntimeError> {
-        let docker = self.client().await?;
-        let present = match docker.inspect_image(image).await {
-            Ok(_) => true,
-            Err(e) if is_status(&e, 404) => false,
-            Err(e) => return Err(self.err(&format!("inspecting image {image}"), e)),
-        };
-        match (pull, present) {
-            (PullPolicy::Never, false) => Err(RuntimeError::Image {
-                image: image.to_string(),
-                message: "is not present locally and pull = \"never\"; build or load it first".into(),
-            }),
-            (PullPolicy::Never, true) | (PullPolicy::Missing, true) => Ok(()),
-            (PullPolicy::Always, _) | (PullPolicy::Missing, false) => self.pull(image).await,
-        }
-    }
-
-    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        // A pull streams for as long as the image takes to arrive.
-        let docker = self.client().await?.clone().with_timeout(PULL_TIMEOUT);
-        tracing::info!(%image, "pulling image");
-        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
-        let mut stream = docker.create_image(Some(options), None, None);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                return Err(RuntimeError::Image {
-                    image: image.to_string(),
-                    message: format!(
-                        "pull failed ({e}); check the name and that the registry is reachable, or build it locally and set pull = \"never\""
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Force-remove a container; one that is gone (or already being
     /// removed) is fine.
     async fn force_remove(&self, id: &str) -> Result<(), RuntimeError> {
@@ -208,8 +200,16 @@ impl DockerRuntime {
         }
     }
 
-    async fn start_container(&self, spec: &ReplicaSpec) -> Result<ReplicaHandle, RuntimeError> {
-        let image = match spec.spec.image.as_deref() {
+    /// Ready a new revision: its networks exist, its image is present
+    /// (pulled as `pull` says) and pinned by repo digest, its secrets,
+    /// files and env files are read and pinned by sha256.
+    async fn prepare_spec(
+        &self,
+        spec: &Spec,
+        pull: PullPolicy,
+        progress: Progress<'_>,
+    ) -> Result<Spec, RuntimeError> {
+        let image = match spec.image.as_deref() {
             Some(i) if !i.trim().is_empty() => i,
             _ => {
                 return Err(RuntimeError::InvalidSpec(
@@ -217,51 +217,54 @@ impl DockerRuntime {
                 ))
             }
         };
+        let docker = self.client().await?;
+        for network in &spec.networks {
+            match docker.inspect_network(network, None::<InspectNetworkOptions>).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {
+                    return Err(RuntimeError::InvalidSpec(format!(
+                    "network {network:?} does not exist: create it first (docker network create {network})"
+                )))
+                }
+                Err(e) => return Err(self.err(&format!("inspecting network {network}"), e)),
+            }
+        }
+        let mut out = self.sources.resolve(spec)?;
+        if let Some(pinned) = spec.digest.is_some().then(|| spec.pinned_image()).flatten() {
+            // Already pinned (a resumed rolling update): the same image.
+            let pull = if pull == PullPolicy::Never { pull } else { PullPolicy::Missing };
+            self.ensure_image(&pinned, pull, Some(progress)).await?;
+            return Ok(out);
+        }
+        self.ensure_image(image, pull, Some(progress)).await?;
+        out.digest = self.repo_digest(image).await?;
+        if let Some(digest) = &out.digest {
+            progress(format!("image {image} is {digest}"));
+        }
+        Ok(out)
+    }
+
+    async fn start_container(&self, spec: &ReplicaSpec) -> Result<ReplicaHandle, RuntimeError> {
+        let Some(image) = spec.spec.pinned_image().filter(|i| !i.trim().is_empty()) else {
+            return Err(RuntimeError::InvalidSpec(
+                "the docker runtime needs an image, e.g. \"websample:v1\"".into(),
+            ));
+        };
         let stop_signal = canonical_signal(&spec.stop_signal).map_err(RuntimeError::InvalidSpec)?;
-        self.ensure_image(image, spec.pull).await?;
+        // A pinned digest names one image for good: pulling it again would
+        // bring the same bytes.
+        let pull = match spec.pull {
+            PullPolicy::Always if spec.spec.digest.is_some() => PullPolicy::Missing,
+            other => other,
+        };
+        self.ensure_image(&image, pull, None).await?;
+        let env = self.sources.env_of(&spec.spec)?;
         let docker = self.client().await?;
         let name = spec.name();
         self.force_remove(&name).await?;
 
-        let port_key = format!("{}/tcp", spec.app_port);
-        let mut env: Vec<String> = spec
-            .spec
-            .env
-            .iter()
-            .filter(|(k, _)| k.as_str() != "PORT")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("PORT={}", spec.app_port));
-        let container_labels: HashMap<String, String> = [
-            (labels::MANAGED, "true".to_string()),
-            (labels::SERVICE, spec.service.clone()),
-            (labels::COLOR, spec.color.to_string()),
-            (labels::REVISION, spec.revision.to_string()),
-            (labels::REPLICA, spec.replica.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            env: Some(env),
-            cmd: spec.spec.command.clone(),
-            labels: Some(container_labels),
-            exposed_ports: Some(vec![port_key.clone()]),
-            stop_signal: Some(stop_signal),
-            stop_timeout: Some(grace_secs(spec.stop_grace)),
-            host_config: Some(HostConfig {
-                port_bindings: Some(HashMap::from([(
-                    port_key.clone(),
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let port_key = create::port_key(spec);
+        let body = create::create_body(spec, &image, stop_signal, &env);
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
         let created = docker
             .create_container(Some(options), body)
@@ -269,6 +272,10 @@ impl DockerRuntime {
             .map_err(|e| self.err(&format!("creating container {name}"), e))?;
         for w in &created.warnings {
             tracing::warn!(%name, warning = %w, "docker create warning");
+        }
+        if let Err(e) = self.before_start(&created.id, &name, &spec.spec).await {
+            let _ = self.force_remove(&created.id).await;
+            return Err(e);
         }
         let id = created.id;
         if let Err(e) =
@@ -314,6 +321,23 @@ impl DockerRuntime {
             replica: spec.replica,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
         })
+    }
+
+    /// What a created container needs before its start: its other
+    /// networks, then its secrets and files.
+    async fn before_start(&self, id: &str, name: &str, spec: &Spec) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        for network in spec.networks.iter().skip(1) {
+            let request = NetworkConnectRequest {
+                container: id.to_string(),
+                endpoint_config: Some(create::endpoint(spec)),
+            };
+            docker
+                .connect_network(network, request)
+                .await
+                .map_err(|e| self.err(&format!("connecting container {name} to network {network}"), e))?;
+        }
+        self.place_files(id, name, spec, &self.sources).await
     }
 
     async fn stop_container(
@@ -493,6 +517,15 @@ fn grace_secs(grace: Duration) -> i64 {
 impl Runtime for DockerRuntime {
     fn kind(&self) -> &'static str {
         "docker"
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a Spec,
+        pull: PullPolicy,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<Spec, RuntimeError>> {
+        Box::pin(self.prepare_spec(spec, pull, progress))
     }
 
     fn start<'a>(&'a self, spec: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
