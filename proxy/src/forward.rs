@@ -32,6 +32,8 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// Fires when the listener stops for good (ends tunnels).
     pub(crate) shutdown: Arc<Signal>,
+    /// The listener's tunnels (waited for after its hard stop).
+    pub(crate) tunnels: tokio_util::task::TaskTracker,
     /// HTTP/1.1: a drain's cut of a response's backend ends the whole
     /// connection (it carries one response at a time). On h2 it ends the
     /// stream alone (`h2_streams`).
@@ -45,8 +47,13 @@ pub(crate) struct ConnCtx {
 
 impl ConnCtx {
     /// Context for a new connection.
-    pub(crate) fn new(client_ip: HeaderValue, shutdown: Arc<Signal>, h1: bool) -> ConnCtx {
-        ConnCtx { client_ip, shutdown, h1, cut: AtomicBool::new(false) }
+    pub(crate) fn new(
+        client_ip: HeaderValue,
+        shutdown: Arc<Signal>,
+        tunnels: tokio_util::task::TaskTracker,
+        h1: bool,
+    ) -> ConnCtx {
+        ConnCtx { client_ip, shutdown, tunnels, h1, cut: AtomicBool::new(false) }
     }
 
     /// Whether a drain cut this connection's response.
@@ -263,7 +270,7 @@ async fn attempt(
     if upgraded {
         if let Some(client) = client_upgrade.take() {
             // The upstream connection now belongs to the tunnel.
-            crate::upgrade::spawn_tunnel(client, pooled.conn, guard, cut, ctx.shutdown.clone());
+            crate::upgrade::spawn_tunnel(&ctx.tunnels, client, pooled.conn, guard, cut, ctx.shutdown.clone());
             return Attempt::Done(resp.map(|()| ProxyBody::empty()));
         }
     }

@@ -57,6 +57,9 @@ struct Listener {
     graceful: Arc<Signal>,
     /// Fires when the graceful period is over, always after `graceful`.
     hard_stop: Arc<Signal>,
+    /// Upgraded connections' tunnels: they outlive their request and end
+    /// at the hard stop, so they are waited for after it, not before.
+    tunnels: TaskTracker,
 }
 
 /// Accept errors that concern one connection or a passing shortage of
@@ -133,6 +136,7 @@ pub(crate) async fn serve(
         tasks: connections.clone(),
         graceful: Arc::default(),
         hard_stop: Arc::default(),
+        tunnels: TaskTracker::new(),
     });
     let mut client_ips = ClientIps::default();
     // The loop looks at the stop between accepts; a token takes two locks
@@ -193,6 +197,8 @@ pub(crate) async fn serve(
         tracing::warn!(listener = %addr, ?timeout, "graceful shutdown timed out; closing the connections left");
     }
     shared.hard_stop.fire();
+    shared.tunnels.close();
+    shared.tunnels.wait().await;
     result
 }
 
@@ -219,7 +225,12 @@ async fn connection(
     };
     let Some((protocol, prefix)) = first else { return };
     let io = Prefixed::new(prefix, TokioIo::new(WriteTimeout::new(stream, config.write_timeout)));
-    let ctx = Arc::new(ConnCtx::new(client_ip, l.hard_stop.clone(), protocol == Protocol::Http1));
+    let ctx = Arc::new(ConnCtx::new(
+        client_ip,
+        l.hard_stop.clone(),
+        l.tunnels.clone(),
+        protocol == Protocol::Http1,
+    ));
     let conn_ctx = ctx.clone();
     let result = match protocol {
         Protocol::Http1 => {

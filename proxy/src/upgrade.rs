@@ -14,8 +14,9 @@ use tokio::io::AsyncWriteExt;
 
 /// Start the tunnel between the client's upgraded connection and the
 /// backend's connection (with whatever the backend sent after its 101).
-/// Returns at once; the tunnel runs in its own task.
+/// Returns at once; the tunnel runs in its own task on `tasks`.
 pub(crate) fn spawn_tunnel(
+    tasks: &tokio_util::task::TaskTracker,
     client: OnUpgrade,
     upstream: Conn,
     mut guard: InflightGuard,
@@ -23,7 +24,7 @@ pub(crate) fn spawn_tunnel(
     shutdown: Arc<Signal>,
 ) {
     guard.upgrade();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let _guard = guard;
         let tunnel = async {
             let client = match client.await {
