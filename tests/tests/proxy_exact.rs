@@ -270,18 +270,9 @@ async fn a_slow_reader_on_the_old_color_is_cut_at_the_drain_deadline() {
     let mut client = slow_reader(p.addr).await;
     assert_eq!(p.proxy.inflight(&"blue-1".into()), 1);
 
-    // Promote: blue out of rotation, then its drain.
-    p.proxy.update_routes(|t| {
-        t.weights = bg_proxy::Weights::all_to(Color::Green);
-        for b in &mut t.backends {
-            b.in_rotation = b.color == Color::Green;
-        }
-    });
-    let timeout = Duration::from_millis(500);
-    let report = p.proxy.drain(&["blue-1".into()], timeout).await;
-    assert!(report.timed_out && report.cut == 1, "{report:?}");
-    // The backend may be stopped now: the drain did not wait past its deadline.
-    assert!(report.elapsed < timeout + Duration::from_millis(500), "{report:?}");
+    // Promote: blue out of rotation, then its drain; the backend may be
+    // stopped now: the drain did not wait past its deadline.
+    promote_and_cut_blue(&p).await;
 
     // Within a second of the deadline, nothing is left on blue...
     let slack = Duration::from_secs(1);
@@ -370,16 +361,7 @@ async fn an_h2_stream_whose_client_stopped_reading_is_reset_at_the_drain_deadlin
     // without the stream's own cut too, never fails.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    p.proxy.update_routes(|t| {
-        t.weights = bg_proxy::Weights::all_to(Color::Green);
-        for b in &mut t.backends {
-            b.in_rotation = b.color == Color::Green;
-        }
-    });
-    let timeout = Duration::from_millis(500);
-    let report = p.proxy.drain(&["blue-1".into()], timeout).await;
-    assert!(report.timed_out && report.cut == 1, "{report:?}");
-    assert!(report.elapsed < timeout + Duration::from_millis(500), "{report:?}");
+    promote_and_cut_blue(&p).await;
 
     // Within a second of the deadline (slack for a loaded machine; it
     // takes one wake-up), blue has nothing left and saw its connection
@@ -496,4 +478,20 @@ async fn an_h2_stream_the_client_stops_reading_is_reset_after_the_write_timeout_
     assert_eq!(got, STEADY);
     bg_tests::wait::eventually("in flight back to zero", SECS_5, || p.proxy.inflight(&"blue-1".into()) == 0)
         .await;
+}
+
+/// Promote: blue out of rotation, then a 500 ms drain of `blue-1`, which
+/// must cut the one request open on it and end within 500 ms of its
+/// deadline.
+async fn promote_and_cut_blue(p: &TestProxy) {
+    p.proxy.update_routes(|t| {
+        t.weights = bg_proxy::Weights::all_to(Color::Green);
+        for b in &mut t.backends {
+            b.in_rotation = b.color == Color::Green;
+        }
+    });
+    let timeout = Duration::from_millis(500);
+    let report = p.proxy.drain(&["blue-1".into()], timeout).await;
+    assert!(report.timed_out && report.cut == 1, "{report:?}");
+    assert!(report.elapsed < timeout + Duration::from_millis(500), "{report:?}");
 }
