@@ -6,7 +6,7 @@
 //! controller's to check. Pure functions on bytes, so they can be fuzzed
 //! without a server.
 
-use crate::api::{CanaryRequest, DeployRequest, RollingRequest, SpecOverrides};
+use crate::api::{CanaryRequest, DeployRequest, RollingRequest, RunRequest, SpecOverrides};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 
@@ -94,6 +94,12 @@ impl Checked for SpecOverrides {
 impl Checked for DeployRequest {
     fn check(&self) -> Result<(), DecodeError> {
         check_spec_fields(self.image.as_deref(), self.command.as_deref(), &self.env)
+    }
+}
+
+impl Checked for RunRequest {
+    fn check(&self) -> Result<(), DecodeError> {
+        check_spec_fields(self.image.as_deref(), Some(&self.command), &BTreeMap::new())
     }
 }
 

@@ -8,12 +8,13 @@
 #![allow(clippy::result_large_err)]
 
 use crate::api::{
-    CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, RollingRequest, ServiceList,
-    SpecOverrides,
+    CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, RollingRequest, RunLine, RunRequest,
+    ServiceList, SpecOverrides,
 };
 use crate::controller::{ControlError, Operation, Service};
 use crate::decode::{decode, decode_empty, Checked, DecodeError};
 use crate::events::EventHub;
+use crate::runtime::OutputStream;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -139,6 +140,10 @@ impl ControlApi {
                 Ok(json(StatusCode::OK, &self.service(name)?.history()))
             }
             (Method::GET, ["v1", "events"]) => self.events(&query),
+            (Method::POST, ["v1", "services", name, "run"]) => {
+                let service = self.service(name)?.clone();
+                self.run(service, body::<RunRequest>(req).await?)
+            }
             (Method::POST, ["v1", "services", name, op]) => {
                 let service = self.service(name)?.clone();
                 let request = match *op {
@@ -210,7 +215,7 @@ impl ControlApi {
         let follow = q.follow;
         self.tasks.spawn(async move {
             for e in sub.replay.iter().filter(|e| wanted(e)) {
-                if tx.send(Ok(ndjson(e))).await.is_err() {
+                if tx.send(Ok(ndjson(&**e))).await.is_err() {
                     return;
                 }
             }
@@ -225,7 +230,7 @@ impl ControlApi {
                 };
                 match e {
                     Ok(e) if wanted(&e) => {
-                        if tx.send(Ok(ndjson(&e))).await.is_err() {
+                        if tx.send(Ok(ndjson(&*e))).await.is_err() {
                             return;
                         }
                     }
@@ -246,8 +251,50 @@ impl ControlApi {
     }
 }
 
-fn ndjson(e: &crate::api::Event) -> Frame<Bytes> {
-    let mut line = serde_json::to_vec(e).expect("events serialize");
+impl ControlApi {
+    /// `POST /v1/services/{name}/run`: the run's lines as they come, then
+    /// its exit code. The run is killed when the client goes away or the
+    /// agent stops.
+    fn run(&self, service: Arc<Service>, req: RunRequest) -> Result<Response<Body>, Response<Body>> {
+        let spec = service.oneoff_spec(&req.command, req.image.as_deref()).map_err(control_error)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, Infallible>>();
+        let cancel = self.shutdown.child_token();
+        self.tasks.spawn(async move {
+            let output = |stream: OutputStream, line: String| {
+                let stream = match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                };
+                let _ = tx.send(Ok(ndjson(&RunLine::Output { stream: stream.into(), line })));
+            };
+            let run = service.run_once(spec, req.command, &output, &cancel);
+            let gone = async {
+                tx.closed().await;
+                cancel.cancel();
+                std::future::pending::<()>().await
+            };
+            let last = tokio::select! {
+                biased;
+                r = run => match r {
+                    Ok(Some(exit_code)) => RunLine::Exit { exit_code },
+                    Ok(None) => RunLine::Error { error: "the run was stopped: the agent is shutting down".into() },
+                    Err(e) => RunLine::Error { error: e.to_string() },
+                },
+                () = gone => unreachable!("pending"),
+            };
+            let _ = tx.send(Ok(ndjson(&last)));
+        });
+        let stream =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let mut resp = Response::new(StreamBody::new(stream).boxed());
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+        Ok(resp)
+    }
+}
+
+fn ndjson(e: &impl serde::Serialize) -> Frame<Bytes> {
+    let mut line = serde_json::to_vec(e).expect("answers serialize");
     line.push(b'\n');
     Frame::data(Bytes::from(line))
 }

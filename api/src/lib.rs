@@ -17,6 +17,7 @@
 //! | POST   | `/v1/services/{name}/replicas/{id}/drain`  | `{}`             | [`OperationAccepted`]|
 //! | POST   | `/v1/services/{name}/replicas/{id}/enable` | `{}`             | [`OperationAccepted`]|
 //! | POST   | `/v1/services/{name}/replicas/{id}/update` | [`SpecOverrides`]| [`OperationAccepted`]|
+//! | POST   | `/v1/services/{name}/run`              | [`RunRequest`]       | NDJSON of [`RunLine`]|
 //! | GET    | `/v1/events?service=NAME&since=SEQ`    |                      | NDJSON of [`Event`]  |
 //! | GET    | `/v1/health`                           |                      | `{"ok": true}`       |
 //!
@@ -594,6 +595,44 @@ pub struct ErrorDetail {
     pub code: String,
     /// What is wrong and what to do.
     pub message: String,
+}
+
+/// `POST /v1/services/{name}/run`: run the service's spec once with
+/// another command (`bgctl run`). The spec is the candidate's (deployed,
+/// not promoted), else the active color's, else the configured one.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The program and its arguments; must not be empty.
+    pub command: Vec<String>,
+    /// Run this image instead of the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// One line of the answer to `POST /v1/services/{name}/run`: output lines
+/// while it runs, then exactly one `exit` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunLine {
+    /// A line the program printed (`stream` is `stdout` or `stderr`;
+    /// the runtime's own progress, a pull, comes as `stderr`).
+    Output {
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// It ended with this exit code (`128 + signo` when killed).
+    Exit {
+        /// The exit code.
+        exit_code: i64,
+    },
+    /// It could not be run, or was stopped (the agent shut down).
+    Error {
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// The query of `GET /v1/events`.

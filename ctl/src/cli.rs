@@ -103,6 +103,13 @@ pub enum Command {
         /// The service.
         service: String,
     },
+    /// Run the service's spec once with another command, e.g. migrations:
+    /// `bgctl run web -- bin/migrate up`. Runs the candidate's spec (deployed,
+    /// not yet promoted), else the active one, else the configured one; its
+    /// output is printed as it comes and bgctl exits with its exit code
+    /// (which may overlap with bgctl's own codes 1-4: with `--output json`
+    /// the document tells them apart). Acts on one agent.
+    Run(RunArgs),
     /// Print a shell completion script, e.g.
     /// `bgctl completions bash > /etc/bash_completion.d/bgctl`.
     Completions {
@@ -110,6 +117,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `bgctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The service.
+    pub service: String,
+    /// Image to run instead of the spec's (docker runtime).
+    #[arg(long, value_name = "IMG")]
+    pub image: Option<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Spec overrides shared by `deploy`, `rolling` and `replica update`.

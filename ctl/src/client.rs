@@ -252,7 +252,28 @@ impl Client {
 
     /// `GET path` answered by newline-delimited JSON, read line by line.
     pub async fn stream(&self, path: &str) -> Result<LineStream, Error> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None))
+        self.open_stream(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, answered by newline-delimited JSON.
+    pub async fn post_stream<B: Serialize>(&self, path: &str, body: &B) -> Result<LineStream, Error> {
+        let body = serde_json::to_vec(body).map_err(|source| Error::Decode {
+            addr: self.addr.to_string(),
+            what: "request body".into(),
+            source,
+        })?;
+        self.open_stream(Method::POST, path, Some(body)).await
+    }
+
+    /// The answer's head within [`REQUEST_TIMEOUT`]; its body as lines,
+    /// for as long as the agent sends them.
+    async fn open_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<LineStream, Error> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(method, path, body))
             .await
             .map_err(|_| Error::Timeout { addr: self.addr.to_string(), secs: REQUEST_TIMEOUT.as_secs() })??;
         Ok(LineStream { body: resp.into_body(), buf: Vec::new(), addr: self.addr.to_string(), done: false })

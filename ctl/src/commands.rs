@@ -95,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
                 fleet::combine(clients, fleet::each(clients, |c| events_once(c, service, since)).await)
             }
         }
+        Command::Run(args) => crate::run::run(clients, args, cli.output).await,
         Command::History { service } => {
             let service = &service;
             fleet::combine(clients, fleet::each(clients, |c| history(c, service)).await)

@@ -113,6 +113,15 @@ pub enum Error {
         operation: u64,
     },
 
+    /// A one-off run (`bgctl run`) could not run or was stopped.
+    #[error("the run on agent at {addr} did not complete: {message}")]
+    RunFailed {
+        /// The agent address as given.
+        addr: String,
+        /// The agent's message.
+        message: String,
+    },
+
     /// Writing to stdout or stderr failed.
     #[error("cannot write output")]
     Io(#[from] io::Error),
@@ -129,7 +138,9 @@ impl Error {
             | Error::Unauthorized { .. }
             | Error::StreamEnded { .. } => EXIT_UNREACHABLE,
             Error::Conflict { .. } => EXIT_CONFLICT,
-            Error::Agent { .. } | Error::Decode { .. } | Error::Io(_) => EXIT_FAILED,
+            Error::Agent { .. } | Error::Decode { .. } | Error::RunFailed { .. } | Error::Io(_) => {
+                EXIT_FAILED
+            }
         }
     }
 
@@ -143,6 +154,7 @@ impl Error {
             Error::Rejected { code, .. } | Error::Agent { code, .. } => code,
             Error::Conflict { .. } => "conflict",
             Error::Decode { .. } => "bad_answer",
+            Error::RunFailed { .. } => "run_failed",
             Error::Io(_) => "io",
         }
     }

@@ -18,6 +18,7 @@ mod fleet;
 mod follow;
 mod ops;
 mod render;
+mod run;
 
 use clap::Parser;
 use cli::{Cli, OutputFormat};

@@ -90,3 +90,48 @@ async fn pre_stop_runs_after_the_drain_and_before_the_stop_signal() {
     }
     assert_eq!(lines, ["post_switch: switched to green r2"], "after the switch at {switched:?}");
 }
+
+/// `bgctl run` on the process runtime: the configured spec before any
+/// deploy, the candidate's after one; output passed through and the exit
+/// code returned, in text and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgctl_run_passes_output_and_exit_code_through() {
+    let agent = Agent::process().service(Svc::new("web")).start().await;
+    let script = "echo version $VERSION; echo careful >&2; exit 7";
+    let out = agent.bgctl(&["run", "web", "--", "sh", "-c", script]);
+    out.assert_exit_code(7);
+    assert_eq!(out.stdout.trim(), "version v1", "{out:?}");
+    assert!(out.stderr.contains("careful"), "{out:?}");
+
+    // A candidate (deployed, not promoted): its spec is the one run.
+    agent.op("web", "deploy", json!({}), OP).await;
+    agent.op("web", "deploy", json!({"env": {"VERSION": "v2"}}), OP).await;
+    let out = agent.bgctl(&["--output", "json", "run", "web", "--", "sh", "-c", "echo $VERSION; echo e >&2"]);
+    out.assert_exit_code(0);
+    let doc = out.stdout_json();
+    assert_eq!(doc["exit_code"], 0, "{doc}");
+    let output = doc["output"].as_array().unwrap();
+    assert!(output.contains(&json!({"stream": "stdout", "line": "v2"})), "{doc}");
+    assert!(output.contains(&json!({"stream": "stderr", "line": "e"})), "{doc}");
+
+    // The run is in the event stream; it is no replica and moved nothing.
+    let events = agent.events("web").await;
+    let runs = message_starting(&events, "run: ");
+    assert!(runs.iter().any(|m| m.ends_with("exited with 7")), "{runs:?}");
+    let s = agent.status("web").await;
+    assert_eq!((s["active"].as_str(), replicas(&s, "green").len()), (Some("blue"), 1), "{s}");
+
+    // Refusals: unknown service (exit 2), a program that does not exist
+    // (exit 1, named), and several agents (exit 2).
+    let out = agent.bgctl(&["run", "nope", "--", "true"]);
+    out.assert_exit_code(2);
+    assert!(out.stderr.contains("unknown service"), "{out:?}");
+    let out = agent.bgctl(&["run", "web", "--", "/no/such/program"]);
+    out.assert_exit_code(1);
+    assert!(out.stderr.contains("/no/such/program"), "{out:?}");
+    let agent_arg = agent.agent_arg();
+    let out =
+        agent.bgctl(&["--agent", &agent_arg, "--agent", "http://127.0.0.1:9", "run", "web", "--", "true"]);
+    out.assert_exit_code(2);
+    assert!(out.stderr.contains("one agent"), "{out:?}");
+}

@@ -509,3 +509,92 @@ async fn process_replicas_get_secrets_files_env_file_and_workdir() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(format!("{dir_now}/token")).unwrap(), "process-secret");
 }
+
+/// `bgctl run` on the engine: a container of the spec (its env and
+/// secrets) runs the command, its output and exit code come back, and
+/// nothing is left behind; `--image` runs another image, a missing one is
+/// named. Then `pre_stop = { exec }` runs inside the old replica's
+/// container, after its drain and before its stop signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgctl_run_and_pre_stop_exec_use_containers_of_the_spec() {
+    if !docker_with_images("real_app_run_exec", &["v1", "v2"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "run-secret").unwrap();
+    let name = unique_service("run");
+    let svc = Svc::new(&name)
+        .set("secrets", "pw", &format!("{{ source = {:?} }}", secret.display().to_string()))
+        .set(
+            "hooks",
+            "pre_stop",
+            r#"{ exec = ["/websample", "task", "echo", "quiescing", "cat", "/etc/hostname", "env", "BG_REPLICA"] }"#,
+        );
+    let agent = Agent::docker().service(svc).start().await;
+    let oneoffs = || docker(&["ps", "-a", "-q", "--filter", &format!("label=bg.oneoff={name}")]);
+
+    // Before any deploy: the configured spec.
+    let out = agent.bgctl(&[
+        "run",
+        &name,
+        "--",
+        "task",
+        "echo",
+        "hello",
+        "env",
+        "VERSION",
+        "cat",
+        "/run/secrets/pw",
+        "warn",
+        "oops",
+        "exit",
+        "3",
+    ]);
+    out.assert_exit_code(3);
+    assert_eq!(out.stdout, "hello\nVERSION=v1\nrun-secret\n", "{out:?}");
+    assert!(out.stderr.contains("oops"), "{out:?}");
+    assert_eq!(oneoffs(), "", "the one-off container was left behind");
+
+    let status = agent.op(&name, "deploy", json!({}), OP).await;
+    assert_ok(&status, &agent);
+    let blue = first_container(&status, "blue");
+    let hostname = inspect(&blue)["Config"]["Hostname"].as_str().unwrap().to_string();
+    let out = agent.bgctl(&[
+        "--output",
+        "json",
+        "run",
+        &name,
+        "--image",
+        "websample:v2",
+        "--",
+        "task",
+        "exit",
+        "0",
+    ]);
+    out.assert_exit_code(0);
+    assert_eq!(out.stdout_json()["exit_code"], 0);
+    let out = agent.bgctl(&["run", &name, "--image", "websample:no-such-tag", "--", "task", "exit", "0"]);
+    out.assert_exit_code(1);
+    assert!(out.stderr.contains("websample:no-such-tag"), "{out:?}");
+    assert_eq!(oneoffs(), "");
+    assert!(!agent.log().contains("run-secret"), "the secret reached the log");
+
+    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2"}, "promote": true});
+    assert_ok(&agent.op(&name, "deploy", v2, OP).await, &agent);
+    let events = agent.events(&name).await;
+    let at = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let e = events.iter().find(|e| f(e)).unwrap_or_else(|| panic!("no {what} event in {events:#?}"));
+        (e["seq"].as_u64().unwrap(), e["at"].as_str().unwrap().to_string())
+    };
+    let message = |e: &Value, text: &str| e["type"] == "message" && e["message"] == text;
+    let drained = at("drained", &|e| e["type"] == "drained" && e["color"] == "blue");
+    let quiescing = at("pre_stop", &|e| message(e, "pre_stop: quiescing"));
+    // The exec ran in the container: its hostname, and the hook's env.
+    at("pre_stop hostname", &|e| message(e, &format!("pre_stop: {hostname}")));
+    at("pre_stop env", &|e| message(e, "pre_stop: BG_REPLICA=1"));
+    let stopped =
+        at("stopped", &|e| e["type"] == "replica" && e["color"] == "blue" && e["state"] == "stopped");
+    assert!(drained.0 < quiescing.0 && quiescing.0 < stopped.0, "{drained:?} {quiescing:?} {stopped:?}");
+    assert!(drained.1 <= quiescing.1 && quiescing.1 <= stopped.1, "{drained:?} {quiescing:?} {stopped:?}");
+}

@@ -11,11 +11,13 @@ use super::model::ReplicaModel;
 use super::Service;
 use crate::api::{Color, EventKind};
 use crate::config::{HealthCheckKind, PreStop};
+use crate::runtime::child::{self, Ended};
+use crate::runtime::OutputStream;
 use crate::state::RevisionSpec;
 use std::collections::VecDeque;
-use std::process::Stdio;
-use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Output lines of a failed hook quoted in its error.
 const QUOTED_LINES: usize = 10;
@@ -33,6 +35,22 @@ pub(super) struct HookTarget<'a> {
 }
 
 impl Service {
+    /// The environment every hook gets (see the module doc).
+    fn hook_env(&self, t: &HookTarget<'_>) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("BG_SERVICE", self.name.clone()),
+            ("BG_REVISION", t.spec.revision.to_string()),
+            ("BG_COLOR", t.color.to_string()),
+            ("BG_IMAGE", t.spec.spec.image.clone().unwrap_or_default()),
+            ("BG_OPERATION", t.op.map(|o| o.to_string()).unwrap_or_default()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(t.env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    }
+
     /// Run host hook `name` (`argv`) to its end or `hook_timeout`; its
     /// output lines become events. Err names the hook and why it failed,
     /// with its last lines.
@@ -44,72 +62,19 @@ impl Service {
     ) -> Result<(), String> {
         let (program, args) = argv.split_first().ok_or_else(|| format!("{name} hook is empty"))?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .env("BG_SERVICE", &self.name)
-            .env("BG_REVISION", t.spec.revision.to_string())
-            .env("BG_COLOR", t.color.to_string())
-            .env("BG_IMAGE", t.spec.spec.image.clone().unwrap_or_default())
-            .env("BG_OPERATION", t.op.map(|o| o.to_string()).unwrap_or_default())
-            .envs(t.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("{name} hook {program:?} cannot start: {e}"))?;
-        let (out, err) = (child.stdout.take(), child.stderr.take());
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let timeout = self.config.hooks.timeout;
-        let run = async {
-            let mut out = out.map(|o| BufReader::new(o).lines());
-            let mut err = err.map(|e| BufReader::new(e).lines());
-            loop {
-                let line = tokio::select! {
-                    l = async { out.as_mut()?.next_line().await.ok().flatten() }, if out.is_some() => {
-                        if l.is_none() { out = None; }
-                        l
-                    }
-                    l = async { err.as_mut()?.next_line().await.ok().flatten() }, if err.is_some() => {
-                        if l.is_none() { err = None; }
-                        l
-                    }
-                    else => break,
-                };
-                if let Some(line) = line {
-                    tracing::info!(service = %self.name, hook = name, "{line}");
-                    self.emit(
-                        t.op,
-                        EventKind::Message { level: "info".into(), message: format!("{name}: {line}") },
-                    );
-                    tail.push_back(line);
-                    if tail.len() > QUOTED_LINES {
-                        tail.pop_front();
-                    }
+        cmd.args(args).envs(self.hook_env(&t));
+        let hook = HookRun::new(self, name, t.op);
+        let output = |stream, line| hook.line(stream, line);
+        let ended = hook
+            .timed(async {
+                match child::run(cmd, &output, &hook.cancel).await {
+                    Ok(Ended::Exited(code)) => Ok(Some(code)),
+                    Ok(Ended::Cancelled) => Ok(None),
+                    Err(e) => Err(format!("cannot start: {e}")),
                 }
-            }
-            child.wait().await
-        };
-        let status = match tokio::time::timeout(timeout, run).await {
-            Ok(status) => status.map_err(|e| format!("{name} hook {program:?}: {e}"))?,
-            Err(_) => {
-                return Err(format!(
-                    "{name} hook {program:?} did not finish within hook_timeout {} and was killed",
-                    humantime::format_duration(timeout)
-                ))
-            }
-        };
-        if status.success() {
-            return Ok(());
-        }
-        let how = match status.code() {
-            Some(code) => format!("exited with {code}"),
-            None => "was killed by a signal".into(),
-        };
-        let mut message = format!("{name} hook {program:?} {how}");
-        if !tail.is_empty() {
-            message.push_str("; last lines:\n");
-            message.push_str(&Vec::from(tail).join("\n"));
-        }
-        Err(message)
+            })
+            .await;
+        hook.outcome(&format!("{name} hook {program:?}"), ended)
     }
 
     /// `post_switch`, after traffic moved to `color`: in the background,
@@ -157,11 +122,23 @@ impl Service {
                     .map_err(|e| format!("pre_stop GET {path}: {e}"))
             }
             PreStop::Exec(argv) => {
-                let env = vec![
+                let extra = vec![
                     ("BG_REPLICA", r.number.to_string()),
                     ("BG_REPLICA_ADDR", r.handle.addr.to_string()),
                 ];
-                self.host_hook("pre_stop", argv, HookTarget { op, color, spec: &r.spec, env }).await
+                let env = self.hook_env(&HookTarget { op, color, spec: &r.spec, env: extra });
+                let hook = HookRun::new(self, "pre_stop", op);
+                let output = |stream, line| hook.line(stream, line);
+                let ended = hook
+                    .timed(async {
+                        self.shared.runtime.exec(&r.handle, argv, &env, &output, &hook.cancel).await
+                    })
+                    .await;
+                let ended = ended.map_err(|e| e.to_string());
+                hook.outcome(
+                    &format!("pre_stop {:?} on replica {} of {color}", argv.join(" "), r.number),
+                    ended,
+                )
             }
         };
         if let Err(e) = result {
@@ -169,5 +146,75 @@ impl Service {
             tracing::warn!(service = %self.name, "{message}");
             self.emit(op, EventKind::Message { level: "warn".into(), message });
         }
+    }
+}
+
+/// One hook while it runs: its output lines (logged, sent as events
+/// prefixed with its name, the last few kept for its error) and the token
+/// that fires at `hook_timeout` or shutdown.
+struct HookRun<'s> {
+    service: &'s Service,
+    name: &'s str,
+    op: Option<u64>,
+    tail: Mutex<VecDeque<String>>,
+    cancel: CancellationToken,
+}
+
+impl<'s> HookRun<'s> {
+    fn new(service: &'s Service, name: &'s str, op: Option<u64>) -> Self {
+        let cancel = service.shared.shutdown.child_token();
+        HookRun { service, name, op, tail: Mutex::new(VecDeque::new()), cancel }
+    }
+
+    /// Where the runtime hands the hook's lines.
+    fn line(&self, _stream: OutputStream, line: String) {
+        tracing::info!(service = %self.service.name, hook = self.name, "{line}");
+        let message = format!("{}: {line}", self.name);
+        self.service.emit(self.op, EventKind::Message { level: "info".into(), message });
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.push_back(line);
+        if tail.len() > QUOTED_LINES {
+            tail.pop_front();
+        }
+    }
+
+    /// `run`, with `cancel` fired at `hook_timeout` (the run then kills
+    /// the hook and ends with `Ok(None)`).
+    async fn timed<T>(&self, run: impl Future<Output = T>) -> T {
+        let timer = async {
+            tokio::time::sleep(self.service.config.hooks.timeout).await;
+            self.cancel.cancel();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            biased;
+            r = run => r,
+            () = timer => unreachable!("the timer never ends"),
+        }
+    }
+
+    /// Ok for exit code 0; otherwise an error naming the hook (`what`),
+    /// how it ended, and its last lines.
+    fn outcome(self, what: &str, ended: Result<Option<i64>, String>) -> Result<(), String> {
+        let how = match ended {
+            Ok(Some(0)) => return Ok(()),
+            Ok(Some(code)) if code > 128 => format!("was killed by signal {}", code - 128),
+            Ok(Some(code)) => format!("exited with {code}"),
+            Ok(None) if self.service.shared.shutdown.is_cancelled() => {
+                "was killed: the agent is shutting down".into()
+            }
+            Ok(None) => format!(
+                "did not finish within hook_timeout {} and was killed",
+                humantime::format_duration(self.service.config.hooks.timeout)
+            ),
+            Err(e) => e,
+        };
+        let mut message = format!("{what} {how}");
+        let tail = self.tail.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !tail.is_empty() {
+            message.push_str("; last lines:\n");
+            message.push_str(&Vec::from(tail).join("\n"));
+        }
+        Err(message)
     }
 }

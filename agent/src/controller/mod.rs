@@ -13,6 +13,7 @@ mod actor;
 mod heal;
 mod hooks;
 mod model;
+mod oneoff;
 mod ops;
 mod plan;
 mod recover;
@@ -24,6 +25,7 @@ mod tests;
 pub use crate::api::Operation;
 pub use actor::HoldGuard;
 pub use model::ServiceModel;
+pub use oneoff::RunError;
 
 use actor::{Hold, Msg, OnFailedWrite};
 

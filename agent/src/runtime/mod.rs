@@ -2,6 +2,7 @@
 //! controller talks to one through the [`Runtime`] trait and cannot tell the
 //! Docker engine ([`docker`]) from local child processes ([`process`]).
 
+pub mod child;
 pub mod docker;
 pub mod process;
 pub mod scope;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A boxed future, so that [`Runtime`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,6 +32,9 @@ pub mod labels {
     pub const REVISION: &str = "bg.revision";
     /// The replica number within its color, from 1.
     pub const REPLICA: &str = "bg.replica";
+    /// The service a one-off run (`bgctl run`) belongs to; such a
+    /// container has no `bg.managed` label, so it is never a replica.
+    pub const ONEOFF: &str = "bg.oneoff";
 }
 
 /// When to pull an image before creating a container.
@@ -191,6 +196,44 @@ pub enum RuntimeError {
     Scope(#[from] scope::ScopeError),
 }
 
+/// Which of a program's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Where a runtime hands the lines a program prints, as they come.
+pub type Output<'a> = &'a (dyn Fn(OutputStream, String) + Send + Sync);
+
+/// A one-off run of a service's spec (`bgctl run`): a container (or
+/// process) of `spec` running `argv` instead of its command, removed once
+/// it exits. It is no replica: no port, no health check, never adopted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneOff {
+    /// Service name.
+    pub service: String,
+    /// The revision whose spec it runs (0: the configured spec, never deployed).
+    pub revision: u64,
+    /// The spec, prepared ([`Runtime::prepare`]).
+    pub spec: Spec,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// `PORT` in its environment, as a replica would see it.
+    pub app_port: u16,
+    /// A number unique among this agent's one-off runs, for its name.
+    pub id: u64,
+}
+
+impl OneOff {
+    /// The container (or directory) name: `bg-<service>-run-<id>`.
+    pub fn name(&self) -> String {
+        format!("bg-{}-run-{}", self.service, self.id)
+    }
+}
+
 /// Where a runtime reports what a long step is doing (a pull's progress),
 /// one line at a time; the controller turns the lines into events.
 pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
@@ -249,4 +292,26 @@ pub trait Runtime: Send + Sync + 'static {
         replica: &'a ReplicaHandle,
         lines: usize,
     ) -> BoxFuture<'a, Result<String, RuntimeError>>;
+
+    /// Run `job` to its end, its output lines passed to `output`, and
+    /// return its exit code; `None` when `cancel` fired first (it was then
+    /// killed). Nothing of it is left behind either way.
+    fn run_once<'a>(
+        &'a self,
+        job: &'a OneOff,
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>>;
+
+    /// Run `argv` for a running replica (`pre_stop = { exec }`): inside its
+    /// container (docker), or beside it on the host (process), with `env`
+    /// added; return its exit code, `None` when `cancel` fired first.
+    fn exec<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        argv: &'a [String],
+        env: &'a [(String, String)],
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>>;
 }

@@ -24,12 +24,13 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+use super::child::{self, exit_code, Ended};
 use super::scope::{Placement, SERVICE_ENV};
 use super::signal::parse_signal;
 use super::sources::Sources;
 use super::{
-    labels, BoxFuture, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError,
-    StopReport,
+    labels, BoxFuture, OneOff, Output, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime,
+    RuntimeError, StopReport,
 };
 use crate::api::{Spec, User};
 use nix::sys::signal::{killpg, Signal};
@@ -37,9 +38,8 @@ use nix::unistd::Pid;
 use record::{Record, TOKEN_ENV};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -110,16 +110,6 @@ impl std::fmt::Debug for ProcessRuntime {
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let context = context.into();
     move |source| RuntimeError::Io { context, source }
-}
-
-/// `code`, or `128 + signo` when killed by a signal (the shell convention,
-/// and what Docker reports).
-fn exit_code(status: ExitStatus) -> i64 {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => i64::from(code),
-        (None, Some(sig)) => 128 + i64::from(sig),
-        (None, None) => -1,
-    }
 }
 
 fn now_ms() -> u64 {
@@ -556,6 +546,41 @@ impl ProcessRuntime {
         Ok(())
     }
 
+    /// `bgctl run` on this runtime: `job.argv` with the spec's
+    /// environment, env files, user, workdir, secrets and files (in a
+    /// directory of its own, removed afterwards), in its own process group.
+    async fn run_job(
+        &self,
+        job: &OneOff,
+        output: Output<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<i64>, RuntimeError> {
+        let Some(program) = job.argv.first().filter(|p| !p.is_empty()) else {
+            return Err(RuntimeError::InvalidSpec("a one-off run needs a command".into()));
+        };
+        let name = job.name();
+        let owner = job.spec.user.as_ref().map(run_as).transpose()?.flatten();
+        let env = self.sources.env_of(&job.spec)?;
+        let dirs_env = files::write(&self.files_dir, &name, &job.spec, &self.sources, owner)?;
+        let mut cmd = tokio::process::Command::new(program);
+        for var in SERVICE_ENV {
+            cmd.env_remove(var);
+        }
+        if let Some((uid, gid)) = owner {
+            cmd.uid(uid).gid(gid);
+        }
+        if let Some(workdir) = &job.spec.workdir {
+            cmd.current_dir(workdir);
+        }
+        cmd.args(&job.argv[1..]).envs(&env).envs(dirs_env).env("PORT", job.app_port.to_string());
+        let ended = child::run(cmd, output, cancel).await;
+        files::delete(&self.files_dir, &name);
+        match ended.map_err(|source| RuntimeError::Spawn { program: program.clone(), source })? {
+            Ended::Exited(code) => Ok(Some(code)),
+            Ended::Cancelled => Ok(None),
+        }
+    }
+
     /// The known process behind `handle`, if its pid still matches.
     fn find(&self, handle: &ReplicaHandle) -> Option<Proc> {
         self.get(&handle.name).filter(|p| format!("pid:{}", p.record.pid) == handle.runtime_id)
@@ -644,6 +669,42 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move {
             logfile::tail(&self.dir, &replica.name, lines)
                 .map_err(io_err(format!("reading the log of {}", replica.name)))
+        })
+    }
+
+    fn run_once<'a>(
+        &'a self,
+        job: &'a OneOff,
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        Box::pin(self.run_job(job, output, cancel))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        _replica: &'a ReplicaHandle,
+        argv: &'a [String],
+        env: &'a [(String, String)],
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        Box::pin(async move {
+            let Some(program) = argv.first() else {
+                return Err(RuntimeError::InvalidSpec("the command is empty".into()));
+            };
+            let mut cmd = tokio::process::Command::new(program);
+            for var in SERVICE_ENV {
+                cmd.env_remove(var);
+            }
+            cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+            match child::run(cmd, output, cancel)
+                .await
+                .map_err(|source| RuntimeError::Spawn { program: program.clone(), source })?
+            {
+                Ended::Exited(code) => Ok(Some(code)),
+                Ended::Cancelled => Ok(None),
+            }
         })
     }
 }

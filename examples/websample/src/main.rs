@@ -7,7 +7,11 @@
 //! the lifecycle lines below are appended to as well).
 //!
 //! `websample --healthcheck` checks a running instance instead (for a Docker
-//! HEALTHCHECK in an image with no shell or curl).
+//! HEALTHCHECK in an image with no shell or curl). `websample task STEP...`
+//! is a short task for one-off runs and exec hooks in that image: steps
+//! `echo TEXT` (stdout), `warn TEXT` (stderr), `env KEY` (prints
+//! `KEY=value`), `cat PATH`, `sleep SECS`, `exit N`, done in order (exit 0
+//! at the end; 2 for an unknown step).
 //!
 //! Routes: `GET /` → `VERSION\n` with `x-version`; `GET /sleep/N` → the same
 //! after N seconds (fractions allowed); `GET /healthz` → 200 or 503;
@@ -70,6 +74,9 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--healthcheck") {
         std::process::exit(healthcheck());
     }
+    if std::env::args().nth(1).as_deref() == Some("task") {
+        std::process::exit(task(std::env::args().skip(2).collect()));
+    }
     serve();
 }
 
@@ -91,6 +98,36 @@ fn healthcheck() -> i32 {
     } else {
         1
     }
+}
+
+/// `websample task STEP...` (see the crate doc); returns the exit code.
+fn task(args: Vec<String>) -> i32 {
+    let mut args = args.into_iter();
+    while let Some(step) = args.next() {
+        let Some(arg) = args.next() else {
+            eprintln!("websample task: {step} needs an argument");
+            return 2;
+        };
+        match step.as_str() {
+            "echo" => println!("{arg}"),
+            "warn" => eprintln!("{arg}"),
+            "env" => println!("{arg}={}", std::env::var(&arg).unwrap_or_default()),
+            "cat" => match std::fs::read_to_string(&arg) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("websample task: cat {arg}: {e}");
+                    return 1;
+                }
+            },
+            "sleep" => std::thread::sleep(Duration::from_secs_f64(arg.parse().unwrap_or(0.0))),
+            "exit" => return arg.parse().unwrap_or(2),
+            other => {
+                eprintln!("websample task: unknown step {other:?}: use echo, warn, env, cat, sleep, exit");
+                return 2;
+            }
+        }
+    }
+    0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

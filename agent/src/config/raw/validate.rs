@@ -494,7 +494,7 @@ fn service(
     let health = health(cx, &format!("{prefix}.health"), &raw.health)?;
     let deploy = deploy(cx, &format!("{prefix}.deploy"), &raw.deploy)?;
     let rolling = rolling(cx, &format!("{prefix}.rolling"), &raw.rolling)?;
-    let hooks = hooks(cx, &format!("{prefix}.hooks"), &raw.hooks, kind)?;
+    let hooks = hooks(cx, &format!("{prefix}.hooks"), &raw.hooks)?;
 
     let mut spec = Spec { image, command, env, ..Spec::default() };
     super::container::container(cx, &prefix, raw, kind, &mut spec)?;
@@ -521,7 +521,7 @@ fn service(
 /// Default `[services.X.hooks] hook_timeout` (60 seconds).
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn hooks(cx: &Ctx<'_>, prefix: &str, raw: &RawHooks, kind: RuntimeKind) -> Result<HooksConfig, ConfigError> {
+fn hooks(cx: &Ctx<'_>, prefix: &str, raw: &RawHooks) -> Result<HooksConfig, ConfigError> {
     let key = |k: &str| format!("{prefix}.{k}");
     let command =
         |v: &Option<Spanned<Vec<String>>>, name: &str| -> Result<Option<Vec<String>>, ConfigError> {
@@ -543,13 +543,6 @@ fn hooks(cx: &Ctx<'_>, prefix: &str, raw: &RawHooks, kind: RuntimeKind) -> Resul
                 return Err(cx.err(p.span(), &key("pre_stop.http"), format!("{path:?} must start with /")))
             }
             (None, Some(argv)) if argv.first().is_some_and(|a| !a.trim().is_empty()) => {
-                if kind == RuntimeKind::Docker {
-                    return Err(cx.err(
-                        p.span(),
-                        &key("pre_stop.exec"),
-                        "exec inside a container is not supported on the docker runtime yet; use { http = \"/path\" }",
-                    ));
-                }
                 Some(PreStop::Exec(argv.clone()))
             }
             _ => {

@@ -7,7 +7,7 @@
 use super::files::upload_dirs;
 use super::grace_secs;
 use crate::api::Spec;
-use crate::runtime::{labels, ReplicaSpec};
+use crate::runtime::{labels, OneOff, ReplicaSpec};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkingConfig, PortBinding,
 };
@@ -34,13 +34,9 @@ pub(super) fn create_body(
     stop_signal: String,
     env: &BTreeMap<String, String>,
 ) -> ContainerCreateBody {
-    let spec = &replica.spec;
     let port_key = port_key(replica);
-    let mut env: Vec<String> =
-        env.iter().filter(|(k, _)| k.as_str() != "PORT").map(|(k, v)| format!("{k}={v}")).collect();
-    env.push(format!("PORT={}", replica.app_port));
-    let mut container_labels: HashMap<String, String> =
-        spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut body = spec_body(&replica.spec, image, env, replica.app_port);
+    let labels = body.labels.get_or_insert_with(HashMap::new);
     for (k, v) in [
         (labels::MANAGED, "true".to_string()),
         (labels::SERVICE, replica.service.clone()),
@@ -48,8 +44,47 @@ pub(super) fn create_body(
         (labels::REVISION, replica.revision.to_string()),
         (labels::REPLICA, replica.replica.to_string()),
     ] {
-        container_labels.insert(k.to_string(), v);
+        labels.insert(k.to_string(), v);
     }
+    let host_config = body.host_config.get_or_insert_with(HostConfig::default);
+    host_config.port_bindings = Some(HashMap::from([(
+        port_key.clone(),
+        Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+    )]));
+    body.exposed_ports = Some(vec![port_key]);
+    body.stop_signal = Some(stop_signal);
+    body.stop_timeout = Some(grace_secs(replica.stop_grace));
+    body
+}
+
+/// The create request for a one-off run (`bgctl run`): the spec with
+/// `job.argv` as its command, no published port, labelled
+/// `bg.oneoff=<service>` (never `bg.managed`, so it is no replica), its
+/// output attached.
+pub(super) fn oneoff_body(job: &OneOff, image: &str, env: &BTreeMap<String, String>) -> ContainerCreateBody {
+    let mut body = spec_body(&job.spec, image, env, job.app_port);
+    let labels = body.labels.get_or_insert_with(HashMap::new);
+    labels.insert(labels::ONEOFF.to_string(), job.service.clone());
+    labels.insert(labels::REVISION.to_string(), job.revision.to_string());
+    body.cmd = Some(job.argv.clone());
+    body.attach_stdout = Some(true);
+    body.attach_stderr = Some(true);
+    body
+}
+
+/// What a replica and a one-off run share: the spec's keys (env, labels,
+/// user, mounts, limits, capabilities, logging, the first network).
+/// Labels under `bg.` are the agent's own and never taken from the spec.
+fn spec_body(spec: &Spec, image: &str, env: &BTreeMap<String, String>, app_port: u16) -> ContainerCreateBody {
+    let mut env: Vec<String> =
+        env.iter().filter(|(k, _)| k.as_str() != "PORT").map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("PORT={app_port}"));
+    let container_labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with("bg."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let log_config = (spec.log_driver.is_some() || !spec.log_opts.is_empty()).then(|| HostConfigLogConfig {
         typ: spec.log_driver.clone(),
@@ -66,10 +101,6 @@ pub(super) fn create_body(
             .collect()
     });
     let host_config = HostConfig {
-        port_bindings: Some(HashMap::from([(
-            port_key.clone(),
-            Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
-        )])),
         binds: (!spec.volumes.is_empty()).then(|| spec.volumes.iter().map(|v| v.to_string()).collect()),
         tmpfs,
         readonly_rootfs: spec.read_only.then_some(true),
@@ -98,9 +129,6 @@ pub(super) fn create_body(
         user: spec.user.as_ref().map(|u| u.to_string()),
         working_dir: spec.workdir.clone(),
         labels: Some(container_labels),
-        exposed_ports: Some(vec![port_key]),
-        stop_signal: Some(stop_signal),
-        stop_timeout: Some(grace_secs(replica.stop_grace)),
         // Where secrets and files go on a read-only root: see `files`.
         volumes: (spec.read_only && !upload_dirs(spec).is_empty()).then(|| upload_dirs(spec)),
         host_config: Some(host_config),

@@ -6,7 +6,8 @@
 //!
 //! Submodules: `create` maps a spec onto the engine's create request,
 //! `files` uploads secrets and files before the start, `image` pulls (with
-//! `auth` credentials) and finds the repo digest.
+//! `auth` credentials) and finds the repo digest, `oneoff` runs one-off
+//! containers (`bgctl run`) and execs (`pre_stop = { exec }`).
 //!
 //! API 1.41 has no `signal` parameter on the stop call, so the stop signal
 //! and grace are set on the container when it is created and the stop call
@@ -17,12 +18,13 @@ pub mod auth;
 mod create;
 mod files;
 mod image;
+mod oneoff;
 
 use super::signal::canonical_signal;
 use super::sources::Sources;
 use super::{
-    labels, BoxFuture, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime, RuntimeError,
-    StopReport,
+    labels, BoxFuture, OneOff, Output, Progress, PullPolicy, ReplicaHandle, ReplicaSpec, RunState, Runtime,
+    RuntimeError, StopReport,
 };
 use crate::api::Spec;
 use bollard::errors::Error as BollardError;
@@ -37,6 +39,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Seconds bollard waits for one API answer while the client is set up;
 /// [`DockerRuntime::with_call_timeout`] sets the limit every call uses.
@@ -567,6 +570,26 @@ impl Runtime for DockerRuntime {
                 other => other,
             }
         })
+    }
+
+    fn run_once<'a>(
+        &'a self,
+        job: &'a OneOff,
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        Box::pin(self.run_oneoff(job, output, cancel))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        replica: &'a ReplicaHandle,
+        argv: &'a [String],
+        env: &'a [(String, String)],
+        output: Output<'a>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        Box::pin(self.exec_in(replica, argv, env, output, cancel))
     }
 }
 
