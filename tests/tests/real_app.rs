@@ -369,7 +369,26 @@ async fn a_private_registry_image_is_pulled_with_auth_and_pinned_by_digest() {
 
     let name = unique_service("reg");
     let svc = Svc::new(&name).image(&tag).set("", "pull", "\"always\"");
+    // A credential helper on the agent's PATH, for credsStore and
+    // credHelpers below: the docker-credential protocol (`get`, the server
+    // on stdin, JSON on stdout), logging who asked.
+    let helper_dir = registry.dir.path().join("bin");
+    std::fs::create_dir_all(&helper_dir).unwrap();
+    let helper_log = registry.dir.path().join("helper.log");
+    let helper = helper_dir.join("docker-credential-bgtest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\necho \"$1 $server\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"bg\",\"Secret\":\"right-pw\"}}' \"$server\"\n",
+            helper_log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", helper_dir.display(), std::env::var("PATH").unwrap_or_default());
     let agent = Agent::docker()
+        .agent_env("PATH", &path)
         .runtime_key("auth_file", &format!("{:?}", auth_file.display().to_string()))
         .service(svc)
         .start()
@@ -433,6 +452,20 @@ async fn a_private_registry_image_is_pulled_with_auth_and_pinned_by_digest() {
     assert_eq!(result, "failed", "{failed}");
     assert!(message.contains(&nope) && message.contains(&registry.addr.to_string()), "{message}");
     cleanup.images.push(format!("{repo}@{digest}"));
+
+    // The same pull through a credential helper: credHelpers for this
+    // registry, then credsStore for all; the helper was asked each time.
+    for (n, config) in [
+        (1, json!({"credHelpers": {registry.addr.to_string(): "bgtest"}})),
+        (2, json!({"credsStore": "bgtest"})),
+    ] {
+        std::fs::write(&auth_file, config.to_string()).unwrap();
+        let through_helper = agent.op(&name, "deploy", json!({}), OP).await;
+        assert_ok(&through_helper, &agent);
+        let asked = std::fs::read_to_string(&helper_log).unwrap_or_default();
+        assert_eq!(asked.lines().filter(|l| l.starts_with("get ")).count(), n, "{asked}");
+        assert!(asked.contains(&registry.addr.to_string()), "{asked}");
+    }
     drop(agent);
 }
 
@@ -597,4 +630,49 @@ async fn bgctl_run_and_pre_stop_exec_use_containers_of_the_spec() {
         at("stopped", &|e| e["type"] == "replica" && e["color"] == "blue" && e["state"] == "stopped");
     assert!(drained.0 < quiescing.0 && quiescing.0 < stopped.0, "{drained:?} {quiescing:?} {stopped:?}");
     assert!(drained.1 <= quiescing.1 && quiescing.1 <= stopped.1, "{drained:?} {quiescing:?} {stopped:?}");
+}
+
+/// `rollback` returns to the exact previous spec: every key as recorded for
+/// that revision, and its secret with the content its deploy read, though
+/// the source file changed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_previous_spec_exactly() {
+    if !docker_with_images("real_app_rollback", &["v1", "v2"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "first-secret").unwrap();
+    let name = unique_service("rb");
+    let svc = Svc::new(&name)
+        .set("", "memory", "\"96MiB\"")
+        .set("", "pids_limit", "50")
+        .set("", "user", "\"1000:1000\"")
+        .set("labels", "team", "\"web\"")
+        .set("secrets", "pw", &format!("{{ source = {:?} }}", secret.display().to_string()));
+    let agent = Agent::docker().service(svc).start().await;
+    let first = agent.op(&name, "deploy", json!({}), OP).await;
+    assert_ok(&first, &agent);
+    let first_spec = first["colors"]["blue"]["spec"].clone();
+
+    std::fs::write(&secret, "second-secret").unwrap();
+    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2"}, "promote": true});
+    let second = agent.op(&name, "deploy", v2, OP).await;
+    assert_ok(&second, &agent);
+    assert_ne!(second["colors"]["green"]["spec"]["secrets"], first_spec["secrets"], "{second}");
+    let addr = agent.listen(&name);
+    assert_eq!(get(addr, "/file/run/secrets/pw").await.text(), "second-secret");
+
+    let back = agent.op(&name, "rollback", json!({}), OP).await;
+    assert_ok(&back, &agent);
+    let active = back["active"].as_str().unwrap().to_string();
+    assert_eq!(back["colors"][&active]["spec"], first_spec, "{back}");
+    let answer = get(addr, "/file/run/secrets/pw").await;
+    assert_eq!((answer.text(), answer.header("x-version")), ("first-secret".to_string(), Some("v1")));
+    let container = inspect(&first_container(&back, &active));
+    let host = &container["HostConfig"];
+    assert_eq!((host["Memory"].as_i64(), host["PidsLimit"].as_i64()), (Some(96 << 20), Some(50)));
+    assert_eq!(container["Config"]["User"], "1000:1000");
+    assert_eq!(container["Config"]["Labels"]["team"], "web");
+    assert_eq!(container["Config"]["Image"], "websample:v1");
 }

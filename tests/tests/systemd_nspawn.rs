@@ -127,7 +127,9 @@ fn the_package_under_real_systemd_restarts_without_losing_a_request() {
     let config = std::fs::read_to_string(workspace_root().join("examples/config/agent-process.toml"))
         .unwrap()
         .replace("listen = [\"127.0.0.1:8080\"]", &format!("listen = [\"{addr}\"]"))
-        .replace("replicas = 1", "replicas = 2");
+        // Replicas run as nobody: systemd-run switches to the user inside
+        // the scope (the agent's bus access is root's).
+        .replace("replicas = 1", "replicas = 2\nuser = \"65534:65534\"");
     assert!(config.contains(&addr.to_string()), "the example config changed: update this test");
     let service_unit =
         std::fs::read_to_string(workspace_root().join("examples/systemd/bg-agent.service")).unwrap();
@@ -171,6 +173,10 @@ fn the_package_under_real_systemd_restarts_without_losing_a_request() {
     );
     let pids = replica_pids(&c);
     assert_eq!(pids.len(), 2, "two replicas run: {pids:?}");
+    for pid in &pids {
+        let uid = c.ok(&format!("awk '/^Uid:/ {{print $2}}' /proc/{pid}/status"));
+        assert_eq!(uid.trim(), "65534", "replica {pid} does not run as the configured user");
+    }
 
     // The replicas are in scopes of their own, not in the agent's cgroup.
     for pid in &pids {

@@ -447,13 +447,14 @@ impl ProcessRuntime {
         let env = self.sources.env_of(&spec.spec).map_err(abandon)?;
         let dirs_env =
             files::write(&self.files_dir, &name, &spec.spec, &self.sources, owner).map_err(abandon)?;
-        let argv = self.placement.wrap(&name, &record.token, &record.command);
+        let launch = self.placement.wrap(&name, &record.token, &record.command, owner);
+        let argv = launch.argv;
         let mut cmd = tokio::process::Command::new(&argv[0]);
         for var in SERVICE_ENV {
             // The agent's own systemd environment is not the app's.
             cmd.env_remove(var);
         }
-        if let Some((uid, gid)) = owner {
+        if let Some((uid, gid)) = launch.owner {
             cmd.uid(uid).gid(gid);
         }
         if let Some(workdir) = &spec.spec.workdir {

@@ -99,6 +99,17 @@ pub enum Placement {
     },
 }
 
+/// How a replica is started: the program and its arguments, and the user
+/// and group the spawner switches to before running it (`None` when it
+/// runs as the agent or the program switches itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// `(uid, gid)` to set on the spawned process.
+    pub owner: Option<(u32, u32)>,
+}
+
 impl Placement {
     /// The placement [`SCOPE_ENV`] asks for, checked against this host.
     pub fn from_env() -> Result<Placement, ScopeError> {
@@ -127,11 +138,11 @@ impl Placement {
         }
     }
 
-    /// The program and arguments that run `command` as replica `replica`
-    /// (whose record carries `token`) with this placement.
-    pub fn wrap(&self, replica: &str, token: &str, command: &[String]) -> Vec<String> {
+    /// How to start `command` as replica `replica` (whose record carries
+    /// `token`) with this placement, running as `owner` (uid, gid).
+    pub fn wrap(&self, replica: &str, token: &str, command: &[String], owner: Option<(u32, u32)>) -> Launch {
         match self {
-            Placement::Inherit => command.to_vec(),
+            Placement::Inherit => Launch { argv: command.to_vec(), owner },
             Placement::SystemdScope { systemd_run } => {
                 let mut argv = vec![
                     systemd_run.to_string_lossy().into_owned(),
@@ -141,10 +152,15 @@ impl Placement {
                     format!("--unit={}", unit_name(replica, token)),
                     format!("--slice={SLICE}"),
                     format!("--description=bluegreen replica {replica}"),
-                    "--".into(),
                 ];
+                // systemd-run must reach the bus as the agent: it switches
+                // to the replica's user itself, after the scope exists.
+                if let Some((uid, gid)) = owner {
+                    argv.extend([format!("--uid={uid}"), format!("--gid={gid}")]);
+                }
+                argv.push("--".into());
                 argv.extend(command.iter().cloned());
-                argv
+                Launch { argv, owner: None }
             }
         }
     }
@@ -308,7 +324,8 @@ mod tests {
             Placement::from_setting(Some("none"), Path::new("/nonexistent"), never).unwrap(),
             Placement::Inherit
         );
-        assert_eq!(Placement::Inherit.wrap("bg-web-blue-1", "ab", &["/bin/app".into()]), ["/bin/app"]);
+        let launch = Placement::Inherit.wrap("bg-web-blue-1", "ab", &["/bin/app".into()], Some((7, 8)));
+        assert_eq!(launch, Launch { argv: vec!["/bin/app".into()], owner: Some((7, 8)) });
     }
 
     #[test]
@@ -330,9 +347,19 @@ mod tests {
 
     #[test]
     fn a_wrapped_command_runs_in_its_own_scope_of_the_bluegreen_slice() {
-        let argv = wrapped().wrap("bg-web-blue-1", "0123456789abcdef", &["/bin/app".into(), "--x".into()]);
+        let launch =
+            wrapped().wrap("bg-web-blue-1", "0123456789abcdef", &["/bin/app".into(), "--x".into()], None);
+        assert_eq!(launch.owner, None);
+        let as_user = wrapped().wrap("bg-web-blue-1", "0123456789abcdef", &["/bin/app".into()], Some((7, 8)));
+        assert_eq!(as_user.owner, None, "systemd-run switches the user, not the spawner");
+        assert!(as_user.argv.ends_with(&[
+            "--uid=7".into(),
+            "--gid=8".into(),
+            "--".into(),
+            "/bin/app".into()
+        ]));
         assert_eq!(
-            argv,
+            launch.argv,
             [
                 "/usr/bin/systemd-run",
                 "--scope",
