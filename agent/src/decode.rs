@@ -6,7 +6,9 @@
 //! controller's to check. Pure functions on bytes, so they can be fuzzed
 //! without a server.
 
-use crate::api::{CanaryRequest, DeployRequest, RollingRequest, RunRequest, SpecOverrides};
+use crate::api::{
+    CanaryRequest, DeployRequest, MaintenanceRequest, PauseRequest, RollingRequest, RunRequest, SpecOverrides,
+};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 
@@ -100,6 +102,24 @@ impl Checked for DeployRequest {
 impl Checked for RunRequest {
     fn check(&self) -> Result<(), DecodeError> {
         check_spec_fields(self.image.as_deref(), Some(&self.command), &BTreeMap::new())
+    }
+}
+
+impl Checked for PauseRequest {
+    fn check(&self) -> Result<(), DecodeError> {
+        match self.max {
+            Some(d) if d.0.is_zero() => Err(DecodeError::field("max", "must be above zero, e.g. \"30s\"")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Checked for MaintenanceRequest {
+    fn check(&self) -> Result<(), DecodeError> {
+        match &self.message {
+            Some(m) if m.len() > 4096 => Err(DecodeError::field("message", "is longer than 4096 bytes")),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -8,10 +8,10 @@
 #![allow(clippy::result_large_err)]
 
 use crate::api::{
-    CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, RollingRequest, RunLine, RunRequest,
-    ServiceList, SpecOverrides,
+    CanaryRequest, DeployRequest, ErrorBody, ErrorDetail, EventsQuery, MaintenanceRequest, PauseRequest,
+    RollingRequest, RunLine, RunRequest, ServiceList, SpecOverrides,
 };
-use crate::controller::{ControlError, Operation, Service};
+use crate::controller::{ControlError, Operation, Service, TrafficChange, DEFAULT_PAUSE_MAX};
 use crate::decode::{decode, decode_empty, Checked, DecodeError};
 use crate::events::EventHub;
 use crate::runtime::OutputStream;
@@ -140,6 +140,25 @@ impl ControlApi {
                 Ok(json(StatusCode::OK, &self.service(name)?.history()))
             }
             (Method::GET, ["v1", "events"]) => self.events(&query),
+            (
+                Method::POST,
+                ["v1", "services", name, action @ ("pause" | "resume" | "maintenance" | "live")],
+            ) => {
+                let service = self.service(name)?.clone();
+                let change = match *action {
+                    "pause" => {
+                        let req = body::<PauseRequest>(req).await?;
+                        TrafficChange::Pause(req.max.map(|d| d.0).unwrap_or(DEFAULT_PAUSE_MAX))
+                    }
+                    "resume" => empty_body(req, TrafficChange::Resume).await?,
+                    "maintenance" => {
+                        TrafficChange::Maintenance(body::<MaintenanceRequest>(req).await?.message)
+                    }
+                    _ => empty_body(req, TrafficChange::Live).await?,
+                };
+                let status = service.set_traffic(change).await.map_err(control_error)?;
+                Ok(json(StatusCode::OK, &status))
+            }
             (Method::POST, ["v1", "services", name, "run"]) => {
                 let service = self.service(name)?.clone();
                 self.run(service, body::<RunRequest>(req).await?)
@@ -418,10 +437,10 @@ async fn body<T: Checked>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     decode::<T>(&bytes).map_err(bad_request)
 }
 
-async fn empty_body(req: Request<Incoming>, op: Operation) -> Result<Operation, Response<Body>> {
+async fn empty_body<T>(req: Request<Incoming>, value: T) -> Result<T, Response<Body>> {
     let bytes = read_body(req).await?;
     decode_empty(&bytes).map_err(bad_request)?;
-    Ok(op)
+    Ok(value)
 }
 
 fn bad_request(e: DecodeError) -> Response<Body> {

@@ -51,6 +51,19 @@ pub struct ServiceRecord {
     /// operator (`failure_action = "pause"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<PausedRecord>,
+    /// `bgctl maintenance`, kept across restarts until `bgctl live`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceRecord>,
+}
+
+/// A service in maintenance, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRecord {
+    /// When it began, RFC 3339.
+    pub since: String,
+    /// The text every request gets.
+    pub message: String,
 }
 
 /// A paused operation, as persisted.
@@ -307,6 +320,10 @@ mod tests {
                 operation: None,
                 history: vec![],
                 paused: None,
+                maintenance: Some(MaintenanceRecord {
+                    since: "2026-12-03T00:00:00Z".into(),
+                    message: "back soon".into(),
+                }),
             },
         );
         s

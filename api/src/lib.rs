@@ -18,6 +18,10 @@
 //! | POST   | `/v1/services/{name}/replicas/{id}/enable` | `{}`             | [`OperationAccepted`]|
 //! | POST   | `/v1/services/{name}/replicas/{id}/update` | [`SpecOverrides`]| [`OperationAccepted`]|
 //! | POST   | `/v1/services/{name}/run`              | [`RunRequest`]       | NDJSON of [`RunLine`]|
+//! | POST   | `/v1/services/{name}/pause`            | [`PauseRequest`]     | [`ServiceStatus`]    |
+//! | POST   | `/v1/services/{name}/resume`           | `{}`                 | [`ServiceStatus`]    |
+//! | POST   | `/v1/services/{name}/maintenance`      | [`MaintenanceRequest`]| [`ServiceStatus`]   |
+//! | POST   | `/v1/services/{name}/live`             | `{}`                 | [`ServiceStatus`]    |
 //! | GET    | `/v1/events?service=NAME&since=SEQ`    |                      | NDJSON of [`Event`]  |
 //! | GET    | `/v1/health`                           |                      | `{"ok": true}`       |
 //!
@@ -264,6 +268,53 @@ pub struct ServiceStatus {
     /// The last operation's outcome, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_outcome: Option<Outcome>,
+    /// Whether requests go on to the replicas (`bgctl pause`,
+    /// `maintenance`).
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// Whether a service's proxy passes requests on to its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Traffic {
+    /// Requests go on.
+    #[default]
+    Open,
+    /// `bgctl pause`: requests are held, each up to `max_ms`, and go on in
+    /// the order they came at `bgctl resume`.
+    Paused {
+        /// When it was paused, RFC 3339.
+        since: String,
+        /// The longest one request is held, in milliseconds; a 503 after.
+        max_ms: u64,
+    },
+    /// `bgctl maintenance`: every request gets a 503 with `message` and
+    /// `Retry-After`, until `bgctl live`.
+    Maintenance {
+        /// When maintenance began, RFC 3339.
+        since: String,
+        /// The answer's text.
+        message: String,
+    },
+}
+
+/// `POST /v1/services/{name}/pause`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// The longest one request is held (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<ApiDuration>,
+}
+
+/// `POST /v1/services/{name}/maintenance`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// The text every request gets (a default one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `GET /v1/services`.
@@ -668,6 +719,7 @@ mod tests {
             colors,
             listen: vec![],
             last_outcome: None,
+            traffic: Traffic::Open,
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["active"], "blue");

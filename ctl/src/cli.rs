@@ -103,6 +103,36 @@ pub enum Command {
         /// The service.
         service: String,
     },
+    /// Hold the service's new requests (they wait, then go on in the order
+    /// they came at `resume`; one held longer than --max gets 503), e.g.
+    /// around a database switch. Not persisted: a restarted agent serves.
+    Pause {
+        /// The service.
+        service: String,
+        /// The longest one request is held.
+        #[arg(long, value_name = "D", value_parser = parse_duration)]
+        max: Option<ApiDuration>,
+    },
+    /// Let held and new requests go on (ends `pause`).
+    Resume {
+        /// The service.
+        service: String,
+    },
+    /// Answer every request with 503, this message and `Retry-After` until
+    /// `live`; replicas keep running and deploys work meanwhile. Kept
+    /// across agent restarts.
+    Maintenance {
+        /// The service.
+        service: String,
+        /// The text requests get (default: a short notice).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+    },
+    /// End maintenance: requests go on to the replicas again.
+    Live {
+        /// The service.
+        service: String,
+    },
     /// Run the service's spec once with another command, e.g. migrations:
     /// `bgctl run web -- bin/migrate up`. Runs the candidate's spec (deployed,
     /// not yet promoted), else the active one, else the configured one; its

@@ -96,6 +96,23 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
             }
         }
         Command::Run(args) => crate::run::run(clients, args, cli.output).await,
+        Command::Pause { service, max } => {
+            let max = max.map(|d| humantime::format_duration(d.0).to_string());
+            let body = match max {
+                Some(max) => json!({ "max": max }),
+                None => json!({}),
+            };
+            traffic_all(clients, &service, "pause", &body).await
+        }
+        Command::Resume { service } => traffic_all(clients, &service, "resume", &json!({})).await,
+        Command::Maintenance { service, message } => {
+            let body = match message {
+                Some(message) => json!({ "message": message }),
+                None => json!({}),
+            };
+            traffic_all(clients, &service, "maintenance", &body).await
+        }
+        Command::Live { service } => traffic_all(clients, &service, "live", &json!({})).await,
         Command::History { service } => {
             let service = &service;
             fleet::combine(clients, fleet::each(clients, |c| history(c, service)).await)
@@ -231,6 +248,19 @@ async fn status(client: &Client, service: Option<&str>) -> Result<Report, Error>
             Ok(Report { json: Some(raw), text, exit_code: EXIT_OK })
         }
     }
+}
+
+/// `pause`, `resume`, `maintenance`, `live` on every agent.
+async fn traffic_all(clients: &[Client], service: &str, action: &str, body: &Value) -> Result<Report, Error> {
+    fleet::combine(clients, fleet::each(clients, |c| traffic(c, service, action, body)).await)
+}
+
+/// One agent's `pause`, `resume`, `maintenance` or `live`: the status after.
+async fn traffic(client: &Client, service: &str, action: &str, body: &Value) -> Result<Report, Error> {
+    let path = format!("/v1/services/{}/{action}", encode(service));
+    let raw: Value = client.post(&path, body).await?;
+    let status: ServiceStatus = decode(client, &raw, &path)?;
+    Ok(Report { json: Some(raw), text: render::traffic(&status), exit_code: EXIT_OK })
 }
 
 /// `replica list SERVICE`: `{"service", "replicas": [{"color", ...replica}]}`.

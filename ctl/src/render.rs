@@ -214,6 +214,28 @@ pub fn services(list: &[ServiceStatus]) -> String {
     out.join("\n") + "\n"
 }
 
+/// The gate in words, `None` while requests go on.
+pub fn traffic_line(t: &bg_api::Traffic) -> Option<String> {
+    match t {
+        bg_api::Traffic::Open => None,
+        bg_api::Traffic::Paused { since, max_ms } => Some(format!(
+            "paused since {since}: requests are held, each up to {} (bgctl resume ends it)",
+            humantime::format_duration(std::time::Duration::from_millis(*max_ms))
+        )),
+        bg_api::Traffic::Maintenance { since, message } => Some(format!(
+            "maintenance since {since}: every request gets 503 {message:?} (bgctl live ends it)"
+        )),
+    }
+}
+
+/// What `pause`, `resume`, `maintenance` and `live` print.
+pub fn traffic(s: &ServiceStatus) -> String {
+    match traffic_line(&s.traffic) {
+        Some(line) => format!("{}: {line}\n", s.name),
+        None => format!("{}: live, requests go on to the replicas\n", s.name),
+    }
+}
+
 /// One service's replicas per color, plus where it listens and how its last
 /// operation ended.
 fn service_detail(s: &ServiceStatus) -> Vec<String> {
@@ -223,6 +245,9 @@ fn service_detail(s: &ServiceStatus) -> Vec<String> {
         head.push_str(&format!(" (listening on {})", s.listen.join(", ")));
     }
     out.push(head);
+    if let Some(line) = traffic_line(&s.traffic) {
+        out.push(format!("  traffic: {line}"));
+    }
     if let Some(o) = &s.last_outcome {
         out.push(format!("  last: {}", outcome_line(&s.name, o)));
     }
@@ -450,6 +475,7 @@ mod tests {
             colors,
             listen: vec!["0.0.0.0:8080".into()],
             last_outcome: None,
+            traffic: bg_api::Traffic::Open,
         }
     }
 

@@ -165,6 +165,11 @@ impl ProxyBody {
         ProxyBody::Full { data: Some(Bytes::from_static(text.as_bytes())) }
     }
 
+    /// A body the proxy made up at run time.
+    pub(crate) fn owned_text(text: String) -> ProxyBody {
+        ProxyBody::Full { data: Some(Bytes::from(text)) }
+    }
+
     /// No body.
     pub(crate) fn empty() -> ProxyBody {
         ProxyBody::Full { data: None }

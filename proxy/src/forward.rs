@@ -11,11 +11,12 @@
 use crate::backend::{BackendState, InflightGuard};
 use crate::body::ProxyBody;
 use crate::counters::GaugeGuard;
+use crate::gate::{self, Admit};
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
 use crate::signal::{OnFire, Signal, SignalWait};
 use crate::upstream::{Decoder, RequestHead};
-use crate::{Color, Inner};
+use crate::{Color, Gate, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -88,6 +89,15 @@ pub(crate) async fn handle(
     // same bytes.
     let head = RequestHead::encode(&req);
 
+    // The gate: one compare while open.
+    let mut held = None;
+    if !matches!(inner.table.load().table.gate, Gate::Open) {
+        match Box::pin(gate::admit(&inner, started)).await {
+            Admit::Go(place) => held = place,
+            Admit::Answer(resp) => return Ok(*resp),
+        }
+    }
+
     let mut client_upgrade = client_upgrade;
     let mut tried = Tried::default();
     let mut deadline = None;
@@ -103,7 +113,12 @@ pub(crate) async fn handle(
                 let Some(guard) = claim(&inner, pick.backend.clone(), generation) else {
                     continue;
                 };
-                match attempt(&ctx, pick, guard, &head, req, started, &mut client_upgrade).await {
+                let send = attempt(&ctx, pick, guard, &head, req, started, &mut client_upgrade);
+                let attempted = match held.take() {
+                    None => send.await,
+                    Some(place) => Box::pin(gate::in_order(place, send)).await,
+                };
+                match attempted {
                     Attempt::Done(resp) => return Ok(resp),
                     Attempt::ConnectFailed(r) => {
                         req = r;

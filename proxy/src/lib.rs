@@ -43,6 +43,7 @@ mod client_ip;
 mod counters;
 mod first_bytes;
 mod forward;
+mod gate;
 mod h2_streams;
 mod headers;
 mod lazy_stream;
@@ -58,7 +59,7 @@ mod upgrade;
 mod upstream;
 mod write_timeout;
 
-pub use routes::{Backend, BackendId, Color, PreviewRule, RouteTable, StickyRule, Weights};
+pub use routes::{Backend, BackendId, Color, Gate, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};
 
 use arc_swap::ArcSwap;
@@ -216,6 +217,8 @@ pub(crate) struct Inner {
     colors: [Arc<Counters>; 2],
     /// Woken on every swap, for requests waiting for a backend.
     pub(crate) routes_changed: Notify,
+    /// Requests held by a paused gate, in the order they came (`gate`).
+    pub(crate) line: tokio::sync::Mutex<()>,
     pub(crate) connections: AtomicU64,
     /// Requests waiting for a backend now.
     pub(crate) queued: AtomicU64,
@@ -340,6 +343,7 @@ impl Proxy {
                 registry: Mutex::new(HashMap::new()),
                 colors,
                 routes_changed: Notify::new(),
+                line: tokio::sync::Mutex::new(()),
                 connections: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 switches: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One of the two colors a service's backends are grouped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,6 +152,27 @@ impl Default for StickyRule {
     }
 }
 
+/// Whether requests go on to the backends (`bgctl pause`, `maintenance`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Gate {
+    /// They do.
+    #[default]
+    Open,
+    /// Requests are held and go on, in the order they came, once the gate
+    /// opens; one held longer than `max` gets a 503.
+    Paused {
+        /// The longest a request is held.
+        max: Duration,
+    },
+    /// Every request gets a 503 with this text and `Retry-After`.
+    Maintenance {
+        /// The answer's body.
+        message: Arc<str>,
+        /// Sent as `Retry-After` (whole seconds).
+        retry_after: Duration,
+    },
+}
+
 /// Everything the proxy needs to pick a backend for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
@@ -162,6 +184,8 @@ pub struct RouteTable {
     pub preview: Option<PreviewRule>,
     /// Sticky canary cookie; `None` disables stickiness.
     pub sticky: Option<StickyRule>,
+    /// Whether requests go on at all.
+    pub gate: Gate,
 }
 
 impl RouteTable {
@@ -172,6 +196,7 @@ impl RouteTable {
             weights,
             preview: Some(PreviewRule::default()),
             sticky: Some(StickyRule::default()),
+            gate: Gate::Open,
         }
     }
 

@@ -21,11 +21,13 @@ mod replicas;
 mod rolling;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 pub use crate::api::Operation;
 pub use actor::HoldGuard;
 pub use model::ServiceModel;
 pub use oneoff::RunError;
+pub use traffic::{TrafficChange, DEFAULT_PAUSE_MAX};
 
 use actor::{Hold, Msg, OnFailedWrite};
 

@@ -133,6 +133,8 @@ pub struct ServiceModel {
     pub(crate) last_outcome: Option<Outcome>,
     pub(crate) warm_cancel: Option<CancellationToken>,
     pub(crate) paused: Option<Paused>,
+    /// Whether requests go on (`bgctl pause`, `maintenance`).
+    pub(crate) traffic: crate::api::Traffic,
     /// Ended operations by (kind, outcome), for metrics; never decreases.
     pub(crate) outcome_counts: BTreeMap<(OperationKind, crate::api::OutcomeKind), u64>,
     /// When traffic last moved (unix seconds).
@@ -260,7 +262,9 @@ impl ServiceModel {
             })
             .collect();
         let w = self.weights();
-        RouteTable::new(backends, bg_proxy::Weights { blue: w.blue, green: w.green })
+        let mut table = RouteTable::new(backends, bg_proxy::Weights { blue: w.blue, green: w.green });
+        table.gate = super::traffic::gate(&self.traffic);
+        table
     }
 
     /// The status answer.
@@ -311,6 +315,7 @@ impl ServiceModel {
             colors,
             listen: config.listen.iter().map(|a| a.to_string()).collect(),
             last_outcome: self.last_outcome.clone(),
+            traffic: self.traffic.clone(),
         }
     }
 
@@ -356,6 +361,7 @@ impl ServiceModel {
             }),
             history: self.history.clone(),
             paused: self.paused.as_ref().map(Paused::record),
+            maintenance: super::traffic::record(&self.traffic),
         }
     }
 }

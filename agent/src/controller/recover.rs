@@ -35,6 +35,7 @@ impl Service {
                 last_outcome: rec.history.last().map(|h| h.outcome.clone()),
                 history: rec.history.clone(),
                 paused: rec.paused.as_ref().map(Paused::from_record),
+                traffic: super::traffic::from_record(rec.maintenance.as_ref()),
                 ..ServiceModel::default()
             };
             for (color, c) in &rec.colors {
