@@ -341,6 +341,18 @@ pub struct DeployRequest {
     /// service's `auto_promote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote: Option<bool>,
+    /// Safe to repeat (fleets): when the active color already runs this
+    /// spec, the operation ends at once with nothing done; when a healthy
+    /// candidate runs it, nothing is started again (it is promoted when
+    /// `promote` says so). Specs are compared as configured: image,
+    /// command, env and every other key, not the digest or the content
+    /// sha256 a deploy pinned.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub converge: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl DeployRequest {

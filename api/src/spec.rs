@@ -119,6 +119,18 @@ impl Spec {
         secrets.chain(files).chain(env)
     }
 
+    /// The spec as configured: without the digest and content sha256s a
+    /// deploy pinned. Two deploys of the same configuration compare equal
+    /// this way.
+    pub fn unpinned(&self) -> Spec {
+        let mut spec = self.clone();
+        spec.digest = None;
+        for (_, sha) in spec.sources_mut() {
+            *sha = None;
+        }
+        spec
+    }
+
     /// Every content source with a mutable place for its sha256.
     pub fn sources_mut(&mut self) -> impl Iterator<Item = (&str, &mut Option<String>)> {
         let secrets = self.secrets.values_mut().map(|f| (f.source.as_str(), &mut f.sha256));

@@ -30,6 +30,26 @@ pub struct Cli {
     #[arg(long, value_name = "TOKEN", global = true, env = "BG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// A fleet file naming every host, its agent, tags and token (see
+    /// README "Fleets"). Every command acts on its hosts, like several
+    /// --agent. Defaults to $BG_FLEET; --agent, when given, wins.
+    #[arg(long, value_name = "FILE", global = true, env = "BG_FLEET")]
+    pub fleet: Option<std::path::PathBuf>,
+
+    /// Only these hosts of the fleet file (comma-separated names).
+    #[arg(long, value_name = "A,B", global = true, value_delimiter = ',', requires = "fleet")]
+    pub hosts: Option<Vec<String>>,
+
+    /// Only the hosts of the fleet file with this tag.
+    #[arg(long, value_name = "TAG", global = true, requires = "fleet")]
+    pub tag: Option<String>,
+
+    /// How long a host may take to answer one request, and be unreachable
+    /// while an operation is followed, before it is given up. A slow link
+    /// answers within it; a dead one does not.
+    #[arg(long, value_name = "D", global = true, env = "BG_HOST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub host_timeout: ApiDuration,
+
     /// Output format on stdout. `json` prints exactly one JSON document for
     /// every command, errors included (`events --follow` prints one JSON
     /// object per line instead). Progress always goes to stderr.
@@ -149,6 +169,41 @@ pub enum Command {
     },
 }
 
+/// `--host-parallelism`: a count of hosts or a share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostParallelism {
+    /// This many hosts per batch.
+    Hosts(usize),
+    /// This percentage of the hosts per batch (at least one).
+    Percent(u8),
+}
+
+impl HostParallelism {
+    /// Hosts per batch out of `total`.
+    pub fn batch(self, total: usize) -> usize {
+        match self {
+            HostParallelism::Hosts(n) => n,
+            HostParallelism::Percent(p) => (total * usize::from(p)).div_ceil(100),
+        }
+        .clamp(1, total.max(1))
+    }
+}
+
+/// `3` or `25%`.
+pub fn parse_parallelism(s: &str) -> Result<HostParallelism, String> {
+    let bad = || format!("{s:?} is not a number of hosts (e.g. 2) or a percentage (e.g. 25%)");
+    match s.strip_suffix('%') {
+        Some(p) => match p.trim().parse::<u8>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(HostParallelism::Percent(p)),
+            _ => Err(bad()),
+        },
+        None => match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(HostParallelism::Hosts(n)),
+            _ => Err(bad()),
+        },
+    }
+}
+
 /// `bgctl run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -194,9 +249,16 @@ pub struct DeployArgs {
     pub promote: bool,
     /// With --promote and several agents: promote this agent first and the
     /// others only after its promote (including its monitor window)
-    /// succeeded. Must be one of the --agent values.
-    #[arg(long, value_name = "ADDR", value_parser = AgentAddr::parse, requires = "promote")]
-    pub canary_host: Option<AgentAddr>,
+    /// succeeded. One of the --agent values, or a host name of the fleet
+    /// file.
+    #[arg(long, value_name = "HOST", requires = "promote")]
+    pub canary_host: Option<String>,
+    /// With --promote on a fleet: deploy and promote this many hosts at a
+    /// time (or this percentage of them, e.g. 25%), each batch healthy on
+    /// the new version before the next starts; the first failure stops
+    /// the rest. Default: all hosts in one two-phase batch.
+    #[arg(long, value_name = "N|P%", value_parser = parse_parallelism, requires = "promote")]
+    pub host_parallelism: Option<HostParallelism>,
     /// Return as soon as the agent accepted the deploy instead of waiting
     /// for it to finish.
     #[arg(long)]
@@ -210,9 +272,9 @@ pub struct PromoteArgs {
     pub service: String,
     /// With several agents: promote this agent first and the others only
     /// after its promote (including its monitor window) succeeded. Must be
-    /// one of the --agent values.
-    #[arg(long, value_name = "ADDR", value_parser = AgentAddr::parse)]
-    pub canary_host: Option<AgentAddr>,
+    /// one of the --agent values (or a host name of the fleet file).
+    #[arg(long, value_name = "HOST")]
+    pub canary_host: Option<String>,
     /// Return as soon as the agent accepted the promote.
     #[arg(long)]
     pub no_wait: bool,

@@ -105,13 +105,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 pub struct Client {
     addr: AgentAddr,
     token: Option<String>,
+    /// The host's name in a fleet file.
+    name: Option<String>,
+    /// How long one request may take to be answered (`--host-timeout`).
+    timeout: Duration,
 }
 
 impl Client {
     /// A client for the agent at `addr`, sending `token` as a bearer token
     /// when there is one.
     pub fn new(addr: AgentAddr, token: Option<String>) -> Client {
-        Client { addr, token }
+        Client { addr, token, name: None, timeout: REQUEST_TIMEOUT }
+    }
+
+    /// The same client, named as its host is in a fleet file.
+    pub fn named(mut self, name: impl Into<String>) -> Client {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The same client, giving up on an answer after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     /// The agent's address.
@@ -119,8 +135,26 @@ impl Client {
         &self.addr
     }
 
+    /// The host's name when it has one, else its address.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+
+    /// How the host is named in messages: `name (address)` or the address.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} ({})", self.addr),
+            None => self.addr.to_string(),
+        }
+    }
+
+    /// How long one answer may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     async fn connect(&self) -> Result<Box<dyn Io>, Error> {
-        let unreachable = |source| Error::Unreachable { addr: self.addr.to_string(), source };
+        let unreachable = |source| Error::Unreachable { addr: self.label(), source };
         let connect = async {
             Ok::<Box<dyn Io>, std::io::Error>(match &self.addr {
                 AgentAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
@@ -132,11 +166,12 @@ impl Client {
                 }
             })
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        let limit = CONNECT_TIMEOUT.min(self.timeout);
+        match tokio::time::timeout(limit, connect).await {
             Ok(result) => result.map_err(unreachable),
             Err(_) => Err(unreachable(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                format!("no answer within {}", humantime::format_duration(limit)),
             ))),
         }
     }
@@ -150,7 +185,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Error> {
         let io = self.connect().await?;
-        let transport = |source| Error::Transport { addr: self.addr.to_string(), source };
+        let transport = |source| Error::Transport { addr: self.label(), source };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(transport)?;
         // The connection task ends when the answer's body is read or dropped.
@@ -182,7 +217,7 @@ impl Client {
     /// Turns an error answer into the matching [`Error`].
     async fn error_answer(&self, resp: Response<Incoming>) -> Error {
         let status = resp.status();
-        let body = match tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect()).await {
+        let body = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
             _ => Bytes::new(),
         };
@@ -199,7 +234,7 @@ impl Client {
                 (default_code(status).to_string(), text)
             }
         };
-        let addr = self.addr.to_string();
+        let addr = self.label();
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Unauthorized { addr, message },
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
@@ -218,16 +253,16 @@ impl Client {
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .map_err(|source| Error::Transport { addr: self.addr.to_string(), source })
+                .map_err(|source| Error::Transport { addr: self.label(), source })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
+        tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| Error::Timeout { addr: self.addr.to_string(), secs: REQUEST_TIMEOUT.as_secs() })?
+            .map_err(|_| Error::Timeout { addr: self.label(), secs: self.timeout.as_secs() })?
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8], what: &str) -> Result<T, Error> {
         serde_json::from_slice(bytes).map_err(|source| Error::Decode {
-            addr: self.addr.to_string(),
+            addr: self.label(),
             what: what.to_string(),
             source,
         })
@@ -242,7 +277,7 @@ impl Client {
     /// `POST path` with a JSON body, the answer decoded as `T`.
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
         let body = serde_json::to_vec(body).map_err(|source| Error::Decode {
-            addr: self.addr.to_string(),
+            addr: self.label(),
             what: "request body".into(),
             source,
         })?;
@@ -258,14 +293,14 @@ impl Client {
     /// `POST path` with a JSON body, answered by newline-delimited JSON.
     pub async fn post_stream<B: Serialize>(&self, path: &str, body: &B) -> Result<LineStream, Error> {
         let body = serde_json::to_vec(body).map_err(|source| Error::Decode {
-            addr: self.addr.to_string(),
+            addr: self.label(),
             what: "request body".into(),
             source,
         })?;
         self.open_stream(Method::POST, path, Some(body)).await
     }
 
-    /// The answer's head within [`REQUEST_TIMEOUT`]; its body as lines,
+    /// The answer's head within the client's timeout; its body as lines,
     /// for as long as the agent sends them.
     async fn open_stream(
         &self,
@@ -273,10 +308,10 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<LineStream, Error> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(method, path, body))
+        let resp = tokio::time::timeout(self.timeout, self.send(method, path, body))
             .await
-            .map_err(|_| Error::Timeout { addr: self.addr.to_string(), secs: REQUEST_TIMEOUT.as_secs() })??;
-        Ok(LineStream { body: resp.into_body(), buf: Vec::new(), addr: self.addr.to_string(), done: false })
+            .map_err(|_| Error::Timeout { addr: self.label(), secs: self.timeout.as_secs() })??;
+        Ok(LineStream { body: resp.into_body(), buf: Vec::new(), addr: self.label(), done: false })
     }
 }
 

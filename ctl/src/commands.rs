@@ -40,17 +40,44 @@ pub fn agents(cli: &Cli) -> Result<Vec<AgentAddr>, Error> {
     Ok(unique)
 }
 
+/// The clients to act through: the fleet file's chosen hosts (each with
+/// its own token, else --token), or the agents of [`agents`].
+pub fn clients(cli: &Cli) -> Result<Vec<Client>, Error> {
+    let timeout = cli.host_timeout.0;
+    match &cli.fleet {
+        Some(path) if cli.agents.is_empty() => {
+            let hosts = crate::fleetfile::load(path).map_err(Error::Usage)?;
+            let hosts = crate::fleetfile::select(hosts, cli.hosts.as_deref(), cli.tag.as_deref())
+                .map_err(Error::Usage)?;
+            Ok(hosts
+                .into_iter()
+                .map(|h| {
+                    let token = h.token.or_else(|| cli.token.clone());
+                    Client::new(h.agent, token).named(h.name).with_timeout(timeout)
+                })
+                .collect())
+        }
+        _ => Ok(agents(cli)?
+            .into_iter()
+            .map(|a| Client::new(a, cli.token.clone()).with_timeout(timeout))
+            .collect()),
+    }
+}
+
 /// Runs the command.
 pub async fn run(cli: Cli) -> Result<Report, Error> {
     if let Command::Completions { shell } = &cli.command {
         return Ok(completions(*shell));
     }
-    let clients: Vec<Client> = agents(&cli)?.into_iter().map(|a| Client::new(a, cli.token.clone())).collect();
+    let clients = clients(&cli)?;
     let progress = Progress::new(clients.len() > 1);
     let clients = &clients[..];
     let progress = &progress;
     match cli.command {
         Command::Completions { .. } => unreachable!("handled above"),
+        Command::Status { service } if clients.len() > 1 => {
+            Ok(fleet::status(clients, service.as_deref()).await)
+        }
         Command::Status { service } => {
             let service = service.as_deref();
             fleet::combine(clients, fleet::each(clients, |c| status(c, service)).await)
@@ -155,6 +182,7 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest, Error> {
         command: cli::command_words(&args.command).map_err(Error::Usage)?,
         env: args.overrides.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         promote: args.promote.then_some(true),
+        converge: false,
     })
 }
 
@@ -175,7 +203,8 @@ async fn deploy(clients: &[Client], args: DeployArgs, progress: &Progress) -> Re
         request.promote = Some(false);
         return op(clients, &args.service, Op::Deploy(request), false, progress).await;
     }
-    Ok(fleet::deploy(clients, &args.service, request, args.promote, canary, progress).await)
+    let batch = args.host_parallelism.map(|p| p.batch(clients.len()));
+    Ok(fleet::deploy(clients, &args.service, request, args.promote, canary, batch, progress).await)
 }
 
 async fn promote(clients: &[Client], args: PromoteArgs, progress: &Progress) -> Result<Report, Error> {
@@ -185,7 +214,7 @@ async fn promote(clients: &[Client], args: PromoteArgs, progress: &Progress) -> 
             "--no-wait cannot be combined with --canary-host: the other agents are promoted only after the canary host's promote finished".into(),
         ));
     }
-    if clients.len() == 1 || canary.is_none() {
+    if clients.len() == 1 || args.no_wait {
         return op(clients, &args.service, Op::Promote, !args.no_wait, progress).await;
     }
     Ok(fleet::promote(clients, &args.service, canary, progress).await)
@@ -222,7 +251,7 @@ fn rolling_request(args: RollingArgs) -> Result<(String, RollingRequest), Error>
 
 fn decode<T: serde::de::DeserializeOwned>(client: &Client, value: &Value, what: &str) -> Result<T, Error> {
     serde_json::from_value(value.clone()).map_err(|source| Error::Decode {
-        addr: client.addr().to_string(),
+        addr: client.label(),
         what: what.to_string(),
         source,
     })
@@ -340,20 +369,20 @@ async fn events_follow(
                 let out = match format {
                     OutputFormat::Json if fleet => match serde_json::from_str::<Value>(&line) {
                         Ok(Value::Object(mut m)) => {
-                            m.insert("agent".into(), json!(c.addr().to_string()));
+                            m.insert("agent".into(), json!(c.name()));
                             Value::Object(m).to_string()
                         }
                         _ => line,
                     },
                     OutputFormat::Json => line,
-                    OutputFormat::Text if fleet => format!("[{}] {}", c.addr(), event_text(&line)),
+                    OutputFormat::Text if fleet => format!("[{}] {}", c.name(), event_text(&line)),
                     OutputFormat::Text => event_text(&line),
                 };
                 let mut stdout = std::io::stdout().lock();
                 writeln!(stdout, "{out}")?;
                 stdout.flush()?;
             }
-            eprintln!("bgctl: agent at {} ended the event stream", c.addr());
+            eprintln!("bgctl: agent at {} ended the event stream", c.label());
             Ok(Report { json: None, text: String::new(), exit_code: EXIT_OK })
         }
     })
@@ -364,7 +393,7 @@ async fn events_follow(
     let mut worst = EXIT_OK;
     for (c, r) in clients.iter().zip(results) {
         if let Err(e) = r {
-            eprintln!("bgctl: [{}] {}", c.addr(), e.one_line());
+            eprintln!("bgctl: [{}] {}", c.name(), e.one_line());
             worst = worst.max(e.exit_code());
         }
     }

@@ -10,11 +10,12 @@
 //! `deploy`/`promote` DOC is `{"deploy": ..., "abort": ..., "promote": ...}`
 //! with one entry per step that ran on that agent.
 
+use crate::client::encode;
 use crate::client::Client;
 use crate::error::{Error, EXIT_FAILED, EXIT_OK};
 use crate::follow::Progress;
 use crate::ops::{self, Op, OpDone, Report};
-use bg_api::DeployRequest;
+use bg_api::{DeployRequest, ServiceList, ServiceStatus};
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 use std::future::Future;
@@ -39,14 +40,15 @@ pub fn combine(clients: &[Client], mut results: Vec<Result<Report, Error>>) -> R
     let mut worst = EXIT_OK;
     for (client, result) in clients.iter().zip(results) {
         let addr = client.addr().to_string();
+        let (host, label) = (client.name(), client.label());
         match result {
             Ok(r) => {
                 worst = worst.max(r.exit_code);
-                text.push_str(&format!("== {addr} ==\n{}", r.text));
+                text.push_str(&format!("== {label} ==\n{}", r.text));
                 if !r.text.is_empty() && !r.text.ends_with('\n') {
                     text.push('\n');
                 }
-                let mut entry = json!({"agent": addr, "exit_code": r.exit_code});
+                let mut entry = json!({"host": host, "agent": addr, "exit_code": r.exit_code});
                 if let Some(doc) = r.json {
                     entry["result"] = doc;
                 }
@@ -54,12 +56,56 @@ pub fn combine(clients: &[Client], mut results: Vec<Result<Report, Error>>) -> R
             }
             Err(e) => {
                 worst = worst.max(e.exit_code());
-                text.push_str(&format!("== {addr} ==\nerror: {}\n", e.one_line()));
-                agents.push(agent_error(&addr, &e));
+                text.push_str(&format!("== {label} ==\nerror: {}\n", e.one_line()));
+                let mut entry = agent_error(&addr, &e);
+                entry["host"] = json!(host);
+                agents.push(entry);
             }
         }
     }
     Ok(Report { json: Some(json!({"agents": agents, "exit_code": worst})), text, exit_code: worst })
+}
+
+/// `status` on a fleet: one table of every host's services; JSON as
+/// [`combine`] makes it, each host's `result` its `{"services": [...]}`.
+pub async fn status(clients: &[Client], service: Option<&str>) -> Report {
+    let answers = join_all(clients.iter().map(|c| async move {
+        let list: Result<Vec<ServiceStatus>, Error> = match service {
+            Some(name) => c.get(&format!("/v1/services/{}", encode(name))).await.map(|s| vec![s]),
+            None => c.get::<ServiceList>("/v1/services").await.map(|l| l.services),
+        };
+        list
+    }))
+    .await;
+    let rows: Vec<(String, Result<Vec<ServiceStatus>, String>)> = clients
+        .iter()
+        .zip(&answers)
+        .map(|(c, a)| {
+            let row = match a {
+                Ok(list) => Ok(list.clone()),
+                Err(e) => Err(format!("error: {}", e.one_line())),
+            };
+            (c.name(), row)
+        })
+        .collect();
+    let text = crate::render::fleet_status(&rows);
+    let results = answers
+        .into_iter()
+        .map(|a| {
+            a.map(|services| Report {
+                json: Some(json!({ "services": services })),
+                text: String::new(),
+                exit_code: EXIT_OK,
+            })
+        })
+        .collect();
+    match combine(clients, results) {
+        Ok(mut report) => {
+            report.text = text;
+            report
+        }
+        Err(e) => Report { json: Some(e.to_json()), text, exit_code: e.exit_code() },
+    }
 }
 
 fn agent_error(addr: &str, e: &Error) -> Value {
@@ -81,17 +127,33 @@ struct Steps {
 impl Steps {
     fn record(&mut self, step: &str, result: &Result<OpDone, Error>) {
         match result {
-            Ok(done) => {
-                self.json.insert(step.into(), done.json());
-                self.text.push(done.report().text.trim_end().to_string());
-                self.exit_code = self.exit_code.max(done.exit_code());
-            }
-            Err(e) => {
-                self.json.insert(step.into(), json!({"error": {"code": e.code(), "message": e.one_line()}}));
-                self.text.push(format!("{step}: error: {}", e.one_line()));
-                self.exit_code = self.exit_code.max(e.exit_code());
-            }
+            Ok(done) => self.done(step, done),
+            Err(e) => self.failed(step, e),
         }
+    }
+
+    fn record_promote(&mut self, result: &Result<Option<OpDone>, Error>) {
+        match result {
+            Ok(None) => {
+                self.json
+                    .insert("promote".into(), json!({"skipped": "nothing to promote: already switched"}));
+                self.text.push("promote: nothing to promote (already switched): left alone".into());
+            }
+            Ok(Some(done)) => self.done("promote", done),
+            Err(e) => self.failed("promote", e),
+        }
+    }
+
+    fn done(&mut self, step: &str, done: &OpDone) {
+        self.json.insert(step.into(), done.json());
+        self.text.push(done.report().text.trim_end().to_string());
+        self.exit_code = self.exit_code.max(done.exit_code());
+    }
+
+    fn failed(&mut self, step: &str, e: &Error) {
+        self.json.insert(step.into(), json!({"error": {"code": e.code(), "message": e.one_line()}}));
+        self.text.push(format!("{step}: error: {}", e.one_line()));
+        self.exit_code = self.exit_code.max(e.exit_code());
     }
 
     fn skip(&mut self, step: &str, why: &str) {
@@ -132,67 +194,110 @@ fn ok(result: &Result<OpDone, Error>) -> bool {
 /// Two-phase deploy on several agents: deploy without promote everywhere
 /// and wait; if any agent failed, abort where the deploy succeeded and exit
 /// 1; else, with `promote`, promote (canary host first when given; if its
-/// promote fails, the candidate is aborted on the other agents).
+/// promote fails, the candidate is aborted on the other agents). With
+/// `batch`, hosts go through it that many at a time, each batch promoted
+/// and healthy before the next; the first failing batch stops the rest.
+///
+/// Every step is safe to repeat: the deploy converges (a host that runs
+/// the spec already is left alone), a host with nothing to promote is
+/// skipped, and a host busy with an operation is waited for first.
 pub async fn deploy(
     clients: &[Client],
     service: &str,
     mut request: DeployRequest,
     promote: bool,
     canary_host: Option<usize>,
+    batch: Option<usize>,
     progress: &Progress,
 ) -> Report {
     // Never let an agent's `auto_promote` flip traffic before all are healthy.
     request.promote = Some(false);
+    request.converge = true;
     let op = Op::Deploy(request);
-    let deployed = join_all(clients.iter().map(|c| ops::run(c, service, &op, true, progress))).await;
     let mut steps: Vec<Steps> = clients.iter().map(|_| Steps::default()).collect();
-    for (s, r) in steps.iter_mut().zip(&deployed) {
-        s.record("deploy", r);
-    }
-    if !deployed.iter().all(ok) {
-        progress.note("deploy failed on some agents: aborting it everywhere else");
-        let aborts = join_all(clients.iter().zip(&deployed).map(|(c, r)| async move {
-            if ok(r) {
-                Some(ops::run(c, service, &Op::Abort, true, progress).await)
-            } else {
-                None
+    let all: Vec<usize> = (0..clients.len()).collect();
+    let size = batch.unwrap_or(clients.len()).max(1);
+    let mut floor = EXIT_OK;
+    let mut batches = all.chunks(size).peekable();
+    while let Some(hosts) = batches.next() {
+        let canary = canary_host.filter(|c| hosts.contains(c));
+        floor = two_phase(clients, hosts, service, &op, promote, canary, progress, &mut steps).await;
+        if floor != EXIT_OK {
+            for rest in batches.flatten() {
+                steps[*rest].skip("deploy", "an earlier batch of hosts failed");
             }
-        }))
-        .await;
-        for (s, a) in steps.iter_mut().zip(aborts) {
-            if let Some(a) = a {
-                s.record("abort", &a);
-            }
+            break;
         }
-        return steps_report(clients, steps, EXIT_FAILED);
-    }
-    if !promote {
-        return steps_report(clients, steps, EXIT_OK);
-    }
-    let floor = promote_steps(clients, service, canary_host, progress, &mut steps).await;
-    if floor != EXIT_OK {
-        // The canary host failed and rolled back: this one command deployed
-        // the candidate everywhere, so it takes it back everywhere too.
-        progress.note("removing the candidate from the other agents");
-        let aborts = join_all(clients.iter().enumerate().map(|(j, c)| async move {
-            if Some(j) == canary_host {
-                None
-            } else {
-                Some(ops::run(c, service, &Op::Abort, true, progress).await)
-            }
-        }))
-        .await;
-        for (s, a) in steps.iter_mut().zip(aborts) {
-            if let Some(a) = a {
-                s.record("abort", &a);
-            }
+        if batches.peek().is_some() {
+            progress.note(&format!("batch of {} host(s) done; next batch", hosts.len()));
         }
     }
     steps_report(clients, steps, floor)
 }
 
+/// One two-phase step over the hosts `hosts` (indices into `clients`);
+/// returns the floor of their exit codes (1 when it failed).
+#[allow(clippy::too_many_arguments)]
+async fn two_phase(
+    clients: &[Client],
+    hosts: &[usize],
+    service: &str,
+    op: &Op,
+    promote: bool,
+    canary_host: Option<usize>,
+    progress: &Progress,
+    steps: &mut [Steps],
+) -> u8 {
+    let deployed =
+        join_all(hosts.iter().map(|&i| ops::run_when_free(&clients[i], service, op, progress))).await;
+    for (&i, r) in hosts.iter().zip(&deployed) {
+        steps[i].record("deploy", r);
+    }
+    if !deployed.iter().all(ok) {
+        progress.note("deploy failed on some hosts: aborting it everywhere else");
+        abort(
+            clients,
+            hosts.iter().zip(&deployed).filter(|(_, r)| ok(r)).map(|(i, _)| *i),
+            service,
+            progress,
+            steps,
+        )
+        .await;
+        return EXIT_FAILED;
+    }
+    if !promote {
+        return EXIT_OK;
+    }
+    let floor = promote_steps(clients, hosts, service, canary_host, progress, steps).await;
+    if floor != EXIT_OK {
+        // The canary host failed and rolled back: this one command deployed
+        // the candidate everywhere, so it takes it back everywhere too.
+        progress.note("removing the candidate from the other hosts");
+        abort(clients, hosts.iter().copied().filter(|&j| Some(j) != canary_host), service, progress, steps)
+            .await;
+    }
+    floor
+}
+
+/// Abort on the hosts `which`, recording each.
+async fn abort(
+    clients: &[Client],
+    which: impl Iterator<Item = usize>,
+    service: &str,
+    progress: &Progress,
+    steps: &mut [Steps],
+) {
+    let which: Vec<usize> = which.collect();
+    let aborts =
+        join_all(which.iter().map(|&j| ops::run(&clients[j], service, &Op::Abort, true, progress))).await;
+    for (j, a) in which.into_iter().zip(aborts) {
+        steps[j].record("abort", &a);
+    }
+}
+
 /// Promote on several agents: all in parallel, or the canary host first and
-/// the rest only if its promote (with its monitor window) succeeded.
+/// the rest only if its promote (with its monitor window) succeeded. Hosts
+/// with nothing to promote (already switched) are left alone.
 pub async fn promote(
     clients: &[Client],
     service: &str,
@@ -200,57 +305,70 @@ pub async fn promote(
     progress: &Progress,
 ) -> Report {
     let mut steps: Vec<Steps> = clients.iter().map(|_| Steps::default()).collect();
-    let floor = promote_steps(clients, service, canary_host, progress, &mut steps).await;
+    let all: Vec<usize> = (0..clients.len()).collect();
+    let floor = promote_steps(clients, &all, service, canary_host, progress, &mut steps).await;
     steps_report(clients, steps, floor)
 }
 
 async fn promote_steps(
     clients: &[Client],
+    hosts: &[usize],
     service: &str,
     canary_host: Option<usize>,
     progress: &Progress,
     steps: &mut [Steps],
 ) -> u8 {
     if let Some(i) = canary_host {
-        let first = ops::run(&clients[i], service, &Op::Promote, true, progress).await;
-        steps[i].record("promote", &first);
-        if !ok(&first) {
-            progress.note("promote failed on the canary host: the other agents were not touched");
-            for (j, s) in steps.iter_mut().enumerate() {
+        let first = promote_one(&clients[i], service, progress).await;
+        steps[i].record_promote(&first);
+        if !matches!(&first, Ok(None)) && !ok_promote(&first) {
+            progress.note("promote failed on the canary host: the other hosts were not touched");
+            for &j in hosts {
                 if j != i {
-                    s.skip("promote", "canary host failed");
+                    steps[j].skip("promote", "canary host failed");
                 }
             }
             return EXIT_FAILED;
         }
     }
-    let rest = join_all(clients.iter().enumerate().map(|(j, c)| async move {
-        if Some(j) == canary_host {
-            None
-        } else {
-            Some(ops::run(c, service, &Op::Promote, true, progress).await)
-        }
-    }))
-    .await;
-    for (s, r) in steps.iter_mut().zip(rest) {
-        if let Some(r) = r {
-            s.record("promote", &r);
-        }
+    let rest: Vec<usize> = hosts.iter().copied().filter(|&j| Some(j) != canary_host).collect();
+    let results = join_all(rest.iter().map(|&j| promote_one(&clients[j], service, progress))).await;
+    for (j, r) in rest.into_iter().zip(results) {
+        steps[j].record_promote(&r);
     }
     EXIT_OK
 }
 
-/// The index of `--canary-host` among the agents, or a usage error.
-pub fn canary_index(
-    clients: &[Client],
-    canary: Option<&crate::client::AgentAddr>,
-) -> Result<Option<usize>, Error> {
-    let Some(addr) = canary else {
+/// Promote one host unless it has nothing to promote (`Ok(None)`).
+async fn promote_one(client: &Client, service: &str, progress: &Progress) -> Result<Option<OpDone>, Error> {
+    let status: ServiceStatus = client.get(&format!("/v1/services/{}", encode(service))).await?;
+    if status.operation.is_none() && !has_candidate(&status) {
+        return Ok(None);
+    }
+    ops::run_when_free(client, service, &Op::Promote, progress).await.map(Some)
+}
+
+/// Whether the idle color holds a release newer than the active one.
+fn has_candidate(s: &ServiceStatus) -> bool {
+    let idle = s.active.map(bg_api::Color::other).unwrap_or(bg_api::Color::Blue);
+    let active_revision = s.active.and_then(|a| s.colors.get(&a)).and_then(|c| c.revision);
+    s.colors.get(&idle).is_some_and(|c| !c.replicas.is_empty() && c.revision > active_revision)
+}
+
+fn ok_promote(result: &Result<Option<OpDone>, Error>) -> bool {
+    matches!(result, Ok(None)) || matches!(result, Ok(Some(done)) if done.ok())
+}
+
+/// The index of `--canary-host` (a host name, or an agent address) among
+/// the agents, or a usage error.
+pub fn canary_index(clients: &[Client], canary: Option<&String>) -> Result<Option<usize>, Error> {
+    let Some(wanted) = canary else {
         return Ok(None);
     };
+    let addr = crate::client::AgentAddr::parse(wanted).ok();
     clients
         .iter()
-        .position(|c| c.addr() == addr)
+        .position(|c| c.name() == *wanted || Some(c.addr()) == addr.as_ref())
         .map(Some)
-        .ok_or_else(|| Error::Usage(format!("--canary-host {addr} is not one of the --agent addresses")))
+        .ok_or_else(|| Error::Usage(format!("--canary-host {wanted} is not one of the hosts acted on")))
 }

@@ -9,13 +9,11 @@ use crate::render;
 use bg_api::{Event, EventKind, OperationAccepted, Outcome, Phase, ServiceStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often a broken event stream is reopened before giving up (5 times,
-/// one second apart): enough to ride out an agent restart by systemd.
-const STREAM_RETRIES: u32 = 5;
-
-/// The pause between two attempts to reopen the event stream (1 second).
+/// The pause between two attempts to reopen the event stream (1 second);
+/// they go on for the client's timeout (`--host-timeout`, 30 s by
+/// default): enough to ride out an agent restart by systemd.
 const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Where progress goes: one display for all agents of a command.
@@ -37,7 +35,7 @@ impl Progress {
 
     /// Starts showing one operation on one agent.
     pub fn track(&self, client: &Client, accepted: &OperationAccepted) -> Tracker {
-        let prefix = if self.fleet { format!("[{}] ", client.addr()) } else { String::new() };
+        let prefix = if self.fleet { format!("[{}] ", client.name()) } else { String::new() };
         let label =
             format!("{} {} #{}", accepted.service, render::kind_name(accepted.kind), accepted.operation);
         let bar = self.multi.as_ref().map(|m| {
@@ -146,8 +144,11 @@ impl Drop for Tracker {
 }
 
 /// Follows operation `accepted` on `client` until its `operation_finished`
-/// event and returns its outcome. A broken stream is reopened from the last
-/// event seen; when the finish was missed (agent restarted), the service's
+/// event and returns its outcome. A stream that stays quiet for the
+/// client's timeout is reopened (a link that died leaves it hanging
+/// without an error), from the last event seen; a broken one is reopened
+/// every second until the agent has been unreachable for the client's
+/// timeout. When the finish was missed (agent restarted), the service's
 /// `last_outcome` answers.
 pub async fn wait(
     client: &Client,
@@ -155,47 +156,47 @@ pub async fn wait(
     tracker: &mut Tracker,
 ) -> Result<Outcome, Error> {
     let mut since = accepted.since;
-    let mut failures = 0;
+    let mut lost_since: Option<Instant> = None;
     loop {
         let path = format!("/v1/events?service={}&since={since}&follow=true", encode(&accepted.service));
         let broke = match client.stream(&path).await {
-            Ok(mut stream) => loop {
-                match stream.next_line().await {
-                    Ok(Some(line)) => {
-                        // Lines of a newer agent that this bgctl cannot read
-                        // are skipped rather than fatal.
-                        let Some(event) = decode_event(&line) else {
-                            continue;
-                        };
-                        if event.seq < since {
-                            // Replayed after a reconnect: already shown.
-                            continue;
+            Ok(mut stream) => {
+                lost_since = None;
+                loop {
+                    let Ok(line) = tokio::time::timeout(client.timeout(), stream.next_line()).await else {
+                        break Error::Timeout { addr: client.label(), secs: client.timeout().as_secs() };
+                    };
+                    match line {
+                        Ok(Some(line)) => {
+                            // Lines of a newer agent that this bgctl cannot
+                            // read are skipped rather than fatal.
+                            let Some(event) = decode_event(&line) else {
+                                continue;
+                            };
+                            if event.seq < since {
+                                // Replayed after a reconnect: already shown.
+                                continue;
+                            }
+                            since = event.seq + 1;
+                            if event.operation != Some(accepted.operation) {
+                                continue;
+                            }
+                            tracker.event(&event);
+                            if let EventKind::OperationFinished { result: outcome } = event.kind {
+                                return Ok(outcome);
+                            }
                         }
-                        // New events mean the stream works again.
-                        failures = 0;
-                        since = event.seq + 1;
-                        if event.operation != Some(accepted.operation) {
-                            continue;
+                        Ok(None) => {
+                            break Error::StreamEnded { addr: client.label(), operation: accepted.operation }
                         }
-                        tracker.event(&event);
-                        if let EventKind::OperationFinished { result: outcome } = event.kind {
-                            return Ok(outcome);
-                        }
+                        Err(e) => break e,
                     }
-                    Ok(None) => {
-                        break Error::StreamEnded {
-                            addr: client.addr().to_string(),
-                            operation: accepted.operation,
-                        }
-                    }
-                    Err(e) => break e,
                 }
-            },
+            }
             Err(e @ (Error::Unreachable { .. } | Error::Transport { .. } | Error::Timeout { .. })) => e,
             Err(e) => return Err(e),
         };
-        failures += 1;
-        if failures > STREAM_RETRIES {
+        if lost_since.get_or_insert_with(Instant::now).elapsed() > client.timeout() {
             return Err(broke);
         }
         tokio::time::sleep(STREAM_RETRY_DELAY).await;

@@ -15,6 +15,7 @@ mod client;
 mod commands;
 mod error;
 mod fleet;
+mod fleetfile;
 mod follow;
 mod ops;
 mod render;

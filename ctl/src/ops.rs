@@ -2,11 +2,11 @@
 //! running one to its end (POST, then follow its events). Also the
 //! [`Report`] every command returns, printable as text or JSON.
 
-use crate::client::Client;
+use crate::client::{encode, Client};
 use crate::error::{Error, EXIT_FAILED, EXIT_OK};
 use crate::follow::{self, Progress};
 use crate::render;
-use bg_api::{OperationAccepted, Outcome, OutcomeKind};
+use bg_api::{OperationAccepted, Outcome, OutcomeKind, ServiceStatus};
 use serde_json::Value;
 
 /// What a command produced: a JSON document and a text form for stdout, and
@@ -96,6 +96,40 @@ pub async fn run(
     let outcome = follow::wait(client, &accepted, &mut tracker).await;
     tracker.finish();
     Ok(OpDone { accepted, outcome: Some(outcome?) })
+}
+
+/// [`run`], safe to repeat on a fleet: when the service is busy with an
+/// operation (a `bgctl` killed half-way left it running), that one is
+/// followed to its end first, then `op` is sent once more.
+pub async fn run_when_free(
+    client: &Client,
+    service: &str,
+    op: &Op,
+    progress: &Progress,
+) -> Result<OpDone, Error> {
+    match run(client, service, op, true, progress).await {
+        Err(Error::Conflict { message }) => {
+            let status: ServiceStatus = client.get(&format!("/v1/services/{}", encode(service))).await?;
+            let Some(running) = status.operation else {
+                // It ended meanwhile.
+                return run(client, service, op, true, progress).await;
+            };
+            progress.note(&format!("[{}] {message}: waiting for it to end first", client.name()));
+            let accepted = OperationAccepted {
+                operation: running.id,
+                service: service.to_string(),
+                kind: running.kind,
+                revision: running.revision,
+                since: 0,
+            };
+            let mut tracker = progress.track(client, &accepted);
+            let waited = follow::wait(client, &accepted, &mut tracker).await;
+            tracker.finish();
+            waited?;
+            run(client, service, op, true, progress).await
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

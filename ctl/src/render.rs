@@ -192,6 +192,49 @@ fn operation_text(s: &ServiceStatus) -> String {
     }
 }
 
+/// A fleet's status as one table: a row per host and service (a host that
+/// could not be asked gets one row saying why).
+pub fn fleet_status(hosts: &[(String, Result<Vec<ServiceStatus>, String>)]) -> String {
+    let mut t = Table::new(&["HOST", "SERVICE", "ACTIVE", "REVISION", "WEIGHTS", "HEALTHY", "OPERATION"]);
+    for (host, services) in hosts {
+        match services {
+            Err(e) => t.row(vec![
+                host.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                e.clone(),
+            ]),
+            Ok(list) => {
+                for s in list {
+                    let serving: Vec<_> = s
+                        .active
+                        .and_then(|a| s.colors.get(&a))
+                        .map(|c| c.replicas.iter().collect())
+                        .unwrap_or_default();
+                    let healthy = serving.iter().filter(|r| r.health == bg_api::Health::Healthy).count();
+                    let mut operation = operation_text(s);
+                    if let Some(line) = traffic_line(&s.traffic) {
+                        operation = format!("{operation} ({})", line.split(':').next().unwrap_or_default());
+                    }
+                    t.row(vec![
+                        host.clone(),
+                        s.name.clone(),
+                        s.active.map_or("-", Color::as_str).to_string(),
+                        s.revision.to_string(),
+                        weights_text(s),
+                        format!("{healthy}/{}", serving.len()),
+                        operation,
+                    ]);
+                }
+            }
+        }
+    }
+    t.lines("").join("\n") + "\n"
+}
+
 /// The status of services as text: a summary table, then per service and
 /// color the replicas.
 pub fn services(list: &[ServiceStatus]) -> String {

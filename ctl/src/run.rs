@@ -24,7 +24,7 @@ pub async fn run(clients: &[Client], args: RunArgs, format: OutputFormat) -> Res
     let request = RunRequest { command: args.command, image: args.image };
     let mut lines = client.post_stream(&path, &request).await?;
     let mut output = Vec::new();
-    let addr = client.addr().to_string();
+    let addr = client.label();
     while let Some(line) = lines.next_line().await? {
         let parsed: RunLine = serde_json::from_str(&line).map_err(|source| Error::Decode {
             addr: addr.clone(),

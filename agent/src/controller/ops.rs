@@ -6,7 +6,7 @@
 
 use super::actor::Hold;
 use super::model::{Paused, ServiceModel};
-use super::plan::{validate_spec, CanaryPlan, OpCtx, OpFailure, Plan, RollingPlan};
+use super::plan::{validate_spec, CanaryPlan, Current, OpCtx, OpFailure, Plan, RollingPlan};
 use super::{ControlError, Operation, Service};
 use crate::api::{CanaryRequest, Color, EventKind, Health, OutcomeKind, Phase, ReplicaState, Spec, Weights};
 use crate::config::FailureAction;
@@ -31,6 +31,19 @@ impl Service {
             Operation::Deploy(req) => {
                 let spec = self.config.spec.with_overrides(&req.overrides());
                 validate_spec(&spec, self.shared.runtime.kind())?;
+                if req.converge {
+                    if let Some((current, revision)) = current(model, &spec) {
+                        let target = match current {
+                            Current::Active(c) | Current::Candidate(c) => c,
+                        };
+                        return Ok(Plan {
+                            revision: Some(revision),
+                            target: Some(target),
+                            current: Some(current),
+                            ..empty
+                        });
+                    }
+                }
                 Ok(Plan { revision: Some(model.revision + 1), target: Some(idle), spec: Some(spec), ..empty })
             }
             Operation::Promote => {
@@ -137,9 +150,19 @@ impl Service {
     ) -> Result<String, OpFailure> {
         match request {
             Operation::Deploy(req) => {
-                let spec = plan.spec.expect("deploy plan has a spec");
                 let promote = req.promote.unwrap_or(self.config.deploy.auto_promote);
-                self.deploy(ctx, spec, promote).await
+                match plan.current {
+                    Some(Current::Active(color)) => Ok(format!(
+                        "revision {} already takes traffic in {color} with this spec: nothing to do",
+                        ctx.revision
+                    )),
+                    Some(Current::Candidate(_)) if promote => self.promote(ctx).await,
+                    Some(Current::Candidate(color)) => Ok(format!(
+                        "revision {} already runs healthy in {color} with this spec: nothing started",
+                        ctx.revision
+                    )),
+                    None => self.deploy(ctx, plan.spec.expect("deploy plan has a spec"), promote).await,
+                }
             }
             Operation::Promote => match plan.paused {
                 Some(Paused::Promote { old }) => self.finish_paused_promote(ctx, old).await,
@@ -761,6 +784,23 @@ fn state_failure(e: &crate::state::StateError, traffic: &str) -> OpFailure {
 }
 
 /// Whether `color` can take traffic: a healthy candidate.
+/// Where `spec` (as configured) already runs: the active color with no
+/// newer candidate beside it, or a healthy candidate; with its revision.
+fn current(model: &ServiceModel, spec: &Spec) -> Option<(Current, u64)> {
+    let want = spec.unpinned();
+    let runs = |color: Color| {
+        model.colors.get(&color).and_then(|c| c.spec.as_ref()).filter(|s| s.spec.unpinned() == want)
+    };
+    let idle = model.idle();
+    if model.is_candidate(idle) {
+        return runs(idle)
+            .filter(|_| model.all_healthy(idle))
+            .map(|s| (Current::Candidate(idle), s.revision));
+    }
+    let active = model.active?;
+    runs(active).filter(|_| model.weights().of(active) == 100).map(|s| (Current::Active(active), s.revision))
+}
+
 fn promotable(model: &ServiceModel, color: Color) -> Result<(), ControlError> {
     if !model.is_candidate(color) {
         return Err(ControlError::BadRequest(format!(

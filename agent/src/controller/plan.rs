@@ -54,6 +54,17 @@ pub(super) struct Plan {
     /// The paused operation this request finishes (promote) or undoes
     /// (abort).
     pub paused: Option<Paused>,
+    /// A converging deploy whose spec already runs: where.
+    pub current: Option<Current>,
+}
+
+/// Where a converging deploy's spec already runs (`DeployRequest::converge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Current {
+    /// The active color runs it: nothing to do.
+    Active(Color),
+    /// A healthy candidate runs it: nothing to start.
+    Candidate(Color),
 }
 
 impl Plan {
@@ -68,6 +79,7 @@ impl Plan {
             replica: None,
             stopped: None,
             paused: None,
+            current: None,
         }
     }
 

@@ -209,6 +209,7 @@ impl Service {
             command: None,
             env: Default::default(),
             promote: None,
+            converge: false,
         });
         match self.start(request).await {
             Ok(a) => tracing::info!(

@@ -228,7 +228,13 @@ fn deploy(version: &str, promote: bool, unhealthy: bool) -> Operation {
     if unhealthy {
         env.insert("UNHEALTHY".into(), "1".into());
     }
-    Operation::Deploy(DeployRequest { image: None, command: None, env, promote: Some(promote) })
+    Operation::Deploy(DeployRequest {
+        image: None,
+        command: None,
+        env,
+        promote: Some(promote),
+        converge: false,
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -359,4 +365,33 @@ async fn a_request_during_a_hold_waits_for_it_and_one_during_a_handover_is_refus
     }
     assert_eq!(h.outcome(sick).await.outcome, OutcomeKind::Failed);
     assert_eq!(h.status().active, Some(Color::Green));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_converging_deploy_leaves_a_spec_that_already_runs_alone() {
+    let h = Harness::new("");
+    let converge = |version: &str, promote: bool| {
+        let env = BTreeMap::from([("VERSION".to_string(), version.to_string())]);
+        Operation::Deploy(DeployRequest { env, promote: Some(promote), converge: true, ..Default::default() })
+    };
+    assert_eq!(h.run(converge("v1", true)).await.outcome, OutcomeKind::Succeeded);
+    let revision = h.status().revision;
+    // Active already: nothing to do, no new revision.
+    let again = h.run(converge("v1", true)).await;
+    assert_eq!(again.outcome, OutcomeKind::Succeeded);
+    assert!(again.message.contains("nothing to do"), "{}", again.message);
+    assert_eq!(h.status().revision, revision);
+    // A healthy candidate runs it: nothing started, then promoted.
+    assert_eq!(h.run(converge("v2", false)).await.outcome, OutcomeKind::Succeeded);
+    let green = h.status().colors[&Color::Green].replicas.clone();
+    let same = h.run(converge("v2", false)).await;
+    assert!(same.message.contains("nothing started"), "{}", same.message);
+    assert_eq!(h.status().colors[&Color::Green].replicas, green, "the candidate was replaced");
+    assert_eq!(h.run(converge("v2", true)).await.outcome, OutcomeKind::Succeeded);
+    assert_eq!(h.status().active, Some(Color::Green));
+    // A different spec deploys as usual; without converge, the same one too.
+    assert!(h.run(converge("v3", false)).await.message.contains("revision"));
+    assert_ne!(h.status().colors[&Color::Blue].replicas, vec![]);
+    let plain = h.run(deploy("v2", false, false)).await;
+    assert!(!plain.message.contains("nothing"), "{}", plain.message);
 }
