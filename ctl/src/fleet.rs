@@ -122,6 +122,8 @@ struct Steps {
     json: Map<String, Value>,
     text: Vec<String>,
     exit_code: u8,
+    /// A step was refused as unauthorized (exit 3 whatever else happened).
+    unauthorized: bool,
 }
 
 impl Steps {
@@ -151,6 +153,7 @@ impl Steps {
     }
 
     fn failed(&mut self, step: &str, e: &Error) {
+        self.unauthorized |= matches!(e, Error::Unauthorized { .. });
         self.json.insert(step.into(), json!({"error": {"code": e.code(), "message": e.one_line()}}));
         self.text.push(format!("{step}: error: {}", e.one_line()));
         self.exit_code = self.exit_code.max(e.exit_code());
@@ -223,6 +226,13 @@ pub async fn deploy(
         let canary = canary_host.filter(|c| hosts.contains(c));
         floor = two_phase(clients, hosts, service, &op, promote, canary, progress, &mut steps).await;
         if floor != EXIT_OK {
+            // The release failed (1), wherever a host was unreachable; a
+            // refused token stays 3.
+            if !steps.iter().any(|s| s.unauthorized) {
+                for s in &mut steps {
+                    s.exit_code = s.exit_code.min(EXIT_FAILED);
+                }
+            }
             for rest in batches.flatten() {
                 steps[*rest].skip("deploy", "an earlier batch of hosts failed");
             }

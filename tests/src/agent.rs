@@ -126,6 +126,7 @@ pub struct Agent {
     runtime_keys: Vec<(String, String)>,
     log: LogSettings,
     socket_group: Option<String>,
+    netns: Option<(String, std::net::Ipv4Addr)>,
 }
 
 /// How the agent logs: `--log-format` and `RUST_LOG`.
@@ -165,7 +166,17 @@ impl Agent {
             runtime_keys: Vec::new(),
             log: LogSettings::default(),
             socket_group: None,
+            netns: None,
         }
+    }
+
+    /// Run inside network namespace `ns` (made by [`crate::netns`]) whose
+    /// address is `addr`: the control API (with [`Agent::tcp_token`]) on
+    /// `addr:7070`, services on `addr:8080` and up; replicas on the
+    /// namespace's own loopback.
+    pub fn in_netns(mut self, ns: &str, addr: std::net::Ipv4Addr) -> Agent {
+        self.netns = Some((ns.to_string(), addr));
+        self
     }
 
     /// Run with `--log-format FORMAT` (`text` or `json`).
@@ -249,7 +260,10 @@ impl Agent {
         let control_addr = self.token.as_ref().map(|token| {
             let token_file = dir.path().join("token");
             std::fs::write(&token_file, token).expect("write token");
-            let addr = free_addr();
+            let addr = match &self.netns {
+                Some((_, ip)) => SocketAddr::from((*ip, 7070)),
+                None => free_addr(),
+            };
             toml.push_str(&format!("control_listen = \"{addr}\"\ntoken_file = {token_file:?}\n"));
             addr
         });
@@ -269,8 +283,11 @@ impl Agent {
         for (key, value) in &self.runtime_keys {
             toml.push_str(&format!("{key} = {value}\n"));
         }
-        for svc in &self.services {
-            let addr = free_addr();
+        for (i, svc) in self.services.iter().enumerate() {
+            let addr = match &self.netns {
+                Some((_, ip)) => SocketAddr::from((*ip, 8080 + i as u16)),
+                None => free_addr(),
+            };
             listen.insert(svc.name.clone(), addr);
             toml.push_str(&format!(
                 "\n[services.{}]\nlisten = [\"{addr}\"]\nreplicas = {}\n",
@@ -332,6 +349,7 @@ impl Agent {
             passed,
             env: self.env,
             log: self.log.clone(),
+            netns: self.netns.map(|(ns, _)| ns),
         };
         agent.spawn();
         agent.wait_api().await;
@@ -362,6 +380,8 @@ pub struct RunningAgent {
     passed: Vec<std::os::fd::OwnedFd>,
     env: Vec<(String, String)>,
     log: LogSettings,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
 }
 
 impl RunningAgent {
@@ -380,7 +400,14 @@ impl RunningAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let mut command = Command::new(cargo_bin("bg-agent", "bg-agent"));
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(cargo_bin("bg-agent", "bg-agent"));
+                c
+            }
+            None => Command::new(cargo_bin("bg-agent", "bg-agent")),
+        };
         command.arg("--config").arg(config);
         if let Some(format) = &self.log.format {
             command.args(["--log-format", format]);

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bins;
 pub mod docker;
 pub mod load;
+pub mod netns;
 pub mod nspawn;
 pub mod prom;
 pub mod relay;

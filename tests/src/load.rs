@@ -139,10 +139,14 @@ impl Load {
         self
     }
 
-    /// Start sending. Panics without a loopback target.
+    /// Start sending. Panics unless the target is a loopback address or
+    /// one inside a network namespace a test made ([`crate::netns`]).
     pub fn start(self) -> LoadHandle {
         let target = self.target.expect("Load::target is required");
-        assert!(target.ip().is_loopback(), "load only targets loopback addresses, not {target}");
+        assert!(
+            target.ip().is_loopback() || crate::netns::is_test_address(target.ip()),
+            "load only targets loopback and test namespace addresses, not {target}"
+        );
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
