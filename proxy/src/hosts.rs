@@ -281,6 +281,8 @@ pub(crate) async fn dispatch(
         if declared.is_some_and(|n| n > max) {
             return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
         }
+        // Without a length (chunked, h2): counted while it streams.
+        req.extensions_mut().insert(forward::BodyLimit(max));
     }
     if route.strip_prefix && !entry.prefix.is_empty() {
         let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);

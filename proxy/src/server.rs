@@ -301,6 +301,7 @@ async fn serve_io<I>(
         l.hard_stop.clone(),
         l.tunnels.clone(),
         protocol == Protocol::Http1,
+        tls,
     ));
     let conn_ctx = ctx.clone();
     let result = match protocol {

@@ -279,6 +279,10 @@ async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
     let big = "x".repeat(2048);
     let (out, _) = s.curl("a.test", "/", &["--http1.1", "--data-binary", &big]);
     assert!(Scene::summary(&out).starts_with("413 "), "{}", Scene::summary(&out));
+    // Without a length (chunked): counted while it streams.
+    let (out, _) =
+        s.curl("a.test", "/", &["--http1.1", "-H", "Transfer-Encoding: chunked", "--data-binary", &big]);
+    assert!(Scene::summary(&out).starts_with("413 "), "chunked: {}", Scene::summary(&out));
     let small = "x".repeat(1024);
     let (out, _) = s.curl("a.test", "/", &["--http2", "--data-binary", &small]);
     assert_eq!(Scene::summary(&out), "200 2 a1");
