@@ -49,6 +49,9 @@ pub enum AgentError {
     /// Taking over from the running agent failed.
     #[error(transparent)]
     Handoff(#[from] crate::handoff::HandoffError),
+    /// A certificate of the edge listeners could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The token file could not be read or is empty.
     #[error("token file {path}: {message}")]
     Token {
@@ -123,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // agent serves meanwhile, so ours start once their routes are ready.
     let mut services = BTreeMap::new();
     let mut proxy_listeners = Vec::new();
+    let mut proxies = BTreeMap::new();
     for (name, svc) in &config.services {
         let proxy = Proxy::new(ProxyConfig {
             queue_timeout: svc.queue_timeout,
@@ -135,8 +139,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             tracing::info!(service = %name, %addr, "proxy listening");
             proxy_listeners.push((proxy.clone(), listener));
         }
-        services.insert(name.clone(), Service::new(svc.clone(), proxy, shared.clone()));
+        services.insert(name.clone(), Service::new(svc.clone(), proxy.clone(), shared.clone()));
+        proxies.insert(name.clone(), proxy);
     }
+    let mut edge = crate::edge::Edge::new(&config, &proxies)?;
+    for (addrs, tls) in [(&config.proxy.http, false), (&config.proxy.https, true)] {
+        for addr in addrs {
+            let listener = tcp_listener(&mut inherited, &mut shareable, *addr).await?;
+            tracing::info!(%addr, tls, "edge listening");
+            edge.add_listener(listener, tls);
+        }
+    }
+    let cert_expiry = edge.expiry();
+    let mut edge = Some(edge);
     let serve_proxies = |listeners: Vec<(Proxy, tokio::net::TcpListener)>| {
         for (proxy, listener) in listeners {
             tracker.spawn(proxy.serve(listener, shutdown.clone()));
@@ -144,6 +159,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     };
     if takeover.is_none() {
         serve_proxies(std::mem::take(&mut proxy_listeners));
+        if let Some(edge) = edge.take() {
+            edge.serve(&tracker, &shutdown);
+        }
     }
 
     let found = runtime.list(None).await?;
@@ -204,7 +222,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     if let Some(addr) = config.agent.metrics_listen {
         let listener = tcp_listener(&mut inherited, &mut shareable, addr).await?;
         tracing::info!(%addr, "metrics on /metrics");
-        tracker.spawn(crate::metrics::serve(listener, services.clone(), shutdown.clone(), tracker.clone()));
+        tracker.spawn(crate::metrics::serve(
+            listener,
+            services.clone(),
+            cert_expiry.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     for name in inherited.unclaimed() {
         tracing::warn!(socket = %name, "an inherited socket is not in the config; closing it");
@@ -214,6 +238,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     wait_ready(&services, &shutdown).await;
     if let Some(takeover) = takeover {
         serve_proxies(proxy_listeners);
+        if let Some(edge) = edge.take() {
+            edge.serve(&tracker, &shutdown);
+        }
         let from = takeover.from_pid;
         takeover.complete().await?;
         tracing::info!(from, "took over; the old agent finishes its open connections and exits");

@@ -18,6 +18,8 @@ pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod decode;
 #[cfg(feature = "daemon")]
+pub mod edge;
+#[cfg(feature = "daemon")]
 pub mod events;
 #[cfg(feature = "daemon")]
 pub mod handoff;

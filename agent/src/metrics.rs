@@ -48,6 +48,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug)]
 struct Collector {
     services: BTreeMap<String, Arc<Service>>,
+    /// Certificate expiry by host (edge listeners).
+    certs: BTreeMap<String, i64>,
 }
 
 impl std::fmt::Debug for Service {
@@ -194,6 +196,15 @@ impl prometheus_client::collector::Collector for Collector {
         encode_counters(&mut encoder, outcomes)?;
         encode_gauges(&mut encoder, running)?;
         encode_gauges(&mut encoder, last_switch)?;
+        let mut certs = Family::new(
+            "bg_certificate_expiry_seconds",
+            "End of validity (Unix time) of the certificate served for a host.",
+            MetricType::Gauge,
+        );
+        for (host, at) in &self.certs {
+            certs.samples.push((labels(&[("host", host)]), *at as f64));
+        }
+        encode_gauges(&mut encoder, certs)?;
         let mut m = encoder.encode_descriptor(
             "bg_request_duration_seconds",
             "Time to response headers through the proxy.",
@@ -214,8 +225,13 @@ impl prometheus_client::collector::Collector for Collector {
 
 /// Render the metrics text for these services.
 pub fn render(services: &BTreeMap<String, Arc<Service>>) -> String {
+    render_with_certs(services, BTreeMap::new())
+}
+
+/// Render the metrics text for these services and certificate expiries.
+pub fn render_with_certs(services: &BTreeMap<String, Arc<Service>>, certs: BTreeMap<String, i64>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Collector { services: services.clone() }));
+    registry.register_collector(Box::new(Collector { services: services.clone(), certs }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
@@ -227,6 +243,7 @@ pub fn render(services: &BTreeMap<String, Arc<Service>>) -> String {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     services: BTreeMap<String, Arc<Service>>,
+    certs: crate::edge::CertExpiry,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -240,12 +257,15 @@ pub async fn serve(
             },
         };
         let services = services.clone();
+        let certs = certs.clone();
         tracker.spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let services = services.clone();
+                let certs = certs.borrow().clone();
                 async move {
                     let mut resp = if req.uri().path() == "/metrics" {
-                        let mut r = http::Response::new(Full::new(Bytes::from(render(&services))));
+                        let mut r =
+                            http::Response::new(Full::new(Bytes::from(render_with_certs(&services, certs))));
                         r.headers_mut()
                             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
                         r

@@ -15,7 +15,7 @@ use crate::gate::{self, Admit};
 use crate::headers;
 use crate::select::{Choice, Pick, Tried};
 use crate::signal::{OnFire, Signal, SignalWait};
-use crate::upstream::{Decoder, RequestHead};
+use crate::upstream::{Decoder, ExchangeError, RequestHead};
 use crate::{Color, Gate, Inner};
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
@@ -39,6 +39,8 @@ pub(crate) struct ConnCtx {
     /// connection (it carries one response at a time). On h2 it ends the
     /// stream alone (`h2_streams`).
     pub(crate) h1: bool,
+    /// The connection came through TLS: `X-Forwarded-Proto: https`.
+    pub(crate) https: bool,
     /// Set when a drain cut the backend of the response this connection
     /// is sending; the connection's task, woken by the cut, then closes
     /// the connection, even while hyper waits for the client to read and
@@ -53,8 +55,9 @@ impl ConnCtx {
         shutdown: Arc<Signal>,
         tunnels: tokio_util::task::TaskTracker,
         h1: bool,
+        https: bool,
     ) -> ConnCtx {
-        ConnCtx { client_ip, shutdown, tunnels, h1, cut: AtomicBool::new(false) }
+        ConnCtx { client_ip, shutdown, tunnels, h1, https, cut: AtomicBool::new(false) }
     }
 
     /// Whether a drain cut this connection's response.
@@ -62,6 +65,11 @@ impl ConnCtx {
         self.cut.load(Ordering::Acquire)
     }
 }
+
+/// A request extension set by the host router: the largest body this
+/// request may stream upstream (413 beyond).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit(pub(crate) u64);
 
 impl OnFire for ConnCtx {
     fn fired(&self) {
@@ -85,9 +93,16 @@ pub(crate) async fn handle(
     let upgrading = headers::is_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     headers::prepare_request(&mut req, &ctx.client_ip, upgrading);
+    if ctx.https {
+        req.headers_mut()
+            .insert(http::HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+    }
     // Encoded once: a request that moves to the next backend sends the
     // same bytes.
-    let head = RequestHead::encode(&req);
+    let mut head = RequestHead::encode(&req);
+    if let Some(limit) = req.extensions().get::<BodyLimit>() {
+        head.limit_body(limit.0);
+    }
 
     // The gate: one compare while open.
     let mut held = None;
@@ -263,6 +278,10 @@ async fn attempt(
                 // that): the next backend.
                 tracing::debug!(backend = %backend.id, error = %e, "fresh connection closed without an answer");
                 return pass_on(&backend, guard, req);
+            }
+            Some(Err(ExchangeError::TooLarge)) => {
+                record(&backend, StatusCode::PAYLOAD_TOO_LARGE, started);
+                return Attempt::Done(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
             }
             Some(Err(e)) => {
                 tracing::debug!(backend = %backend.id, error = %e, "upstream request failed");

@@ -46,6 +46,7 @@ mod forward;
 mod gate;
 mod h2_streams;
 mod headers;
+mod hosts;
 mod lazy_stream;
 mod listen_options;
 mod pool;
@@ -55,10 +56,12 @@ mod select;
 mod server;
 mod signal;
 mod stats;
+pub mod tls;
 mod upgrade;
 mod upstream;
 mod write_timeout;
 
+pub use hosts::{normalize_prefix, HostError, HostPattern, HostRoute, HostRouter};
 pub use routes::{Backend, BackendId, Color, Gate, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};
 
@@ -364,7 +367,22 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), ProxyError> {
-        server::serve(self.inner, listener, shutdown).await
+        server::serve(self.inner, listener, shutdown, server::Edge::default()).await
+    }
+
+    /// Serve one shared edge listener until `shutdown` fires: each request
+    /// goes to the service `router` picks by host and path (404 when none
+    /// does), with TLS when `tls` is given (ALPN picks h2 or HTTP/1.1;
+    /// otherwise HTTP/1.1 and h2c). This proxy's own route table is not
+    /// used; its settings (timeouts, connection limit) are the listener's.
+    pub async fn serve_edge(
+        self,
+        listener: tokio::net::TcpListener,
+        router: Arc<HostRouter>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ProxyError> {
+        server::serve(self.inner, listener, shutdown, server::Edge { router: Some(router), tls }).await
     }
 
     /// Replace the route table in one atomic step. Every request whose

@@ -18,11 +18,13 @@ use crate::counters::GaugeGuard;
 use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
 use crate::h2_streams::{StreamExec, Streams};
+use crate::hosts::{self, HostRouter};
 use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
 use crate::write_timeout::WriteTimeout;
 use crate::{Inner, ProxyError};
+use futures_util::future::Either;
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
 use hyper::server::conn::{http1, http2};
@@ -38,6 +40,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +63,18 @@ struct Listener {
     /// Upgraded connections' tunnels: they outlive their request and end
     /// at the hard stop, so they are waited for after it, not before.
     tunnels: TaskTracker,
+    /// A shared edge listener: requests go to the service its host table
+    /// picks (`None`: every request is `inner`'s).
+    router: Option<Arc<HostRouter>>,
+    /// An https listener's TLS acceptor.
+    tls: Option<TlsAcceptor>,
+}
+
+/// What a listener serves besides its own proxy: a host table, TLS.
+#[derive(Default)]
+pub(crate) struct Edge {
+    pub(crate) router: Option<Arc<HostRouter>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Accept errors that concern one connection or a passing shortage of
@@ -103,6 +118,7 @@ pub(crate) async fn serve(
     inner: Arc<Inner>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    edge: Edge,
 ) -> Result<(), ProxyError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     // Accepted here rather than through tokio's listener, which registers
@@ -137,6 +153,8 @@ pub(crate) async fn serve(
         graceful: Arc::default(),
         hard_stop: Arc::default(),
         tunnels: TaskTracker::new(),
+        router: edge.router,
+        tls: edge.tls.map(TlsAcceptor::from),
     });
     let mut client_ips = ClientIps::default();
     // The loop looks at the stop between accepts; a token takes two locks
@@ -184,7 +202,11 @@ pub(crate) async fn serve(
         let client_ip = client_ips.get(peer.ip());
         // Boxed: the task is then a pointer, cheap to move through spawn and
         // to overwrite with its output, instead of the whole state.
-        connections.spawn(Box::pin(connection(shared.clone(), stream, client_ip, permit)));
+        if shared.tls.is_some() {
+            connections.spawn(Box::pin(tls_connection(shared.clone(), stream, client_ip, permit)));
+        } else {
+            connections.spawn(Box::pin(connection(shared.clone(), stream, client_ip, permit)));
+        }
     };
 
     relay.abort();
@@ -225,11 +247,61 @@ async fn connection(
     };
     let Some((protocol, prefix)) = first else { return };
     let io = Prefixed::new(prefix, TokioIo::new(WriteTimeout::new(stream, config.write_timeout)));
+    serve_io(&shared, io, protocol, client_ip, graceful, false).await;
+}
+
+/// Serve one client connection of an https listener: the handshake
+/// (bounded by `header_read_timeout`), then the protocol ALPN chose.
+async fn tls_connection(
+    shared: Arc<Listener>,
+    stream: LazyStream,
+    client_ip: HeaderValue,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let l = &*shared;
+    let _gauge = GaugeGuard::new(&l.inner.connections);
+    let config = &l.inner.config;
+    let mut graceful = pin!(l.graceful.wait());
+    let Some(acceptor) = l.tls.clone() else { return };
+    let accepted = tokio::select! {
+        biased;
+        r = tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        },
+        _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
+    };
+    let Some(tls) = accepted else { return };
+    let protocol =
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+    let io = TokioIo::new(WriteTimeout::new(tls, config.write_timeout));
+    serve_io(&shared, io, protocol, client_ip, graceful, true).await;
+}
+
+/// Serve a connection whose protocol is known, to its end.
+async fn serve_io<I>(
+    shared: &Arc<Listener>,
+    io: I,
+    protocol: Protocol,
+    client_ip: HeaderValue,
+    graceful: Pin<&mut SignalWait>,
+    tls: bool,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let l = &**shared;
+    let config = &l.inner.config;
     let ctx = Arc::new(ConnCtx::new(
         client_ip,
         l.hard_stop.clone(),
         l.tunnels.clone(),
         protocol == Protocol::Http1,
+        tls,
     ));
     let conn_ctx = ctx.clone();
     let result = match protocol {
@@ -238,7 +310,7 @@ async fn connection(
             let service = {
                 let shared = shared.clone();
                 hyper::service::service_fn(move |req| CloseWhenDraining {
-                    response: forward::handle(shared.inner.clone(), ctx.clone(), req),
+                    response: route(&shared, tls, &ctx, req),
                     shared: shared.clone(),
                 })
             };
@@ -252,9 +324,8 @@ async fn connection(
             let mut h2 =
                 http2::Builder::new(StreamExec::new(streams.clone(), l.tasks.clone(), config.write_timeout));
             h2.timer(TokioTimer::new());
-            let inner = l.inner.clone();
-            let service =
-                hyper::service::service_fn(move |req| forward::handle(inner.clone(), ctx.clone(), req));
+            let shared = shared.clone();
+            let service = hyper::service::service_fn(move |req| route(&shared, tls, &ctx, req));
             let conn = Box::pin(h2.serve_connection(io, service));
             let idle = config.header_read_timeout;
             drive_h2(conn, graceful, &l.hard_stop, &streams, idle, |c| c.as_mut().graceful_shutdown()).await
@@ -262,6 +333,23 @@ async fn connection(
     };
     if let Some(Err(e)) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// The request's future: the listener's own proxy, or the service the
+/// host table picks.
+fn route(
+    shared: &Arc<Listener>,
+    tls: bool,
+    ctx: &Arc<ConnCtx>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Either<
+    impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>>,
+    impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>>,
+> {
+    match &shared.router {
+        None => Either::Left(forward::handle(shared.inner.clone(), ctx.clone(), req)),
+        Some(router) => Either::Right(hosts::dispatch(router.clone(), tls, ctx.clone(), req)),
     }
 }
 

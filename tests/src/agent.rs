@@ -124,6 +124,7 @@ pub struct Agent {
     env: Vec<(String, String)>,
     docker_host: Option<String>,
     runtime_keys: Vec<(String, String)>,
+    proxy_keys: Vec<(String, String)>,
     log: LogSettings,
     socket_group: Option<String>,
     netns: Option<(String, std::net::Ipv4Addr)>,
@@ -164,6 +165,7 @@ impl Agent {
             env: vec![],
             docker_host: None,
             runtime_keys: Vec::new(),
+            proxy_keys: Vec::new(),
             log: LogSettings::default(),
             socket_group: None,
             netns: None,
@@ -242,6 +244,12 @@ impl Agent {
         self
     }
 
+    /// Set a raw TOML value in `[proxy]` (the shared edge listeners).
+    pub fn proxy_key(mut self, key: &str, value: &str) -> Agent {
+        self.proxy_keys.push((key.into(), value.into()));
+        self
+    }
+
     /// Write the config, start the agent, wait until its API answers.
     pub async fn start(self) -> RunningAgent {
         let dir = tempfile::Builder::new().prefix("bg-agent-test-").tempdir().expect("temp dir");
@@ -282,6 +290,12 @@ impl Agent {
         }
         for (key, value) in &self.runtime_keys {
             toml.push_str(&format!("{key} = {value}\n"));
+        }
+        if !self.proxy_keys.is_empty() {
+            toml.push_str("\n[proxy]\n");
+            for (key, value) in &self.proxy_keys {
+                toml.push_str(&format!("{key} = {value}\n"));
+            }
         }
         for (i, svc) in self.services.iter().enumerate() {
             let addr = match &self.netns {

@@ -201,7 +201,12 @@ impl Config {
         let h = req.headers_mut();
         h.insert(HOST, self.host.clone());
         for (k, v) in &self.headers {
-            h.append(k.clone(), v.clone());
+            // A `host` header replaces the target's (name-based routing).
+            if *k == HOST {
+                h.insert(HOST, v.clone());
+            } else {
+                h.append(k.clone(), v.clone());
+            }
         }
         req
     }

@@ -56,6 +56,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+    /// `[proxy]`: the shared edge listeners.
+    pub proxy: EdgeConfig,
     /// `[services.NAME]`, by name.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -153,6 +155,51 @@ pub struct ServiceConfig {
     pub rolling: RollingConfig,
     /// `[services.NAME.hooks]`.
     pub hooks: HooksConfig,
+    /// Its claim on the shared edge listeners (`hosts` and the keys that
+    /// go with it); `None` without `hosts`.
+    pub edge: Option<ServiceEdge>,
+}
+
+/// `[proxy]`: listeners shared by every service with `hosts`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EdgeConfig {
+    /// Plain-HTTP listeners.
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub https: Vec<SocketAddr>,
+    /// Default body limit of the services (`None`: no limit).
+    pub max_request_body: Option<u64>,
+}
+
+/// A service's claim on the shared edge listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEdge {
+    /// Exact and one-level wildcard hosts.
+    pub hosts: Vec<bg_proxy::HostPattern>,
+    /// Path prefix, normalized (`""` for every path).
+    pub path_prefix: String,
+    /// Remove the prefix before forwarding (default true).
+    pub strip_prefix: bool,
+    /// Where its certificate comes from.
+    pub tls: TlsSetting,
+    /// Plain-HTTP requests get a 308 to https.
+    pub redirect_https: bool,
+    /// Largest request body (its own, else `[proxy]`'s); 413 beyond.
+    pub max_request_body: Option<u64>,
+}
+
+/// A service's `tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSetting {
+    /// Plain HTTP only.
+    Off,
+    /// A certificate chain and key from PEM files, reloaded when they change.
+    Files {
+        /// The chain, leaf first.
+        cert: PathBuf,
+        /// The private key (mode 0600).
+        key: PathBuf,
+    },
 }
 
 /// How replicas are health-checked.

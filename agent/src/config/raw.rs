@@ -7,6 +7,7 @@
 
 mod claims;
 mod container;
+mod edge;
 mod locate;
 mod validate;
 
@@ -99,6 +100,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub runtime: RawRuntime,
     #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
     pub services: BTreeMap<Spanned<String>, RawService>,
 }
 
@@ -113,6 +116,26 @@ pub(super) struct RawAgent {
     pub token_file: Option<Spanned<String>>,
     pub metrics_listen: Option<Spanned<String>>,
     pub worker_threads: Option<Spanned<i64>>,
+}
+
+/// `[proxy]`: the shared edge listeners.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub http: Option<SpannedList>,
+    pub https: Option<SpannedList>,
+    pub max_request_body: Option<Spanned<String>>,
+    pub acme_directory: Option<Spanned<String>>,
+    pub acme_contact: Option<Spanned<String>>,
+    pub acme_ca: Option<Spanned<String>>,
+}
+
+/// A service's `tls`: `"acme"`, `"off"` or `{ cert, key }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawTls {
+    Mode(String),
+    Files { cert: String, key: String },
 }
 
 /// `[runtime]`.
@@ -142,6 +165,13 @@ pub(super) struct RawService {
     pub queue_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
     pub max_queued: Option<Spanned<i64>>,
+    // The edge keys, validated by `edge`.
+    pub hosts: Option<SpannedList>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub strip_prefix: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub max_request_body: Option<Spanned<String>>,
     // The container keys (a real application's spec), validated by
     // `container`.
     pub networks: Option<SpannedList>,

@@ -68,6 +68,10 @@ pub(crate) enum ExchangeError {
     /// body that failed.
     #[error("{0}")]
     Failed(String),
+    /// The client's body grew past its limit while it was sent; the
+    /// connection is not reused.
+    #[error("the request body is larger than allowed")]
+    TooLarge,
 }
 
 impl ExchangeError {
@@ -78,7 +82,7 @@ impl ExchangeError {
         match self {
             ExchangeError::NotSent(_) => true,
             ExchangeError::NoAnswer => head.is_retryable(),
-            ExchangeError::Failed(_) => false,
+            ExchangeError::Failed(_) | ExchangeError::TooLarge => false,
         }
     }
 }
@@ -163,7 +167,7 @@ impl Conn {
         let mut write_failed = None;
         if let Some(chunked) = head.body_chunked() {
             // Boxed: most requests have no body, and this future is large.
-            match Box::pin(request::write_body(self, body, chunked)).await {
+            match Box::pin(request::write_body(self, body, chunked, head.body_limit())).await {
                 Ok(request::BodySent::Whole) => {}
                 // The server answered before taking all of it: that answer
                 // is read, and the connection closed after it.
@@ -173,6 +177,7 @@ impl Conn {
                         "reading the client's request body failed: {e}"
                     )))
                 }
+                Err(request::BodyError::TooLarge) => return Err(ExchangeError::TooLarge),
                 Err(request::BodyError::Write(e)) => {
                     complete = false;
                     write_failed = Some(e);

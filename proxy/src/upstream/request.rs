@@ -33,6 +33,9 @@ pub(crate) struct RequestHead {
     body: BodyFraming,
     head: bool,
     idempotent: bool,
+    /// Largest body sent on; more ends the exchange with
+    /// [`BodyError::TooLarge`] (a shared listener's `max_request_body`).
+    body_limit: Option<u64>,
 }
 
 impl RequestHead {
@@ -90,7 +93,18 @@ impl RequestHead {
                 *method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
             ),
+            body_limit: None,
         }
+    }
+
+    /// Refuse a body that grows past `limit` bytes while it streams.
+    pub(crate) fn limit_body(&mut self, limit: u64) {
+        self.body_limit = Some(limit);
+    }
+
+    /// The body limit, if any.
+    pub(crate) fn body_limit(&self) -> Option<u64> {
+        self.body_limit
     }
 
     /// The encoded head.
@@ -134,6 +148,8 @@ pub(crate) enum BodyError {
     Client(hyper::Error),
     /// Writing it upstream failed.
     Write(io::Error),
+    /// It grew past the request's body limit.
+    TooLarge,
 }
 
 /// Stream `body` upstream. Stops early when the server starts a final
@@ -146,7 +162,9 @@ pub(crate) async fn write_body(
     conn: &mut Conn,
     body: &mut Incoming,
     chunked: bool,
+    limit: Option<u64>,
 ) -> Result<BodySent, BodyError> {
+    let mut sent: u64 = 0;
     loop {
         let frame = tokio::select! {
             biased;
@@ -182,6 +200,14 @@ pub(crate) async fn write_body(
             Some(Err(e)) => return Err(BodyError::Client(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
+                Ok(data)
+                    if limit.is_some_and(|l| {
+                        sent += data.len() as u64;
+                        sent > l
+                    }) =>
+                {
+                    return Err(BodyError::TooLarge)
+                }
                 Ok(data) if chunked => {
                     let size = format!("{:X}\r\n", data.len());
                     write_all_vectored(stream, &[size.as_bytes(), &data, b"\r\n"])

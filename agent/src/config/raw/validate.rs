@@ -127,7 +127,7 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    fn socket_addr(&self, v: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn socket_addr(&self, v: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
         v.get_ref().trim().parse().map_err(|_| {
             self.err(
                 v.span(),
@@ -160,7 +160,7 @@ impl Ctx<'_> {
 }
 
 /// Why `addr` cannot be bound beside `other`, claimed by config key `by`.
-fn clash_message(addr: SocketAddr, other: SocketAddr, by: &str) -> String {
+pub(super) fn clash_message(addr: SocketAddr, other: SocketAddr, by: &str) -> String {
     if addr == other {
         format!("{addr} is already used by {by}")
     } else {
@@ -192,16 +192,26 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         }
     }
 
+    let proxy = super::edge::proxy(&cx, &raw.proxy, &mut taken)?;
+
     // In file order, so a clash is reported on the later of the two lines.
     let mut in_order: Vec<_> = raw.services.iter().collect();
     in_order.sort_by_key(|(name, _)| name.span().start);
     let mut services = BTreeMap::new();
-    for (name, raw_service) in in_order {
-        let svc = service(&cx, name, raw_service, runtime.kind, &mut taken)?;
+    for (name, raw_service) in &in_order {
+        let svc = service(&cx, name, raw_service, runtime.kind, &mut taken, &proxy)?;
         services.insert(name.get_ref().clone(), svc);
     }
+    let claims: Vec<_> = in_order
+        .iter()
+        .filter_map(|(name, r)| {
+            let edge = services.get(name.get_ref())?.edge.as_ref()?;
+            Some((name.get_ref().clone(), r.hosts.as_ref().map(|h| h.span()).unwrap_or(0..0), edge))
+        })
+        .collect();
+    super::edge::conflicts(&cx, &claims)?;
 
-    Ok(Config { path: path.to_path_buf(), agent, runtime, services })
+    Ok(Config { path: path.to_path_buf(), agent, runtime, proxy, services })
 }
 
 fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
@@ -353,6 +363,7 @@ fn service(
     raw: &RawService,
     kind: RuntimeKind,
     taken: &mut Claims,
+    proxy: &EdgeConfig,
 ) -> Result<ServiceConfig, ConfigError> {
     let n = name.get_ref();
     let prefix = format!("services.{n}");
@@ -369,12 +380,9 @@ fn service(
 
     // listen
     let listen_key = key("listen");
+    let edge = super::edge::service(cx, &prefix, name.span(), raw, proxy)?;
     let listen = match &raw.listen {
-        None => return Err(cx.err(
-            name.span(),
-            &listen_key,
-            "is missing: every service needs at least one proxy address, e.g. listen = [\"0.0.0.0:8080\"]",
-        )),
+        None => Vec::new(),
         Some(l) if l.get_ref().is_empty() => {
             return Err(cx.err(
                 l.span(),
@@ -515,6 +523,7 @@ fn service(
         deploy,
         rolling,
         hooks,
+        edge,
     })
 }
 

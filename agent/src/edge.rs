@@ -1,0 +1,125 @@
+//! The shared edge listeners (`[proxy] http` and `https`): the host table
+//! built from every service with `hosts`, the certificates of those with
+//! `tls = { cert, key }` (watched and reloaded), and the listeners, opened
+//! at start and served on the agent's task tracker.
+
+use crate::config::{Config, TlsSetting};
+use crate::daemon::AgentError;
+use bg_proxy::tls::{CertResolver, CertSource, CertWatcher};
+use bg_proxy::{HostRoute, HostRouter, Proxy, ProxyConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often certificate files are looked at for changes.
+const CERT_POLL: Duration = Duration::from_secs(1);
+
+/// Certificate expiry (Unix seconds of `notAfter`) by host, as the watcher
+/// last loaded it; read by the metrics.
+pub type CertExpiry = watch::Receiver<BTreeMap<String, i64>>;
+
+/// The edge, ready to serve once its listeners are opened.
+pub struct Edge {
+    router: Arc<HostRouter>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    watcher: Option<CertWatcher>,
+    /// The listeners' own settings and connection count.
+    proxy: Proxy,
+    listeners: Vec<(tokio::net::TcpListener, bool)>,
+    expiry: CertExpiry,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("listeners", &self.listeners.len()).finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// The host table and certificates of `config`, each service routed to
+    /// its proxy in `proxies`. Certificates are loaded (and checked) now.
+    pub fn new(config: &Config, proxies: &BTreeMap<String, Proxy>) -> Result<Edge, AgentError> {
+        let mut routes = Vec::new();
+        let mut sources = Vec::new();
+        for (name, svc) in &config.services {
+            let (Some(edge), Some(proxy)) = (&svc.edge, proxies.get(name)) else { continue };
+            routes.push(HostRoute {
+                service: name.clone(),
+                hosts: edge.hosts.clone(),
+                path_prefix: edge.path_prefix.clone(),
+                strip_prefix: edge.strip_prefix,
+                max_request_body: edge.max_request_body,
+                redirect_https: edge.redirect_https,
+                proxy: proxy.clone(),
+            });
+            if let TlsSetting::Files { cert, key } = &edge.tls {
+                sources.push(CertSource {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    hosts: edge.hosts.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+        let router = Arc::new(HostRouter::new());
+        router.set(routes);
+        let (tx, expiry) = watch::channel(BTreeMap::new());
+        let (tls, watcher) = if config.proxy.https.is_empty() {
+            (None, None)
+        } else {
+            let resolver = Arc::new(CertResolver::default());
+            let on_load = Box::new(move |s: &CertSource, c: &bg_proxy::tls::LoadedCert| {
+                let not_after = c.not_after;
+                tx.send_modify(|m| {
+                    for h in &s.hosts {
+                        m.insert(h.clone(), not_after);
+                    }
+                });
+            });
+            let watcher = CertWatcher::new(sources, resolver.clone(), on_load)
+                .map_err(|e| AgentError::Tls(e.to_string()))?;
+            (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
+        };
+        Ok(Edge {
+            router,
+            tls,
+            watcher,
+            proxy: Proxy::new(ProxyConfig::default()),
+            listeners: Vec::new(),
+            expiry,
+        })
+    }
+
+    /// Add an opened listener; `tls` for an https one.
+    pub fn add_listener(&mut self, listener: tokio::net::TcpListener, tls: bool) {
+        if tls {
+            if let Ok(addr) = listener.local_addr() {
+                self.router.set_https_port(Some(addr.port()));
+            }
+        }
+        self.listeners.push((listener, tls));
+    }
+
+    /// What the metrics read.
+    pub fn expiry(&self) -> CertExpiry {
+        self.expiry.clone()
+    }
+
+    /// Serve every listener and watch the certificates until `shutdown`.
+    pub fn serve(self, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        for (listener, tls) in self.listeners {
+            let tls = if tls { self.tls.clone() } else { None };
+            tracker.spawn(self.proxy.clone().serve_edge(
+                listener,
+                self.router.clone(),
+                tls,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(watcher) = self.watcher {
+            tracker.spawn(watcher.run(CERT_POLL, shutdown.clone()));
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The shared edge listeners end to end: a real agent on the process
+//! runtime with websample, services routed by host name (and path prefix)
+//! on one `https` and one `http` listener, each host with its own
+//! certificate from a test CA made here with rcgen. Checked with real
+//! clients: curl (`--resolve`, `--cacert`, h2 and HTTP/1.1), h2load under
+//! load, openssl s_client for the served certificate, and the project's
+//! load generator on the plain listener.
+
+use bg_tests::agent::{free_addr, Agent, RunningAgent, Svc};
+use bg_tests::load::Load;
+use bg_tests::wait::eventually;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const OP: Duration = Duration::from_secs(60);
+
+/// A test CA that signs leaf certificates into a directory.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "bluegreen test CA");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa { cert, key, dir: dir.to_path_buf() }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Sign a leaf for `host` with this serial and write it to
+    /// `<stem>.pem` / `<stem>.key` (0600), replacing the files by rename.
+    fn leaf(&self, stem: &str, host: &str, serial: u64) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, format!("{host} #{serial}"));
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (c, k) = (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}.key")));
+        let (tc, tk) = (self.dir.join(format!(".{stem}.pem.new")), self.dir.join(format!(".{stem}.key.new")));
+        std::fs::write(&tc, cert.pem()).unwrap();
+        std::fs::write(&tk, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tk, &k).unwrap();
+        std::fs::rename(&tc, &c).unwrap();
+        (c, k)
+    }
+}
+
+fn toml_list(items: &[&str]) -> String {
+    format!("[{}]", items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
+}
+
+/// The scene: web-a on a.test (TLS, redirect, 1 KiB body limit), web-b on
+/// b.test (TLS), web-p on b.test under /api (stripped); all deployed.
+struct Scene {
+    agent: RunningAgent,
+    ca: TestCa,
+    http: SocketAddr,
+    https: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn scene() -> Scene {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (ac, ak) = ca.leaf("a", "a.test", 1);
+    let (bc, bk) = ca.leaf("b", "b.test", 2);
+    let (http, https) = (free_addr(), free_addr());
+    let tls = |c: &Path, k: &Path| format!("{{ cert = {c:?}, key = {k:?} }}");
+    let agent = Agent::process()
+        .metrics()
+        .proxy_key("http", &toml_list(&[&http.to_string()]))
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .service(
+            Svc::new("web-a")
+                .env("VERSION", "a1")
+                .set("", "hosts", "[\"a.test\"]")
+                .set("", "tls", &tls(&ac, &ak))
+                .set("", "redirect_https", "true")
+                .set("", "max_request_body", "\"1KiB\""),
+        )
+        .service(Svc::new("web-b").env("VERSION", "b1").set("", "hosts", "[\"b.test\"]").set(
+            "",
+            "tls",
+            &tls(&bc, &bk),
+        ))
+        .service(
+            Svc::new("web-p")
+                .env("VERSION", "p1")
+                .set("", "hosts", "[\"b.test\"]")
+                .set("", "path_prefix", "\"/api\"")
+                .set("", "tls", &tls(&bc, &bk)),
+        )
+        .start()
+        .await;
+    for s in ["web-a", "web-b", "web-p"] {
+        agent.op(s, "deploy", json!({}), OP).await;
+    }
+    Scene { agent, ca, http, https, _dir: dir }
+}
+
+fn run(program: &str, args: &[String]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed to run this test: {e}"));
+    (out, started.elapsed())
+}
+
+impl Scene {
+    /// curl over https to `host` at the https listener; extra `args`
+    /// first. Prints `status version x-version` then the body.
+    fn curl(&self, host: &str, path: &str, args: &[&str]) -> (Output, Duration) {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(
+            [
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                &format!("{host}:{}:127.0.0.1", self.https.port()),
+                "--cacert",
+                self.ca.ca_file().to_str().unwrap(),
+                "-w",
+                "\n%{http_code} %{http_version} %header{x-version}",
+                &format!("https://{host}:{}{path}", self.https.port()),
+            ]
+            .map(String::from),
+        );
+        run("curl", &a)
+    }
+
+    /// The last line of a curl run: `status version x-version`.
+    fn summary(out: &Output) -> String {
+        assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+    }
+
+    /// The serial of the certificate served for `host` (openssl s_client).
+    fn served_serial(&self, host: &str) -> String {
+        let (out, _) = run(
+            "sh",
+            &[
+                "-c".into(),
+                format!(
+                    "openssl s_client -connect 127.0.0.1:{} -servername {host} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+                    self.https.port()
+                ),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// h2load for `secs` seconds against `host` over TLS (h2).
+    fn h2load(&self, host: &str, secs: u32) -> std::thread::JoinHandle<String> {
+        let args: Vec<String> = vec![
+            "-D".into(),
+            secs.to_string(),
+            "-c".into(),
+            "4".into(),
+            "-m".into(),
+            "4".into(),
+            format!("--connect-to=127.0.0.1:{}", self.https.port()),
+            format!("https://{host}:{}/", self.https.port()),
+        ];
+        std::thread::spawn(move || {
+            let (out, _) = run("h2load", &args);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+            text
+        })
+    }
+}
+
+/// h2load's request line: (succeeded, failed + errored + timeout).
+fn h2load_counts(text: &str) -> (u64, u64) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line: {text}"));
+    let num = |word: &str| -> u64 {
+        line.split(',')
+            .find(|part| part.trim().ends_with(word))
+            .and_then(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or_else(|| panic!("no {word} in {line}"))
+    };
+    (num("succeeded"), num("failed") + num("errored") + num("timeout"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
+    let s = scene().await;
+
+    // Each host answers with its own service, verified against the test CA,
+    // over h2 and HTTP/1.1.
+    let (out, _) = s.curl("a.test", "/", &["--http2"]);
+    assert_eq!(Scene::summary(&out), "200 2 a1");
+    let (out, _) = s.curl("b.test", "/", &["--http1.1"]);
+    assert_eq!(Scene::summary(&out), "200 1.1 b1");
+    assert_eq!(s.served_serial("a.test"), "serial=01");
+    assert_eq!(s.served_serial("b.test"), "serial=02");
+
+    // The longest prefix wins and is stripped: b.test/api/ is web-p's "/".
+    let (out, _) = s.curl("b.test", "/api/", &["--http2"]);
+    assert_eq!(Scene::summary(&out), "200 2 p1");
+    let (out, _) = s.curl("b.test", "/apiary", &["--http2"]);
+    assert!(Scene::summary(&out).ends_with(" b1"), "/apiary is not under /api");
+
+    // No service for the host: the proxy's 404 (plain listener, any Host).
+    let (out, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: c.test",
+            &format!("http://{}/", s.http),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // redirect_https: 308 to the same host, path and query on https.
+    let (out, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: a.test",
+            &format!("http://{}/x/y?q=1", s.http),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("308 https://a.test:{}/x/y?q=1", s.https.port())
+    );
+    // b.test has no redirect: served on plain HTTP too.
+    let (out, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %header{x-version}",
+            "-H",
+            "Host: b.test",
+            &format!("http://{}/", s.http),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 b1");
+
+    // max_request_body = 1KiB on a.test: 413 for 2 KiB, 1 KiB passes.
+    let big = "x".repeat(2048);
+    let (out, _) = s.curl("a.test", "/", &["--http1.1", "--data-binary", &big]);
+    assert!(Scene::summary(&out).starts_with("413 "), "{}", Scene::summary(&out));
+    // Without a length (chunked): counted while it streams.
+    let (out, _) =
+        s.curl("a.test", "/", &["--http1.1", "-H", "Transfer-Encoding: chunked", "--data-binary", &big]);
+    assert!(Scene::summary(&out).starts_with("413 "), "chunked: {}", Scene::summary(&out));
+    let small = "x".repeat(1024);
+    let (out, _) = s.curl("a.test", "/", &["--http2", "--data-binary", &small]);
+    assert_eq!(Scene::summary(&out), "200 2 a1");
+
+    // A client that offers only TLS 1.0/1.1 gets an alert, fast.
+    let (out, took) =
+        s.curl("a.test", "/", &["--tlsv1.0", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "TLS 1.1 was accepted");
+    assert!(err.contains("alert") || err.contains("protocol version"), "no alert from the server: {err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // An SNI no service claims: a handshake alert, not a hang.
+    let (out, took) = s.curl("c.test", "/", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("alert"), "unknown SNI: {err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_of_one_host_under_load_leaves_the_other_untouched() {
+    let s = scene().await;
+    let a = s.h2load("a.test", 8);
+    let b = s.h2load("b.test", 8);
+    let plain = Load::keepalive(4)
+        .target(s.http)
+        .header("host", "b.test")
+        .max_duration(Duration::from_secs(30))
+        .start();
+    eventually("plain load flows", Duration::from_secs(5), || plain.completed() >= 100).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let promoted =
+        s.agent.op("web-a", "deploy", json!({"env": {"VERSION": "a2"}, "promote": true}), OP).await;
+    assert_eq!(promoted["active"], "green", "{promoted}");
+    let a = tokio::task::spawn_blocking(move || a.join().unwrap()).await.unwrap();
+    let b = tokio::task::spawn_blocking(move || b.join().unwrap()).await.unwrap();
+    let report = plain.stop().await;
+
+    let (a_ok, a_failed) = h2load_counts(&a);
+    let (b_ok, b_failed) = h2load_counts(&b);
+    eprintln!("h2load a.test {a_ok} ok, b.test {b_ok} ok; plain b.test {} ok", report.ok);
+    assert_eq!((a_failed, b_failed), (0, 0), "a.test:\n{a}\nb.test:\n{b}");
+    assert!(a_ok > 500 && b_ok > 500, "too few requests: a {a_ok}, b {b_ok}");
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(report.by_version.keys().collect::<Vec<_>>(), ["b1"], "b.test only ever saw web-b");
+    // web-b was never touched: still on its first color.
+    assert_eq!(s.agent.status("web-b").await["active"], "blue");
+    let (out, _) = s.curl("a.test", "/", &["--http2"]);
+    assert_eq!(Scene::summary(&out), "200 2 a2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_pem_files_reach_new_handshakes_under_load_without_a_failure() {
+    let s = scene().await;
+    let load = s.h2load("a.test", 6);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.ca.leaf("a", "a.test", 0x77);
+    eventually_serial(&s, "a.test", "serial=77").await;
+    let out = tokio::task::spawn_blocking(move || load.join().unwrap()).await.unwrap();
+    let (ok, failed) = h2load_counts(&out);
+    eprintln!("h2load a.test across the reload: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "{out}");
+    assert!(ok > 300, "{out}");
+    // curl verifies the new chain too; b.test kept its own.
+    let (out, _) = s.curl("a.test", "/", &["--http1.1", "-v"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a.test #119"), "new subject served");
+    assert_eq!(s.served_serial("b.test"), "serial=02");
+    assert!(s.agent.log().contains("certificate reloaded"), "the reload is logged");
+    // The expiry gauge names the host.
+    let scrape = s.agent.scrape().await;
+    assert!(scrape.one("bg_certificate_expiry_seconds", &[("host", "a.test")]) > 1.7e9);
+    assert!(scrape.one("bg_certificate_expiry_seconds", &[("host", "b.test")]) > 1.7e9);
+}
+
+async fn eventually_serial(s: &Scene, host: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = s.served_serial(host);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{host} still serves {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
