@@ -58,6 +58,11 @@ pub enum Command {
     Status {
         /// Only this service (default: all services).
         service: Option<String>,
+        /// Show it again every second until Ctrl-C: redrawn in place on a
+        /// terminal, plain snapshots separated by a blank line otherwise
+        /// (one JSON document per line with --output json).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Start the idle color with the service's spec plus these overrides and
     /// wait until it is healthy (traffic does not move unless --promote).

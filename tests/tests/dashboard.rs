@@ -411,3 +411,105 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     }
     names
 }
+
+/// The complete text snapshots in `text`: each starts with the table's
+/// `SERVICE` heading and is complete once the next one starts.
+fn text_snapshots(text: &str) -> Vec<String> {
+    let starts: Vec<usize> = text
+        .match_indices("SERVICE ")
+        .map(|(i, _)| i)
+        .filter(|i| *i == 0 || text.as_bytes()[i - 1] == b'\n')
+        .collect();
+    starts.windows(2).map(|w| text[w[0]..w[1]].to_string()).collect()
+}
+
+/// The complete lines in `text` (one JSON document each).
+fn json_lines(text: &str) -> Vec<String> {
+    text.split_inclusive('\n').filter(|l| l.ends_with('\n')).map(String::from).collect()
+}
+
+/// Run `bgctl status --watch` with stdout on a pipe until `snapshots`
+/// snapshots arrived (as `complete` finds them), then Ctrl-C it; answers what it printed and its
+/// exit code.
+fn watch_until(
+    agent: &RunningAgent,
+    extra: &[&str],
+    snapshots: usize,
+    complete: fn(&str) -> Vec<String>,
+) -> (Vec<String>, i32) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(bg_tests::bins::cargo_bin("bgctl", "bgctl"))
+        .args(["--agent", &agent.agent_arg(), "status", "--watch"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bgctl status --watch");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let started = Instant::now();
+    let parts = loop {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let parts = complete(&text);
+        if parts.len() >= snapshots {
+            break parts;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("bgctl status --watch printed only {text:?}");
+        }
+    };
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("Ctrl-C bgctl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bgctl status --watch did not end on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    (parts, status.code().unwrap_or(-1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgctl_status_watch_prints_a_snapshot_a_second_when_not_on_a_terminal() {
+    let agent = Agent::process().service(Svc::new(SERVICE)).start().await;
+    let first = agent.op(SERVICE, "deploy", json!({}), OP).await;
+    assert_eq!(outcome(&first).0, "succeeded", "{first}");
+
+    let started = Instant::now();
+    let (snapshots, code) = watch_until(&agent, &[], 2, text_snapshots);
+    assert_eq!(code, 0, "Ctrl-C ends a watch cleanly");
+    assert!(started.elapsed() >= Duration::from_millis(900), "one snapshot a second");
+    let once = agent.bgctl(&["status"]);
+    for s in &snapshots[..2] {
+        assert!(!s.contains('\x1b'), "no terminal control codes on a pipe: {s:?}");
+        assert!(s.ends_with("\n\n"), "a blank line after each snapshot: {s:?}");
+        assert_eq!(s.trim_end(), once.stdout.trim_end(), "each snapshot is what bgctl status prints");
+    }
+
+    // With --output json: one document a line.
+    let (docs, code) = watch_until(&agent, &["--output", "json"], 2, json_lines);
+    assert_eq!(code, 0);
+    for d in &docs[..2] {
+        let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d:?}"));
+        assert_eq!(v["services"][0]["name"], SERVICE, "{v}");
+    }
+}
