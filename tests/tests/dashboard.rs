@@ -10,8 +10,14 @@
 //! - a real Prometheus scrapes `/metrics` every second during a 50/50
 //!   canary; `sum by (color) (rate(bg_requests_total[15s]))` matches, per
 //!   color, the rate the load generator measured over the same 15 s
-//!   within 20 %. Every metric the Grafana example uses is in a real
-//!   scrape, and `promtool` accepts the example rules and config.
+//!   within 20 % (rate() extrapolates to the window's edges), and the
+//!   stored counter grew between its first and last scrape in the window
+//!   by what the load got back in between, within 5 % (measured: exact).
+//!   The running operation's start time is exported while it runs. Every
+//!   metric the Grafana example uses is in a real scrape, and `promtool`
+//!   accepts the example rules and config.
+//! - `bgctl status --watch` with stdout on a pipe prints one plain snapshot
+//!   a second, each followed by a blank line, and ends 0 on Ctrl-C.
 //! - without the right token every dashboard route answers 401 and no data.
 //!
 //! Chromium and Prometheus are Debian packages; with `BG_DOCKER_TESTS=1` a
@@ -314,7 +320,8 @@ async fn prometheus_sees_both_colors_of_a_canary_at_the_rate_sent() {
         );
     }
 
-    let agent = Agent::process().metrics().service(Svc::new("web").replicas(2)).start().await;
+    let svc = Svc::new("web").replicas(2).set("deploy", "monitor", "\"3s\"");
+    let agent = Agent::process().metrics().service(svc).start().await;
     for body in [json!({}), json!({"env": {"VERSION": "v2"}})] {
         let s = agent.op("web", "deploy", body, OP).await;
         assert_eq!(outcome(&s).0, "succeeded", "{s}");
@@ -359,6 +366,9 @@ async fn prometheus_sees_both_colors_of_a_canary_at_the_rate_sent() {
     assert_eq!(up.len(), 1, "{up:?}\n{}", prom.targets().await);
     assert_eq!(up[0]["value"][1], "1", "the agent is scraped: {up:?}");
     let result = prom.query(r#"sum by (color) (rate(bg_requests_total{service="web"}[15s]))"#, at).await;
+    // The stored samples themselves: the counter's first and last value in
+    // the window, with their scrape times.
+    let stored = prom.query(r#"bg_requests_total{service="web",class="2xx"}[15s]"#, at).await;
     eventually("the load finished", Duration::from_secs(30), || load.finished()).await;
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
@@ -383,12 +393,63 @@ async fn prometheus_sees_both_colors_of_a_canary_at_the_rate_sent() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no {color} series in {result:?}"))
     };
+    let answered = |version: &str, from: f64, to: f64| {
+        report
+            .records
+            .iter()
+            .filter(|r| r.version.as_deref() == Some(version))
+            .map(|r| r.finished.duration_since(t0).as_secs_f64() + u0)
+            .filter(|t| *t > from && *t <= to)
+            .count() as f64
+    };
     for (color, version) in [("blue", "v1"), ("green", "v2")] {
+        // rate() extrapolates to the window's edges, by at most half a
+        // scrape interval where a sample is missing there: within 20 %.
         let (p, s) = (seen(color), sent(version));
-        eprintln!("{color}: prometheus {p:.2}/s, load generator {s:.2}/s");
+        eprintln!("{color}: prometheus rate {p:.2}/s, load generator {s:.2}/s");
         assert!(s > RATE as f64 * 0.25, "{version} got {s}/s of {RATE}/s: a 50/50 split");
         assert!((p - s).abs() <= 0.2 * s, "prometheus says {color} {p}/s, the load got {s}/s from {version}");
+        // Between two stored scrapes the counter grew by what was answered
+        // in between: within 5 % (plus the requests in flight at a scrape).
+        let series = stored.iter().find(|r| r["metric"]["color"] == color).expect("a stored series");
+        let values = series["values"].as_array().expect("a range");
+        let point = |v: &Value| (v[0].as_f64().unwrap(), v[1].as_str().unwrap().parse::<f64>().unwrap());
+        let ((t1, c1), (t2, c2)) = (point(&values[0]), point(values.last().unwrap()));
+        let n = answered(version, t1, t2);
+        eprintln!("{color}: counter +{} between scrapes {t1:.3} and {t2:.3}, load got {n}", c2 - c1);
+        assert!(values.len() >= 10, "a sample a second: {values:?}");
+        assert!(
+            ((c2 - c1) - n).abs() <= 0.05 * n + 3.0,
+            "{color}: counter +{} but the load got {n}",
+            c2 - c1
+        );
     }
+
+    // While the promote runs (its 3 s monitor), its start time is exported
+    // for the "operation running too long" alert, and nothing was cut.
+    let m = agent.scrape().await;
+    assert_eq!(m.one("bg_drains_cut_total", &[("service", "web")]), 0.0);
+    assert_eq!(m.one("bg_drain_cut_requests_total", &[("service", "web")]), 0.0);
+    let before = unix_now();
+    let (code, body) = agent.api_post("/v1/services/web/promote", json!({})).await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let started = loop {
+        let m = agent.scrape().await;
+        if let [s] = m.matching("bg_operation_started_timestamp_seconds", &[("service", "web")]).as_slice() {
+            assert_eq!(s.labels.get("kind").map(String::as_str), Some("promote"), "{s:?}");
+            break s.value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bg_operation_started_timestamp_seconds while the promote runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(started >= before - 1.0 && started <= unix_now() + 1.0, "started {started}, asked at {before}");
+    agent.wait_idle("web", OP).await;
+    let m = agent.scrape().await;
+    assert!(m.matching("bg_operation_started_timestamp_seconds", &[]).is_empty(), "gone once it ended");
 }
 
 /// Every `bg_*` metric name in a text (PromQL inside JSON or YAML), with
