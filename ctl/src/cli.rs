@@ -54,7 +54,7 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show services: active color, weights, revision, running operation and
-    /// every replica.
+    /// every replica; with --watch, again every second until Ctrl-C.
     Status {
         /// Only this service (default: all services).
         service: Option<String>,
