@@ -28,7 +28,8 @@ pub struct ColorSample {
     /// 5xx responses per second.
     pub err: f64,
     /// 99th percentile of time to response headers, milliseconds (the
-    /// bucket bound of the proxy's histogram); `null` without responses.
+    /// bucket bound of the proxy's histogram, at most its last finite
+    /// bound, 10 s); `null` without responses.
     pub p99_ms: Option<f64>,
     /// Requests in flight at the end of the interval.
     pub inflight: u64,
@@ -55,18 +56,15 @@ pub struct Ring {
 
 fn color_sample(now: &TrafficStats, before: &TrafficStats, secs: f64) -> ColorSample {
     let d = now.since(before);
+    let last_bound = Duration::from_secs_f64(bg_proxy::LATENCY_BUCKETS[bg_proxy::LATENCY_BUCKETS.len() - 1]);
     let responses: u64 = d.responses.iter().sum();
     ColorSample {
         n: responses,
         rps: responses as f64 / secs,
         err: d.responses[4] as f64 / secs,
-        p99_ms: d.latency.quantile(0.99).map(|q| {
-            if q == Duration::MAX {
-                f64::INFINITY
-            } else {
-                q.as_secs_f64() * 1000.0
-            }
-        }),
+        // Above the last bucket bound it reads as that bound (JSON has no
+        // infinity).
+        p99_ms: d.latency.quantile(0.99).map(|q| q.min(last_bound).as_secs_f64() * 1000.0),
         inflight: now.inflight,
     }
 }
@@ -182,7 +180,12 @@ mod tests {
         // Ten slow ones out of 20 in the next second: p99 is the slow bucket.
         ring.record(13_000, stats(320, 20, 50, 328, 12));
         assert_eq!(ring.latest().unwrap().blue.p99_ms, Some(250.0));
-        assert_eq!(ring.samples().len(), 2);
+        // Beyond the last bucket: the last bound, not infinity.
+        let mut slow = stats(330, 20, 50, 328, 12);
+        slow.blue.latency.counts[bg_proxy::LATENCY_BUCKETS.len()] = 10;
+        ring.record(14_000, slow);
+        assert_eq!(ring.latest().unwrap().blue.p99_ms, Some(10_000.0));
+        assert_eq!(ring.samples().len(), 3);
     }
 
     #[test]
