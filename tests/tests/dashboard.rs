@@ -169,7 +169,7 @@ async fn a_browser_shows_the_traffic_sent_and_the_phase_change_at_promote() {
         let s = agent.op(SERVICE, "deploy", body, OP).await;
         assert_eq!(outcome(&s).0, "succeeded", "{s}");
     }
-    let mut browser = Browser::launch(&chromium, 1280, 1000).await;
+    let mut browser = Browser::launch(&chromium, 800, 820).await;
     let url = format!("http://{}/", agent.ui_addr().unwrap());
     browser.navigate(&url).await;
 
