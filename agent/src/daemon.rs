@@ -230,6 +230,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             tracker.clone(),
         ));
     }
+    if let Some(addr) = config.agent.ui_listen {
+        let token = match &config.agent.control_listen {
+            Some(_) => Some(read_token(
+                config.agent.token_file.as_ref().expect("validated: control_listen has token_file"),
+            )?),
+            None => None,
+        };
+        let listener = tcp_listener(&mut inherited, &mut shareable, addr).await?;
+        tracing::info!(%addr, token = token.is_some(), "dashboard on /");
+        let (tx, rx) = crate::ui::samples::channel(&services);
+        tracker.spawn(crate::ui::samples::run(services.clone(), tx, shutdown.clone()));
+        tracker.spawn(crate::ui::serve(
+            listener,
+            services.clone(),
+            rx,
+            token,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     for name in inherited.unclaimed() {
         tracing::warn!(socket = %name, "an inherited socket is not in the config; closing it");
     }

@@ -41,3 +41,5 @@ pub mod server;
 pub mod signal;
 #[cfg(feature = "daemon")]
 pub mod state;
+#[cfg(feature = "daemon")]
+pub mod ui;

@@ -18,7 +18,10 @@
 //! | `bg_revision` | gauge | service |
 //! | `bg_operations_total` | counter | service, kind, outcome |
 //! | `bg_operation_running` | gauge | service, kind |
+//! | `bg_operation_started_timestamp_seconds` | gauge | service, kind |
 //! | `bg_last_switch_timestamp_seconds` | gauge | service |
+//! | `bg_drains_cut_total` | counter | service |
+//! | `bg_drain_cut_requests_total` | counter | service |
 
 use crate::api::{Health, ReplicaState};
 use crate::controller::Service;
@@ -130,6 +133,21 @@ impl prometheus_client::collector::Collector for Collector {
             Family::new("bg_operations", "Ended operations by kind and outcome.", MetricType::Counter);
         let mut running =
             Family::new("bg_operation_running", "1 while an operation of that kind runs.", MetricType::Gauge);
+        let mut started = Family::new(
+            "bg_operation_started_timestamp_seconds",
+            "When the running operation started (unix time).",
+            MetricType::Gauge,
+        );
+        let mut drains_cut = Family::new(
+            "bg_drains_cut",
+            "Drains that reached drain_timeout and cut what was left.",
+            MetricType::Counter,
+        );
+        let mut cut = Family::new(
+            "bg_drain_cut_requests",
+            "Requests and upgraded connections cut at a drain's deadline.",
+            MetricType::Counter,
+        );
         let mut last_switch = Family::new(
             "bg_last_switch_timestamp_seconds",
             "When traffic last moved (unix time).",
@@ -153,6 +171,8 @@ impl prometheus_client::collector::Collector for Collector {
             }
             connections.samples.push((labels(&[("service", name)]), stats.connections as f64));
             switches.samples.push((labels(&[("service", name)]), stats.switches));
+            drains_cut.samples.push((labels(&[("service", name)]), stats.drains_cut));
+            cut.samples.push((labels(&[("service", name)]), stats.cut));
             let m = svc.metrics();
             for (color, number, h, state) in &m.replicas {
                 let l =
@@ -177,6 +197,9 @@ impl prometheus_client::collector::Collector for Collector {
             if let Some(kind) = m.running {
                 running.samples.push((labels(&[("service", name), ("kind", &kind.to_string())]), 1.0));
             }
+            if let Some((kind, at)) = m.running_since {
+                started.samples.push((labels(&[("service", name), ("kind", &kind.to_string())]), at));
+            }
             if let Some(t) = m.last_switch {
                 last_switch.samples.push((labels(&[("service", name)]), t));
             }
@@ -195,6 +218,9 @@ impl prometheus_client::collector::Collector for Collector {
         encode_gauges(&mut encoder, revision)?;
         encode_counters(&mut encoder, outcomes)?;
         encode_gauges(&mut encoder, running)?;
+        encode_gauges(&mut encoder, started)?;
+        encode_counters(&mut encoder, drains_cut)?;
+        encode_counters(&mut encoder, cut)?;
         encode_gauges(&mut encoder, last_switch)?;
         let mut certs = Family::new(
             "bg_certificate_expiry_seconds",

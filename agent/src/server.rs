@@ -336,7 +336,7 @@ fn parse_events_query(query: &str) -> Result<EventsQuery, String> {
 
 /// Whether the request carries `Authorization: Bearer <token>`. The scheme
 /// is case-insensitive (RFC 7235); the token is compared in constant time.
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+pub(crate) fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
         return false;
     };
@@ -350,7 +350,7 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 
 /// The one answer to every request without the right token: the same for a
 /// missing, malformed or wrong one, so it tells nothing about the token.
-fn unauthorized() -> Response<Body> {
+pub(crate) fn unauthorized() -> Response<Body> {
     let mut resp = error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

@@ -280,6 +280,19 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "services.web.listen[0]",
             "already used by agent.metrics_listen",
         ),
+        ("[agent]\nui_listen = \"localhost\"\n".into(), 2, "agent.ui_listen", "not a socket address"),
+        (
+            "[agent]\nmetrics_listen = \"127.0.0.1:9200\"\nui_listen = \"127.0.0.1:9200\"\n".into(),
+            3,
+            "agent.ui_listen",
+            "already used by agent.metrics_listen",
+        ),
+        (
+            format!("[agent]\nui_listen = \"127.0.0.1:8080\"\n{BASE}"),
+            4,
+            "services.web.listen[0]",
+            "already used by agent.ui_listen",
+        ),
         (format!("{BASE}env = {{ PORT = \"1\" }}\n"), 4, "services.web.env.PORT", "set by the runtime"),
         (
             format!("[agent]\ncontrol_socket_group = \"no-such-group-bg\"\n{BASE}"),

@@ -74,10 +74,15 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show services: active color, weights, revision, running operation and
-    /// every replica.
+    /// every replica; with --watch, again every second until Ctrl-C.
     Status {
         /// Only this service (default: all services).
         service: Option<String>,
+        /// Show it again every second until Ctrl-C: redrawn in place on a
+        /// terminal, plain snapshots separated by a blank line otherwise
+        /// (one JSON document per line with --output json).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Start the idle color with the service's spec plus these overrides and
     /// wait until it is healthy (traffic does not move unless --promote).

@@ -75,10 +75,13 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
     let progress = &progress;
     match cli.command {
         Command::Completions { .. } => unreachable!("handled above"),
-        Command::Status { service } if clients.len() > 1 => {
+        Command::Status { service, watch: true } => {
+            crate::watch::watch(clients, service.as_deref(), cli.output).await
+        }
+        Command::Status { service, watch: false } if clients.len() > 1 => {
             Ok(fleet::status(clients, service.as_deref()).await)
         }
-        Command::Status { service } => {
+        Command::Status { service, watch: false } => {
             let service = service.as_deref();
             fleet::combine(clients, fleet::each(clients, |c| status(c, service)).await)
         }
@@ -258,7 +261,7 @@ fn decode<T: serde::de::DeserializeOwned>(client: &Client, value: &Value, what: 
 }
 
 /// `status [SERVICE]`: JSON exactly as the agent sent it.
-async fn status(client: &Client, service: Option<&str>) -> Result<Report, Error> {
+pub(crate) async fn status(client: &Client, service: Option<&str>) -> Result<Report, Error> {
     match service {
         Some(name) => {
             let path = format!("/v1/services/{}", encode(name));

@@ -20,6 +20,7 @@ mod follow;
 mod ops;
 mod render;
 mod run;
+mod watch;
 
 use clap::Parser;
 use cli::{Cli, OutputFormat};
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e, wants_json(&args)),
     };
     let format = cli.output;
+    let watching = matches!(cli.command, cli::Command::Status { watch: true, .. });
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Io(e), format),
@@ -49,6 +51,8 @@ fn main() -> ExitCode {
         }
     });
     match result {
+        // Ctrl-C is how a watch ends.
+        None if watching => ExitCode::SUCCESS,
         None => {
             eprintln!(
                 "bgctl: interrupted; an operation the agent already accepted goes on (see bgctl status, stop it with bgctl abort SERVICE)"

@@ -231,6 +231,10 @@ pub(crate) struct Inner {
     /// drain no longer sees either is counted before the drain reads, or
     /// chooses again (see [`Inner::generation`]).
     switches: AtomicU64,
+    /// Drains that reached their deadline with something left to cut.
+    drains_cut: AtomicU64,
+    /// Requests and upgraded connections cut at a drain's deadline.
+    cut: AtomicU64,
     reaper_started: AtomicBool,
 }
 
@@ -350,6 +354,8 @@ impl Proxy {
                 connections: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 switches: AtomicU64::new(0),
+                drains_cut: AtomicU64::new(0),
+                cut: AtomicU64::new(0),
                 reaper_started: AtomicBool::new(false),
             }),
         }
@@ -445,6 +451,10 @@ impl Proxy {
                 }
             }
         }
+        if cut > 0 {
+            self.inner.drains_cut.fetch_add(1, Ordering::Relaxed);
+            self.inner.cut.fetch_add(cut, Ordering::Relaxed);
+        }
         for s in &states {
             s.pool.close_idle();
         }
@@ -506,6 +516,8 @@ impl Proxy {
             backends,
             connections: self.inner.connections.load(Ordering::Relaxed),
             switches: self.inner.switches.load(Ordering::SeqCst),
+            drains_cut: self.inner.drains_cut.load(Ordering::Relaxed),
+            cut: self.inner.cut.load(Ordering::Relaxed),
         }
     }
 }

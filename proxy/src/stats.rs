@@ -155,6 +155,10 @@ pub struct ProxyStats {
     pub connections: u64,
     /// Route table swaps since start.
     pub switches: u64,
+    /// Drains since start that cut something at their deadline.
+    pub drains_cut: u64,
+    /// Requests and upgraded connections cut by drains since start.
+    pub cut: u64,
 }
 
 impl ProxyStats {

@@ -120,6 +120,7 @@ pub struct Agent {
     services: Vec<Svc>,
     token: Option<String>,
     metrics: bool,
+    ui: bool,
     socket_activated: bool,
     env: Vec<(String, String)>,
     docker_host: Option<String>,
@@ -161,6 +162,7 @@ impl Agent {
             services: vec![],
             token: None,
             metrics: false,
+            ui: false,
             socket_activated: false,
             env: vec![],
             docker_host: None,
@@ -225,6 +227,12 @@ impl Agent {
         self
     }
 
+    /// Also serve the dashboard (`ui_listen`) on a loopback port.
+    pub fn ui(mut self) -> Agent {
+        self.ui = true;
+        self
+    }
+
     /// Also serve `/metrics` on a loopback port.
     pub fn metrics(mut self) -> Agent {
         self.metrics = true;
@@ -278,6 +286,11 @@ impl Agent {
         let metrics_addr = self.metrics.then(|| {
             let addr = free_addr();
             toml.push_str(&format!("metrics_listen = \"{addr}\"\n"));
+            addr
+        });
+        let ui_addr = self.ui.then(|| {
+            let addr = free_addr();
+            toml.push_str(&format!("ui_listen = \"{addr}\"\n"));
             addr
         });
         let kind = match self.runtime {
@@ -355,6 +368,7 @@ impl Agent {
             listen,
             control_addr,
             metrics_addr,
+            ui_addr,
             child: None,
             marker,
             runtime: self.runtime,
@@ -385,6 +399,7 @@ pub struct RunningAgent {
     listen: BTreeMap<String, SocketAddr>,
     control_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    ui_addr: Option<SocketAddr>,
     child: Option<Child>,
     marker: String,
     runtime: RuntimeChoice,
@@ -530,6 +545,11 @@ impl RunningAgent {
     /// The TCP control address, when configured.
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control_addr
+    }
+
+    /// The dashboard address, when configured.
+    pub fn ui_addr(&self) -> Option<SocketAddr> {
+        self.ui_addr
     }
 
     /// The metrics address, when configured.

@@ -151,6 +151,8 @@ async fn a_websocket_on_the_old_color_lives_through_the_drain_and_is_cut_at_its_
     assert!(report.timed_out, "{report:?}");
     assert!(report.cut >= 1, "{report:?}");
     assert!(report.elapsed >= Duration::from_millis(1400), "{report:?}");
+    let stats = p.proxy.stats();
+    assert_eq!((stats.drains_cut, stats.cut), (1, report.cut), "the proxy counts the cut drain");
 
     // The old socket is closed now: the next read ends, soon.
     let end = tokio::time::timeout(SECS_5, async {

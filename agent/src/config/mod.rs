@@ -78,6 +78,9 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Optional Prometheus listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Optional dashboard listener (needs the control token when
+    /// `control_listen` is set).
+    pub ui_listen: Option<SocketAddr>,
     /// Threads of the agent's async runtime (proxy, health checks,
     /// controller).
     pub worker_threads: usize,

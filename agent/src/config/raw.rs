@@ -115,6 +115,7 @@ pub(super) struct RawAgent {
     pub control_listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
     pub metrics_listen: Option<Spanned<String>>,
+    pub ui_listen: Option<Spanned<String>>,
     pub worker_threads: Option<Spanned<i64>>,
 }
 

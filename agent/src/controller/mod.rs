@@ -176,6 +176,8 @@ pub struct ServiceMetrics {
     pub last_switch: Option<f64>,
     /// The running operation's kind.
     pub running: Option<OperationKind>,
+    /// The running operation's kind and start, unix seconds.
+    pub running_since: Option<(OperationKind, f64)>,
 }
 
 impl Service {
@@ -254,6 +256,10 @@ impl Service {
             outcomes: m.outcome_counts.iter().map(|(k, v)| (k.0, k.1, *v)).collect(),
             last_switch: m.last_switch,
             running: m.operation.as_ref().map(|o| o.kind),
+            running_since: m.operation.as_ref().and_then(|o| {
+                let at = humantime::parse_rfc3339(&o.started_at).ok()?;
+                Some((o.kind, at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64()))
+            }),
         }
     }
 

@@ -192,6 +192,16 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         }
     }
 
+    if let Some(addr) = agent.ui_listen {
+        if let Err((other, by)) = taken.claim(addr, "agent.ui_listen") {
+            let span = raw.agent.ui_listen.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            return Err(cx.err(
+                span,
+                "agent.ui_listen",
+                format!("{}: give each listener its own port", clash_message(addr, other, &by)),
+            ));
+        }
+    }
     let proxy = super::edge::proxy(&cx, &raw.proxy, &mut taken)?;
 
     // In file order, so a clash is reported on the later of the two lines.
@@ -278,6 +288,10 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         Some(v) => Some(cx.socket_addr(v, "agent.metrics_listen")?),
         None => None,
     };
+    let ui_listen = match &raw.ui_listen {
+        Some(v) => Some(cx.socket_addr(v, "agent.ui_listen")?),
+        None => None,
+    };
     let worker_threads = match &raw.worker_threads {
         None => default_worker_threads(),
         Some(_) => cx.count(&raw.worker_threads, "agent.worker_threads", 1, 1)?.min(1024) as usize,
@@ -289,6 +303,7 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         control_listen,
         token_file,
         metrics_listen,
+        ui_listen,
         worker_threads,
     })
 }
