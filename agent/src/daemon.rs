@@ -60,6 +60,12 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// `control_tls` could not be loaded.
+    #[error("control_tls: {message}")]
+    ControlTls {
+        /// What is wrong, naming the file.
+        message: String,
+    },
 }
 
 /// Run the agent until `shutdown` fires. App replicas keep running after it
@@ -207,7 +213,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let token =
             read_token(config.agent.token_file.as_ref().expect("validated: control_listen has token_file"))?;
         let listener = Arc::new(tcp_listener(&mut inherited, &mut shareable, addr).await?);
-        tracing::info!(%addr, "control API on TCP (bearer token required)");
+        let tls = match &config.agent.control_tls {
+            Some(tls) => {
+                let acceptor = crate::control_tls::Acceptor::new(tls.clone())
+                    .map_err(|message| AgentError::ControlTls { message })?;
+                tracker.spawn(acceptor.clone().watch(shutdown.clone()));
+                Some(acceptor)
+            }
+            None => None,
+        };
+        tracing::info!(%addr, tls = tls.is_some(), mutual = config.agent.control_tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "control API on TCP (bearer token required)");
         let api = api.clone();
         let connections = tracker.clone();
         spawn_accept_loop(
@@ -215,7 +230,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             &shutdown,
             "control listener",
             move || accept_tcp(listener.clone()),
-            move |s| api.serve_connection(s, Access::Token(token.clone()), &connections),
+            move |s: tokio::net::TcpStream| {
+                let Ok(peer) = s.peer_addr().map(|a| a.ip()) else { return };
+                let access = Access::Token { token: token.clone(), peer };
+                match &tls {
+                    None => api.serve_connection(s, access, &connections),
+                    Some(tls) => {
+                        let (api, acceptor, tracker) = (api.clone(), tls.acceptor(), connections.clone());
+                        connections.spawn(async move {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                                Ok(Ok(stream)) => api.serve_connection(stream, access, &tracker),
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "control API TLS handshake failed")
+                                }
+                                Err(_) => tracing::info!(%peer, "control API TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
+            },
         );
     }
 
@@ -327,6 +360,10 @@ fn watchdog_interval() -> Option<Duration> {
 
 /// Accept connections with `accept` and hand each to `serve` until
 /// `shutdown` fires.
+/// How long a client has to finish the TLS handshake on the control
+/// listener.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn spawn_accept_loop<S, Fut>(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,

@@ -10,7 +10,11 @@
 pub use bg_api as api;
 
 #[cfg(feature = "daemon")]
+pub mod auth_limit;
+#[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod control_tls;
 #[cfg(feature = "daemon")]
 pub mod controller;
 #[cfg(feature = "daemon")]

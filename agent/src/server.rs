@@ -49,6 +49,8 @@ pub struct ControlApi {
     shutdown: CancellationToken,
     /// Where streaming answers (the event stream) run.
     tasks: TaskTracker,
+    /// Failed authentications per client address.
+    auth_limit: crate::auth_limit::AuthLimiter,
 }
 
 /// Which listener a connection came from.
@@ -56,8 +58,14 @@ pub struct ControlApi {
 pub enum Access {
     /// The unix socket: file permissions already decided.
     Socket,
-    /// TCP: every request needs this bearer token.
-    Token(Arc<str>),
+    /// TCP: every request needs this bearer token; failures are limited
+    /// per client address ([`crate::auth_limit`]).
+    Token {
+        /// The token.
+        token: Arc<str>,
+        /// The client's address.
+        peer: std::net::IpAddr,
+    },
 }
 
 impl ControlApi {
@@ -68,7 +76,7 @@ impl ControlApi {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<ControlApi> {
-        Arc::new(ControlApi { services, events, shutdown, tasks })
+        Arc::new(ControlApi { services, events, shutdown, tasks, auth_limit: Default::default() })
     }
 
     /// Serve one accepted connection until it closes or the agent stops.
@@ -105,11 +113,18 @@ impl ControlApi {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let via = match access {
             Access::Socket => "socket",
-            Access::Token(_) => "tcp",
+            Access::Token { .. } => "tcp",
         };
-        if let Access::Token(token) = access {
+        if let Access::Token { token, peer } = access {
+            let now = std::time::Instant::now();
+            if let Some(wait) = self.auth_limit.blocked(*peer, now) {
+                tracing::warn!(%method, %path, %peer, "control API request refused: too many failed authentications from this address");
+                discard_body(req).await;
+                return too_many(wait);
+            }
             if !authorized(&req, token) {
-                tracing::warn!(%method, %path, via, "control API request refused: missing or wrong bearer token");
+                self.auth_limit.failed(*peer, now);
+                tracing::warn!(%method, %path, via, %peer, "control API request refused: missing or wrong bearer token");
                 discard_body(req).await;
                 return unauthorized();
             }
@@ -357,6 +372,20 @@ pub(crate) fn unauthorized() -> Response<Body> {
         "this listener needs Authorization: Bearer <token> with the agent's token".into(),
     );
     resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// The answer while an address is over its failed-authentication limit.
+fn too_many(wait: Duration) -> Response<Body> {
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        format!(
+            "too many failed authentications from this address; try again in {} s",
+            wait.as_secs().max(1)
+        ),
+    );
+    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait.as_secs().max(1)));
     resp
 }
 

@@ -19,7 +19,8 @@ pub const DEFAULT_AGENT: &str = "unix:///run/bg-agent/agent.sock";
 #[derive(Debug, Parser)]
 #[command(name = "bgctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
-    /// Agent to talk to: `unix:///path/to/agent.sock` or `http://host:port`.
+    /// Agent to talk to: `unix:///path/to/agent.sock`, `http://host:port`
+    /// or `https://host:port` (with --ca, and --cert/--key for mutual TLS).
     /// Repeat to act on a fleet: every command then runs on every agent.
     /// Defaults to $BG_AGENT, else unix:///run/bg-agent/agent.sock.
     #[arg(long = "agent", value_name = "ADDR", global = true, value_parser = AgentAddr::parse)]
@@ -49,6 +50,20 @@ pub struct Cli {
     /// answers within it; a dead one does not.
     #[arg(long, value_name = "D", global = true, env = "BG_HOST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub host_timeout: ApiDuration,
+
+    /// CA certificate (PEM) that signed the agents' certificates, for
+    /// `https://` agents. Defaults to $BG_CA.
+    #[arg(long, value_name = "FILE", global = true, env = "BG_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for agents that require one (mutual TLS).
+    /// Defaults to $BG_CERT.
+    #[arg(long, value_name = "FILE", global = true, env = "BG_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM). Defaults to $BG_KEY.
+    #[arg(long, value_name = "FILE", global = true, env = "BG_KEY")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Output format on stdout. `json` prints exactly one JSON document for
     /// every command, errors included (`events --follow` prints one JSON

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -39,6 +40,14 @@ pub enum AgentAddr {
         /// TCP port.
         port: u16,
     },
+    /// `https://host:port` (`[agent] control_tls`).
+    Https {
+        /// Host name or IP address (IPv6 without brackets), checked
+        /// against the agent's certificate.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
 }
 
 impl AgentAddr {
@@ -57,32 +66,31 @@ impl AgentAddr {
         if s.starts_with('/') {
             return Ok(AgentAddr::Unix(PathBuf::from(s)));
         }
-        if let Some(rest) = s.strip_prefix("http://") {
+        for (scheme, tls) in [("http://", false), ("https://", true)] {
+            let Some(rest) = s.strip_prefix(scheme) else { continue };
             let rest = rest.trim_end_matches('/');
             let (host, port) = rest
                 .rsplit_once(':')
-                .ok_or_else(|| format!("{s:?}: missing port, e.g. http://127.0.0.1:7070"))?;
+                .ok_or_else(|| format!("{s:?}: missing port, e.g. {scheme}127.0.0.1:7070"))?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             if host.is_empty() || host.contains('/') {
-                return Err(format!("{s:?}: expected http://host:port"));
+                return Err(format!("{s:?}: expected {scheme}host:port"));
             }
             let port: u16 = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
-            return Ok(AgentAddr::Http { host: host.to_string(), port });
+            let host = host.to_string();
+            return Ok(if tls { AgentAddr::Https { host, port } } else { AgentAddr::Http { host, port } });
         }
-        if s.starts_with("https://") {
-            return Err(format!(
-                "{s:?}: https is not supported; use the unix socket, or http:// on a trusted network or SSH tunnel"
-            ));
-        }
-        Err(format!("{s:?} is not an agent address: use unix:///path/to/agent.sock or http://host:port"))
+        Err(format!("{s:?} is not an agent address: use unix:///path/to/agent.sock, http://host:port or https://host:port"))
     }
 
     /// The `Host` header value for requests to this agent.
     fn host_header(&self) -> String {
         match self {
             AgentAddr::Unix(_) => "localhost".to_string(),
-            AgentAddr::Http { host, port } if host.contains(':') => format!("[{host}]:{port}"),
-            AgentAddr::Http { host, port } => format!("{host}:{port}"),
+            AgentAddr::Http { host, port } | AgentAddr::Https { host, port } if host.contains(':') => {
+                format!("[{host}]:{port}")
+            }
+            AgentAddr::Http { host, port } | AgentAddr::Https { host, port } => format!("{host}:{port}"),
         }
     }
 }
@@ -92,6 +100,7 @@ impl fmt::Display for AgentAddr {
         match self {
             AgentAddr::Unix(path) => write!(f, "unix://{}", path.display()),
             AgentAddr::Http { .. } => write!(f, "http://{}", self.host_header()),
+            AgentAddr::Https { .. } => write!(f, "https://{}", self.host_header()),
         }
     }
 }
@@ -109,18 +118,26 @@ pub struct Client {
     name: Option<String>,
     /// How long one request may take to be answered (`--host-timeout`).
     timeout: Duration,
+    /// TLS for `https://` agents.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
     /// A client for the agent at `addr`, sending `token` as a bearer token
     /// when there is one.
     pub fn new(addr: AgentAddr, token: Option<String>) -> Client {
-        Client { addr, token, name: None, timeout: REQUEST_TIMEOUT }
+        Client { addr, token, name: None, timeout: REQUEST_TIMEOUT, tls: None }
     }
 
     /// The same client, named as its host is in a fleet file.
     pub fn named(mut self, name: impl Into<String>) -> Client {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The same client, speaking TLS with `config` to an `https://` agent.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Client {
+        self.tls = Some(config);
         self
     }
 
@@ -164,10 +181,23 @@ impl Client {
                     let _ = stream.set_nodelay(true);
                     Box::new(stream)
                 }
+                AgentAddr::Https { host, port } => {
+                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    let _ = stream.set_nodelay(true);
+                    let config = self.tls.clone().ok_or_else(|| {
+                        std::io::Error::other("https:// agents need --ca (no TLS settings were given)")
+                    })?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| std::io::Error::other(format!("{host:?}: {e}")))?;
+                    Box::new(tokio_rustls::TlsConnector::from(config).connect(name, stream).await?)
+                }
             })
         };
         let limit = CONNECT_TIMEOUT.min(self.timeout);
         match tokio::time::timeout(limit, connect).await {
+            Ok(Err(e)) if crate::tls::reason(&e).is_some() => {
+                Err(Error::Tls { addr: self.label(), reason: crate::tls::reason(&e).unwrap_or_default() })
+            }
             Ok(result) => result.map_err(unreachable),
             Err(_) => Err(unreachable(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -185,7 +215,11 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Error> {
         let io = self.connect().await?;
-        let transport = |source| Error::Transport { addr: self.label(), source };
+        let transport = |source: hyper::Error| match crate::tls::reason(&source) {
+            // TLS 1.3: a refused client certificate shows on the first read.
+            Some(reason) => Error::Tls { addr: self.label(), reason },
+            None => Error::Transport { addr: self.label(), source },
+        };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(transport)?;
         // The connection task ends when the answer's body is read or dropped.
@@ -236,7 +270,9 @@ impl Client {
         };
         let addr = self.label();
         match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Unauthorized { addr, message },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                Error::Unauthorized { addr, message }
+            }
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
                 Error::Rejected { code, message }
             }
@@ -385,7 +421,10 @@ mod tests {
         assert!(AgentAddr::parse("unix://relative.sock").is_err());
         assert!(AgentAddr::parse("http://host").unwrap_err().contains("port"));
         assert!(AgentAddr::parse("http://host:99999").is_err());
-        assert!(AgentAddr::parse("https://host:1").unwrap_err().contains("https"));
+        assert_eq!(
+            AgentAddr::parse("https://host:1").unwrap(),
+            AgentAddr::Https { host: "host".into(), port: 1 }
+        );
         assert!(AgentAddr::parse("agent:7070").is_err());
     }
 

@@ -11,6 +11,7 @@ use crate::fleet;
 use crate::follow::{self, Progress};
 use crate::ops::{self, Op, Report};
 use crate::render;
+use crate::tls::TlsFiles;
 use bg_api::{
     CanaryRequest, DeployRequest, History, RollingRequest, ServiceList, ServiceStatus, SpecOverrides,
 };
@@ -44,23 +45,36 @@ pub fn agents(cli: &Cli) -> Result<Vec<AgentAddr>, Error> {
 /// its own token, else --token), or the agents of [`agents`].
 pub fn clients(cli: &Cli) -> Result<Vec<Client>, Error> {
     let timeout = cli.host_timeout.0;
+    let flags = TlsFiles { ca: cli.ca.clone(), cert: cli.cert.clone(), key: cli.key.clone() };
     match &cli.fleet {
         Some(path) if cli.agents.is_empty() => {
             let hosts = crate::fleetfile::load(path).map_err(Error::Usage)?;
             let hosts = crate::fleetfile::select(hosts, cli.hosts.as_deref(), cli.tag.as_deref())
                 .map_err(Error::Usage)?;
-            Ok(hosts
+            hosts
                 .into_iter()
                 .map(|h| {
                     let token = h.token.or_else(|| cli.token.clone());
-                    Client::new(h.agent, token).named(h.name).with_timeout(timeout)
+                    let client = Client::new(h.agent, token).named(h.name).with_timeout(timeout);
+                    with_tls(client, &h.tls.or(&flags))
                 })
-                .collect())
+                .collect()
         }
-        _ => Ok(agents(cli)?
+        _ => agents(cli)?
             .into_iter()
-            .map(|a| Client::new(a, cli.token.clone()).with_timeout(timeout))
-            .collect()),
+            .map(|a| with_tls(Client::new(a, cli.token.clone()).with_timeout(timeout), &flags))
+            .collect(),
+    }
+}
+
+/// `client` with TLS from `files` when its agent is `https://`.
+fn with_tls(client: Client, files: &TlsFiles) -> Result<Client, Error> {
+    match client.addr() {
+        AgentAddr::Https { .. } => {
+            let config = files.client_config()?;
+            Ok(client.with_tls(config))
+        }
+        _ => Ok(client),
     }
 }
 

@@ -52,7 +52,17 @@ pub enum Error {
         secs: u64,
     },
 
-    /// The agent refused the token (401).
+    /// The TLS connection to the agent failed verification.
+    #[error("TLS to agent at {addr} failed: {reason}")]
+    Tls {
+        /// The agent address as given.
+        addr: String,
+        /// Why, in words.
+        reason: String,
+    },
+
+    /// The agent refused the token (401), or too many failed
+    /// authentications came from this address (429).
     #[error("agent at {addr} refused the request as unauthorized: {message}")]
     Unauthorized {
         /// The agent address as given.
@@ -136,6 +146,7 @@ impl Error {
             | Error::Transport { .. }
             | Error::Timeout { .. }
             | Error::Unauthorized { .. }
+            | Error::Tls { .. }
             | Error::StreamEnded { .. } => EXIT_UNREACHABLE,
             Error::Conflict { .. } => EXIT_CONFLICT,
             Error::Agent { .. } | Error::Decode { .. } | Error::RunFailed { .. } | Error::Io(_) => {
@@ -151,6 +162,7 @@ impl Error {
             Error::Unreachable { .. } | Error::Transport { .. } | Error::StreamEnded { .. } => "unreachable",
             Error::Timeout { .. } => "timeout",
             Error::Unauthorized { .. } => "unauthorized",
+            Error::Tls { .. } => "tls",
             Error::Rejected { code, .. } | Error::Agent { code, .. } => code,
             Error::Conflict { .. } => "conflict",
             Error::Decode { .. } => "bad_answer",

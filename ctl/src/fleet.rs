@@ -301,7 +301,13 @@ async fn abort(
     let aborts =
         join_all(which.iter().map(|&j| ops::run(&clients[j], service, &Op::Abort, true, progress))).await;
     for (j, a) in which.into_iter().zip(aborts) {
-        steps[j].record("abort", &a);
+        match a {
+            // A first deploy goes live at once: there is nothing to take back.
+            Err(Error::Rejected { message, .. }) if message.starts_with("nothing to abort") => {
+                steps[j].skip("abort", &message)
+            }
+            a => steps[j].record("abort", &a),
+        }
     }
 }
 

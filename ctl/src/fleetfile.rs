@@ -13,8 +13,12 @@
 //! tags = ["eu"]
 //! token_file = "/etc/bgctl/web-2.token"   # this host's own
 //! ```
+//!
+//! `ca_file`, `cert_file` and `key_file` (TLS to `https://` agents) go at
+//! the top (every host) or in a host's table (that host).
 
 use crate::client::AgentAddr;
+use crate::tls::TlsFiles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,12 +35,18 @@ pub struct Host {
     pub tags: Vec<String>,
     /// Its bearer token: its own `token_file`, else the file's default.
     pub token: Option<String>,
+    /// Its TLS files: its own `ca_file`, `cert_file`, `key_file`, each
+    /// else the file's default.
+    pub tls: TlsFiles,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFleet {
     token_file: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
     #[serde(default)]
     hosts: BTreeMap<String, Spanned<RawHost>>,
 }
@@ -48,6 +58,9 @@ struct RawHost {
     #[serde(default)]
     tags: Vec<String>,
     token_file: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
 }
 
 /// Read and check the fleet file at `path`. Err is the whole message.
@@ -76,6 +89,12 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Host>, String> {
         Ok(token)
     };
     let default_token = raw.token_file.as_ref().map(token).transpose()?;
+    let files = |ca: &Option<String>, cert: &Option<String>, key: &Option<String>| TlsFiles {
+        ca: ca.as_deref().map(expand_home),
+        cert: cert.as_deref().map(expand_home),
+        key: key.as_deref().map(expand_home),
+    };
+    let default_tls = files(&raw.ca_file, &raw.cert_file, &raw.key_file);
     if raw.hosts.is_empty() {
         return Err(format!("{}: no [hosts.NAME] tables: a fleet needs at least one host", path.display()));
     }
@@ -97,6 +116,7 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Host>, String> {
             agent: addr,
             tags: host.tags.clone(),
             token: own.or_else(|| default_token.clone()),
+            tls: files(&host.ca_file, &host.cert_file, &host.key_file).or(&default_tls),
         });
     }
     Ok(hosts)

@@ -20,6 +20,7 @@ mod follow;
 mod ops;
 mod render;
 mod run;
+mod tls;
 mod watch;
 
 use clap::Parser;

@@ -129,6 +129,7 @@ pub struct Agent {
     log: LogSettings,
     socket_group: Option<String>,
     netns: Option<(String, std::net::Ipv4Addr)>,
+    control_tls: Option<String>,
 }
 
 /// How the agent logs: `--log-format` and `RUST_LOG`.
@@ -171,7 +172,22 @@ impl Agent {
             log: LogSettings::default(),
             socket_group: None,
             netns: None,
+            control_tls: None,
         }
+    }
+
+    /// Serve the TCP control API (see [`Agent::tcp_token`]) over TLS with
+    /// this certificate and key, requiring client certificates signed by
+    /// `client_ca` when given.
+    pub fn control_tls(mut self, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Agent {
+        let mut value =
+            format!("{{ cert = {:?}, key = {:?}", cert.display().to_string(), key.display().to_string());
+        if let Some(ca) = client_ca {
+            value.push_str(&format!(", client_ca = {:?}", ca.display().to_string()));
+        }
+        value.push_str(" }");
+        self.control_tls = Some(value);
+        self
     }
 
     /// Run inside network namespace `ns` (made by [`crate::netns`]) whose
@@ -276,11 +292,20 @@ impl Agent {
         let control_addr = self.token.as_ref().map(|token| {
             let token_file = dir.path().join("token");
             std::fs::write(&token_file, token).expect("write token");
+            std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod token");
             let addr = match &self.netns {
                 Some((_, ip)) => SocketAddr::from((*ip, 7070)),
                 None => free_addr(),
             };
             toml.push_str(&format!("control_listen = \"{addr}\"\ntoken_file = {token_file:?}\n"));
+            if let Some(tls) = &self.control_tls {
+                toml.push_str(&format!("control_tls = {tls}\n"));
+            }
+            if self.netns.is_some() && self.control_tls.is_none() {
+                // Test namespaces are private to the test.
+                toml.push_str("allow_plaintext = true\n");
+            }
             addr
         });
         let metrics_addr = self.metrics.then(|| {

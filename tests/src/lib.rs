@@ -8,6 +8,7 @@ pub mod api;
 pub mod bench;
 pub mod bins;
 pub mod browser;
+pub mod certs;
 pub mod docker;
 pub mod load;
 pub mod netns;

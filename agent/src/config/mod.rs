@@ -84,6 +84,20 @@ pub struct AgentConfig {
     /// Threads of the agent's async runtime (proxy, health checks,
     /// controller).
     pub worker_threads: usize,
+    /// HTTPS on `control_listen` (checked at config check).
+    pub control_tls: Option<ControlTls>,
+}
+
+/// `[agent] control_tls`: the control listener's certificate, and the CA
+/// its clients' certificates must be signed by (mutual TLS) when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key, mode 0600.
+    pub key: PathBuf,
+    /// PEM CA certificates that sign client certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Default `[agent] worker_threads`: half the host's cores, at least one.

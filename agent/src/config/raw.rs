@@ -7,6 +7,7 @@
 
 mod claims;
 mod container;
+mod control_tls;
 mod edge;
 mod locate;
 mod validate;
@@ -117,6 +118,17 @@ pub(super) struct RawAgent {
     pub metrics_listen: Option<Spanned<String>>,
     pub ui_listen: Option<Spanned<String>>,
     pub worker_threads: Option<Spanned<i64>>,
+    pub control_tls: Option<Spanned<RawControlTls>>,
+    pub allow_plaintext: Option<bool>,
+}
+
+/// `[agent] control_tls = { cert, key, client_ca }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControlTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
 }
 
 /// `[proxy]`: the shared edge listeners.

@@ -270,6 +270,26 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         Some(t) => Some(path_or(&Some(t.clone()), "agent.token_file", "")?),
         None => None,
     };
+    if let (Some(t), Some(path)) = (&raw.token_file, &token_file) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                return Err(cx.err(
+                    t.span(),
+                    "agent.token_file",
+                    format!(
+                        "{} is readable by others (mode {mode:o}): chmod 600 it (or 640 with a group)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let control_tls = match &raw.control_tls {
+        None => None,
+        Some(tls) => Some(super::control_tls::check(cx, tls)?),
+    };
     let control_listen = match &raw.control_listen {
         Some(v) => {
             let addr = cx.socket_addr(v, "agent.control_listen")?;
@@ -280,10 +300,22 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
                     "control_listen needs token_file: the TCP control API refuses to run without a bearer token",
                 ));
             }
+            if !addr.ip().is_loopback() && control_tls.is_none() && raw.allow_plaintext != Some(true) {
+                return Err(cx.err(
+                    v.span(),
+                    "agent.control_listen",
+                    format!(
+                        "{addr} is not a loopback address: set control_tls = {{ cert, key, client_ca }} so the token is not sent in the clear, or allow_plaintext = true on a network you trust"
+                    ),
+                ));
+            }
             Some(addr)
         }
         None => None,
     };
+    if let (Some(tls), None) = (&raw.control_tls, control_listen) {
+        return Err(cx.err(tls.span(), "agent.control_tls", "control_tls needs control_listen"));
+    }
     let metrics_listen = match &raw.metrics_listen {
         Some(v) => Some(cx.socket_addr(v, "agent.metrics_listen")?),
         None => None,
@@ -305,6 +337,7 @@ fn agent(cx: &Ctx<'_>, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         metrics_listen,
         ui_listen,
         worker_threads,
+        control_tls,
     })
 }
 
