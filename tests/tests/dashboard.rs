@@ -122,6 +122,8 @@ async fn without_the_right_token_every_dashboard_route_answers_401_and_no_data()
     assert_eq!(v["services"][0]["status"]["name"], SERVICE, "{v}");
     assert_eq!(v["services"][0]["status"]["active"], "blue", "{v}");
     assert_eq!(v["services"][0]["outcomes"][0]["kind"], "deploy", "{v}");
+    assert_eq!(v["full"], false, "the snapshot carries the newest sample only: {v}");
+    assert!(v["services"][0]["samples"].as_array().unwrap().len() <= 1, "{v}");
     // Two sampling rounds after the start: a baseline and one sample.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let events = stream_events(&agent, TOKEN, 3).await;
