@@ -66,13 +66,19 @@ struct Snapshot {
 
 /// What every connection of the dashboard needs.
 struct Dashboard {
+    feed: Feed,
+    token: Option<Arc<str>>,
+}
+
+/// Where snapshots come from: the controllers and the sampler's rings.
+#[derive(Clone)]
+struct Feed {
     services: BTreeMap<String, Arc<Service>>,
     rings: watch::Receiver<Rings>,
-    token: Option<Arc<str>>,
     shutdown: CancellationToken,
 }
 
-impl Dashboard {
+impl Feed {
     fn snapshot(&self, full: bool) -> Snapshot {
         let rings = self.rings.borrow().clone();
         let services = self
@@ -98,7 +104,9 @@ impl Dashboard {
             .collect();
         Snapshot { full, services }
     }
+}
 
+impl Dashboard {
     fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
         let allowed = self.token.as_deref().is_none_or(|t| crate::server::authorized(req, t));
@@ -117,7 +125,7 @@ impl Dashboard {
                 r
             }
             "/api/status" | "/api/stream" if !allowed => crate::server::unauthorized(),
-            "/api/status" => json(&self.snapshot(true)),
+            "/api/status" => json(&self.feed.snapshot(false)),
             "/api/stream" => self.stream(),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -130,12 +138,7 @@ impl Dashboard {
     /// with the newest samples after each sampling round, until the client
     /// goes or the agent stops.
     fn stream(&self) -> Response<Body> {
-        let mut state = Dashboard {
-            services: self.services.clone(),
-            rings: self.rings.clone(),
-            token: None,
-            shutdown: self.shutdown.clone(),
-        };
+        let mut state = self.feed.clone();
         state.rings.mark_unchanged();
         let first = sse(&state.snapshot(true));
         let rest = futures_util::stream::unfold(state, |mut d| async move {
@@ -208,7 +211,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let dash = Arc::new(Dashboard { services, rings, token, shutdown: shutdown.clone() });
+    let dash = Arc::new(Dashboard { feed: Feed { services, rings, shutdown: shutdown.clone() }, token });
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
