@@ -101,6 +101,12 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
         }
         Command::Deploy(args) => deploy(clients, args, progress).await,
         Command::Promote(args) => promote(clients, args, progress).await,
+        Command::Rollback { service } if clients.len() > 1 => {
+            Ok(fleet::converge_each(clients, &service, Op::Rollback, progress).await)
+        }
+        Command::Abort { service } if clients.len() > 1 => {
+            Ok(fleet::converge_each(clients, &service, Op::Abort, progress).await)
+        }
         Command::Rollback { service } => op(clients, &service, Op::Rollback, true, progress).await,
         Command::Abort { service } => op(clients, &service, Op::Abort, true, progress).await,
         Command::Canary(args) => {

@@ -311,6 +311,45 @@ async fn abort(
     }
 }
 
+/// `rollback` or `abort` on every host, safe to repeat: a host whose last
+/// operation was a successful rollback (and nothing ran since) is not
+/// rolled back again, a host with nothing to abort is left alone, and a
+/// host busy with an operation is waited for first.
+pub async fn converge_each(clients: &[Client], service: &str, op: Op, progress: &Progress) -> Report {
+    let name = match op {
+        Op::Rollback => "rollback",
+        _ => "abort",
+    };
+    let op = &op;
+    let results = join_all(clients.iter().map(|c| async move {
+        if matches!(op, Op::Rollback) {
+            let status: ServiceStatus = c.get(&format!("/v1/services/{}", encode(service))).await?;
+            let done = status.operation.is_none()
+                && status.last_outcome.as_ref().is_some_and(|o| {
+                    o.kind == bg_api::OperationKind::Rollback && o.outcome == bg_api::OutcomeKind::Succeeded
+                });
+            if done {
+                return Ok(None);
+            }
+        }
+        match ops::run_when_free(c, service, op, progress).await {
+            Err(Error::Rejected { message, .. }) if message.starts_with("nothing to abort") => Ok(None),
+            other => other.map(Some),
+        }
+    }))
+    .await;
+    let mut steps: Vec<Steps> = clients.iter().map(|_| Steps::default()).collect();
+    for (s, r) in steps.iter_mut().zip(results) {
+        match r {
+            Ok(None) if name == "rollback" => s.skip(name, "already rolled back: left alone"),
+            Ok(None) => s.skip(name, "nothing to abort: left alone"),
+            Ok(Some(done)) => s.done(name, &done),
+            Err(e) => s.failed(name, &e),
+        }
+    }
+    steps_report(clients, steps, EXIT_OK)
+}
+
 /// Promote on several agents: all in parallel, or the canary host first and
 /// the rest only if its promote (with its monitor window) succeeded. Hosts
 /// with nothing to promote (already switched) are left alone.

@@ -132,6 +132,19 @@ async fn a_three_host_deploy_and_promote_under_load_loses_nothing() {
     again.assert_exit_code(0);
     assert!(again.stdout.matches("nothing to do").count() == 3, "{}", again.stdout);
 
+    // A rollback, then the same command again: the second leaves every
+    // host where the first put it.
+    f.ctl(&["rollback", "web"]).assert_exit_code(0);
+    assert_eq!(f.versions().await, ["v1", "v1", "v1"]);
+    let again = f.ctl(&["rollback", "web"]);
+    again.assert_exit_code(0);
+    assert_eq!(again.stdout.matches("already rolled back").count(), 3, "{}", again.stdout);
+    assert_eq!(f.versions().await, ["v1", "v1", "v1"]);
+    let out = f.ctl(&["abort", "web"]);
+    out.assert_exit_code(0);
+    assert_eq!(out.stdout.matches("nothing to abort").count(), 3, "{}", out.stdout);
+    f.ctl(&["deploy", "web", "--env", "VERSION=v2", "--promote"]).assert_exit_code(0);
+
     // One table for the fleet; subsets by name and tag.
     let status = f.ctl(&["status"]);
     status.assert_exit_code(0);
