@@ -460,24 +460,6 @@ mod tests {
             "fake"
         }
 
-        fn run_once<'a>(
-            &'a self,
-            _: &'a crate::runtime::OneOff,
-            _: crate::runtime::Output<'a>,
-            _: &'a tokio_util::sync::CancellationToken,
-        ) -> BoxFuture<'a, Result<Option<i64>, crate::runtime::RuntimeError>> {
-            Box::pin(async { Err(crate::runtime::RuntimeError::InvalidSpec("no one-off runs here".into())) })
-        }
-        fn exec<'a>(
-            &'a self,
-            _: &'a ReplicaHandle,
-            _: &'a [String],
-            _: &'a [(String, String)],
-            _: crate::runtime::Output<'a>,
-            _: &'a tokio_util::sync::CancellationToken,
-        ) -> BoxFuture<'a, Result<Option<i64>, crate::runtime::RuntimeError>> {
-            Box::pin(async { Err(crate::runtime::RuntimeError::InvalidSpec("no execs here".into())) })
-        }
         fn start<'a>(
             &'a self,
             _: &'a crate::runtime::ReplicaSpec,

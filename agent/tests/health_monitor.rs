@@ -57,24 +57,6 @@ impl Runtime for FakeRuntime {
     fn kind(&self) -> &'static str {
         "fake"
     }
-    fn run_once<'a>(
-        &'a self,
-        _: &'a bg_agent::runtime::OneOff,
-        _: bg_agent::runtime::Output<'a>,
-        _: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
-        unimplemented!()
-    }
-    fn exec<'a>(
-        &'a self,
-        _: &'a ReplicaHandle,
-        _: &'a [String],
-        _: &'a [(String, String)],
-        _: bg_agent::runtime::Output<'a>,
-        _: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
-        unimplemented!()
-    }
     fn start<'a>(&'a self, _: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
         unimplemented!()
     }

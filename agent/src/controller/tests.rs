@@ -37,25 +37,6 @@ impl Runtime for FakeRuntime {
         "process"
     }
 
-    fn run_once<'a>(
-        &'a self,
-        _: &'a crate::runtime::OneOff,
-        _: crate::runtime::Output<'a>,
-        _: &'a tokio_util::sync::CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, crate::runtime::RuntimeError>> {
-        Box::pin(async { Err(crate::runtime::RuntimeError::InvalidSpec("no one-off runs here".into())) })
-    }
-    fn exec<'a>(
-        &'a self,
-        _: &'a ReplicaHandle,
-        _: &'a [String],
-        _: &'a [(String, String)],
-        _: crate::runtime::Output<'a>,
-        _: &'a tokio_util::sync::CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, crate::runtime::RuntimeError>> {
-        Box::pin(async { Err(crate::runtime::RuntimeError::InvalidSpec("no execs here".into())) })
-    }
-
     fn start<'a>(&'a self, spec: &'a ReplicaSpec) -> BoxFuture<'a, Result<ReplicaHandle, RuntimeError>> {
         Box::pin(async move {
             let mut w = self.0.lock().unwrap();

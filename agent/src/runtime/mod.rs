@@ -295,17 +295,25 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Run `job` to its end, its output lines passed to `output`, and
     /// return its exit code; `None` when `cancel` fired first (it was then
-    /// killed). Nothing of it is left behind either way.
+    /// killed). Nothing of it is left behind either way. By default the
+    /// runtime cannot.
     fn run_once<'a>(
         &'a self,
         job: &'a OneOff,
         output: Output<'a>,
         cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>>;
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        let _ = (job, output, cancel);
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RuntimeError::InvalidSpec(format!("one-off runs are not supported by the {kind} runtime")))
+        })
+    }
 
     /// Run `argv` for a running replica (`pre_stop = { exec }`): inside its
     /// container (docker), or beside it on the host (process), with `env`
-    /// added; return its exit code, `None` when `cancel` fired first.
+    /// added; return its exit code, `None` when `cancel` fired first. By
+    /// default the runtime cannot.
     fn exec<'a>(
         &'a self,
         replica: &'a ReplicaHandle,
@@ -313,5 +321,11 @@ pub trait Runtime: Send + Sync + 'static {
         env: &'a [(String, String)],
         output: Output<'a>,
         cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>>;
+    ) -> BoxFuture<'a, Result<Option<i64>, RuntimeError>> {
+        let _ = (replica, argv, env, output, cancel);
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RuntimeError::InvalidSpec(format!("exec hooks are not supported by the {kind} runtime")))
+        })
+    }
 }
