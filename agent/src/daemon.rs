@@ -74,7 +74,15 @@ pub enum AgentError {
 /// Listening sockets come from systemd, from the agent this one replaces
 /// (see [`crate::handoff`]), or are bound here; in the first two cases no
 /// client is refused while agents change.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+///
+/// `reload_from` is the agent whose `bgctl reload` started this one: once
+/// it has exited, the replicas of services this config no longer has are
+/// stopped ([`crate::reload`]).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reload_from: Option<u32>,
+) -> Result<(), AgentError> {
     // Every task the agent spawns, waited for at shutdown.
     let tracker = TaskTracker::new();
     tracker.spawn(crate::signal::cancel_on_shutdown_signal(shutdown.clone()));
@@ -186,7 +194,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tracing::warn!(service = %name, replicas = left.len(), "replicas of a service that is not in the config are left alone");
     }
 
-    let api = ControlApi::new(services.clone(), events, shutdown.clone(), tracker.clone());
+    let (reloads, reload_requests) = crate::reload::channel();
+    let handed_over = CancellationToken::new();
+    tracker.spawn(crate::reload::run(
+        reload_requests,
+        config.clone(),
+        services.clone(),
+        handed_over.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(crate::signal::reload_on_hangup(reloads.clone(), shutdown.clone()));
+    let api = ControlApi::new(services.clone(), events, shutdown.clone(), tracker.clone(), reloads);
     let control_path = &config.agent.control_socket;
     let (socket, socket_bound_here) = match inherited.take_unix(control_path) {
         Some(listener) => (listener, false),
@@ -298,14 +316,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         takeover.complete().await?;
         tracing::info!(from, "took over; the old agent finishes its open connections and exits");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(std::process::id())]);
+        if let Some(old) = reload_from.filter(|pid| *pid == from) {
+            let configured = services.keys().cloned().collect();
+            tracker.spawn(crate::reload::retire_removed(old, configured, shared.clone()));
+        }
     }
-    let handed_over = CancellationToken::new();
+    let successor = Arc::new(std::sync::OnceLock::new());
     let handoff_listener = handoff::bind(&handoff_path)?;
     tracker.spawn(handoff::serve(
         handoff_listener,
         Arc::new(shareable),
         services.clone(),
         handed_over.clone(),
+        successor.clone(),
         shutdown.clone(),
     ));
     tracker.spawn(watchdog(shutdown.clone()));
@@ -314,6 +337,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     shutdown.cancelled().await;
     if handed_over.is_cancelled() {
+        // Under systemd this process is the unit's main one: the successor
+        // becomes it (the successor's own notice is not accepted while this
+        // one runs, with NotifyAccess=main).
+        if let Some(pid) = successor.get() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(*pid)]);
+        }
         tracing::info!("handed over; finishing open connections; app replicas keep running");
     } else {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -164,12 +164,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, HandoffError> {
 }
 
 /// Answer takeover requests on `listener` until `shutdown` fires. After a
-/// successful handover it cancels `handed_over`, then `shutdown`.
+/// successful handover it sets `successor` to the new agent's pid and
+/// cancels `handed_over`, then `shutdown`.
 pub async fn serve(
     listener: UnixListener,
     sockets: Arc<Shareable>,
     services: BTreeMap<String, Arc<Service>>,
     handed_over: CancellationToken,
+    successor_pid: Arc<std::sync::OnceLock<u32>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -189,6 +191,7 @@ pub async fn serve(
             done = hand_over(&mut stream, &sockets, &services) => match done {
                 Ok(successor) => {
                     tracing::info!(successor, "handed the listeners over to the new agent; finishing open connections and exiting");
+                    let _ = successor_pid.set(successor);
                     handed_over.cancel();
                     shutdown.cancel();
                     return;

@@ -38,6 +38,8 @@ pub mod logging;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 #[cfg(feature = "daemon")]
+pub mod reload;
+#[cfg(feature = "daemon")]
 pub mod runtime;
 #[cfg(feature = "daemon")]
 pub mod server;

@@ -32,7 +32,9 @@ Environment:
                              the agent's cgroup; set by bg-agent.service
   RUST_LOG                   log filter, e.g. bg_agent=debug
 
-Signals: SIGTERM or SIGINT stop the agent gracefully (replicas keep running).
+Signals: SIGTERM or SIGINT stop the agent gracefully (replicas keep running);
+SIGHUP reloads the config (like bgctl reload): checked first, refused whole
+if it fails the check; a new agent process takes over without a gap.
 Exit status: 0 stopped, 1 failed while running, 2 bad config or arguments.";
 
 /// The bluegreen host agent.
@@ -48,6 +50,9 @@ struct Args {
     /// Log format: `text` (human) or `json` (one object per line).
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// Set by the agent a reload replaces (`bgctl reload`, SIGHUP): its pid.
+    #[arg(long, value_name = "PID", hide = true)]
+    reload_from: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -88,7 +93,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        match bg_agent::daemon::run(config, shutdown).await {
+        match bg_agent::daemon::run(config, shutdown, args.reload_from).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("bg-agent: {}", chain(&e));

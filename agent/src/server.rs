@@ -51,6 +51,8 @@ pub struct ControlApi {
     tasks: TaskTracker,
     /// Failed authentications per client address.
     auth_limit: crate::auth_limit::AuthLimiter,
+    /// Where `POST /v1/reload` goes.
+    reloads: crate::reload::Handle,
 }
 
 /// Which listener a connection came from.
@@ -75,8 +77,9 @@ impl ControlApi {
         events: EventHub,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        reloads: crate::reload::Handle,
     ) -> Arc<ControlApi> {
-        Arc::new(ControlApi { services, events, shutdown, tasks, auth_limit: Default::default() })
+        Arc::new(ControlApi { services, events, shutdown, tasks, auth_limit: Default::default(), reloads })
     }
 
     /// Serve one accepted connection until it closes or the agent stops.
@@ -155,6 +158,19 @@ impl ControlApi {
                 Ok(json(StatusCode::OK, &self.service(name)?.history()))
             }
             (Method::GET, ["v1", "events"]) => self.events(&query),
+            (Method::POST, ["v1", "reload"]) => {
+                empty_body(req, ()).await?;
+                match self.reloads.reload().await {
+                    Ok(pid) => Ok(json(StatusCode::OK, &serde_json::json!({"reloaded": true, "pid": pid}))),
+                    Err(e @ crate::reload::ReloadError::Config(_)) => {
+                        Err(error(StatusCode::BAD_REQUEST, "bad_config", e.to_string()))
+                    }
+                    Err(e @ crate::reload::ReloadError::Busy(_)) => {
+                        Err(error(StatusCode::CONFLICT, "conflict", e.to_string()))
+                    }
+                    Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", e.to_string())),
+                }
+            }
             (
                 Method::POST,
                 ["v1", "services", name, action @ ("pause" | "resume" | "maintenance" | "live")],

@@ -1,5 +1,5 @@
 //! The one place that listens for process signals: SIGTERM or SIGINT
-//! cancels the agent's shutdown token.
+//! cancels the agent's shutdown token; SIGHUP asks for a reload.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -18,4 +18,21 @@ pub async fn cancel_on_shutdown_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// Ask `reloads` for a reload on every SIGHUP until `shutdown`.
+pub async fn reload_on_hangup(reloads: crate::reload::Handle, shutdown: CancellationToken) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with bgctl reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the config");
+                reloads.request();
+            }
+        }
+    }
 }

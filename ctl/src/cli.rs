@@ -173,6 +173,12 @@ pub enum Command {
         /// The service.
         service: String,
     },
+    /// Re-read the agent's config: checked first and refused whole if it
+    /// fails (exit 2, with the check's message); else a new agent process
+    /// takes over without a gap, starting added services, applying changed
+    /// settings and stopping removed services once their connections are
+    /// done. Refused while an operation runs (exit 4). Same as SIGHUP.
+    Reload,
     /// Run the service's spec once with another command, e.g. migrations:
     /// `bgctl run web -- bin/migrate up`. Runs the candidate's spec (deployed,
     /// not yet promoted), else the active one, else the configured one; its

@@ -146,6 +146,7 @@ pub async fn run(cli: Cli) -> Result<Report, Error> {
             }
         }
         Command::Run(args) => crate::run::run(clients, args, cli.output).await,
+        Command::Reload => fleet::combine(clients, fleet::each(clients, reload).await),
         Command::Pause { service, max } => {
             let max = max.map(|d| humantime::format_duration(d.0).to_string());
             let body = match max {
@@ -300,6 +301,16 @@ pub(crate) async fn status(client: &Client, service: Option<&str>) -> Result<Rep
             Ok(Report { json: Some(raw), text, exit_code: EXIT_OK })
         }
     }
+}
+
+/// `reload` on one agent: `{"reloaded": true, "pid": N}`. It answers once
+/// the new agent has taken over, which waits for its routes to be healthy.
+async fn reload(client: &Client) -> Result<Report, Error> {
+    let waiting = client.clone().with_timeout(client.timeout().max(std::time::Duration::from_secs(200)));
+    let raw: Value = waiting.post("/v1/reload", &json!({})).await?;
+    let pid = raw["pid"].as_u64().unwrap_or(0);
+    let text = format!("reloaded: the config passed the check and a new agent (pid {pid}) took over\n");
+    Ok(Report { json: Some(raw), text, exit_code: EXIT_OK })
 }
 
 /// `pause`, `resume`, `maintenance`, `live` on every agent.

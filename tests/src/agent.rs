@@ -403,6 +403,7 @@ impl Agent {
             env: self.env,
             log: self.log.clone(),
             netns: self.netns.map(|(ns, _)| ns),
+            successors: Vec::new(),
         };
         agent.spawn();
         agent.wait_api().await;
@@ -436,9 +437,18 @@ pub struct RunningAgent {
     log: LogSettings,
     /// The network namespace it runs in, if any.
     netns: Option<String>,
+    /// Agent processes that took over from this one (`bgctl reload`):
+    /// not our children, killed on drop all the same.
+    successors: Vec<i32>,
 }
 
 impl RunningAgent {
+    /// Take `pid`, the agent that took over by a reload, as this one's: it
+    /// is killed on drop.
+    pub fn adopt(&mut self, pid: i32) {
+        self.successors.push(pid);
+    }
+
     fn spawn(&mut self) {
         let child = self.spawn_process(&self.config.clone());
         self.child = Some(child);
@@ -597,6 +607,10 @@ impl RunningAgent {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for pid in self.successors.drain(..) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 

@@ -144,6 +144,22 @@ impl Persister {
     pub fn record(&self, service: &str) -> Option<ServiceRecord> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).services.get(service).cloned()
     }
+
+    /// Every service with a record.
+    pub fn services(&self) -> Vec<String> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).services.keys().cloned().collect()
+    }
+
+    /// Drop `service`'s record (a service removed from the config).
+    pub fn forget(&self, service: &str) -> Result<(), StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(before) = state.services.remove(service) else { return Ok(()) };
+        let result = self.store.save(&state);
+        if result.is_err() {
+            state.services.insert(service.to_string(), before);
+        }
+        result
+    }
 }
 
 /// One service's controller: a handle to the service's actor
