@@ -150,7 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             edge.add_listener(listener, tls);
         }
     }
-    let cert_expiry = edge.expiry();
+    let edge_view = edge.view();
     let mut edge = Some(edge);
     let serve_proxies = |listeners: Vec<(Proxy, tokio::net::TcpListener)>| {
         for (proxy, listener) in listeners {
@@ -225,7 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tracker.spawn(crate::metrics::serve(
             listener,
             services.clone(),
-            cert_expiry.clone(),
+            edge_view.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));

@@ -17,9 +17,26 @@ use tokio_util::task::TaskTracker;
 /// How often certificate files are looked at for changes.
 const CERT_POLL: Duration = Duration::from_secs(1);
 
-/// Certificate expiry (Unix seconds of `notAfter`) by host, as the watcher
-/// last loaded it; read by the metrics.
-pub type CertExpiry = watch::Receiver<BTreeMap<String, i64>>;
+/// What the metrics read of the edge: certificate expiry (Unix seconds of
+/// `notAfter`) by host, as the watcher last loaded it, and the answers per
+/// claimed host.
+#[derive(Debug, Clone)]
+pub struct EdgeView {
+    certs: watch::Receiver<BTreeMap<String, i64>>,
+    router: Arc<HostRouter>,
+}
+
+impl EdgeView {
+    /// Certificate expiry by host.
+    pub fn certs(&self) -> BTreeMap<String, i64> {
+        self.certs.borrow().clone()
+    }
+
+    /// Answers per service and host.
+    pub fn hosts(&self) -> Vec<bg_proxy::HostStats> {
+        self.router.stats()
+    }
+}
 
 /// The edge, ready to serve once its listeners are opened.
 pub struct Edge {
@@ -29,7 +46,7 @@ pub struct Edge {
     /// The listeners' own settings and connection count.
     proxy: Proxy,
     listeners: Vec<(tokio::net::TcpListener, bool)>,
-    expiry: CertExpiry,
+    view: EdgeView,
 }
 
 impl std::fmt::Debug for Edge {
@@ -83,12 +100,12 @@ impl Edge {
             (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
         };
         Ok(Edge {
-            router,
+            router: router.clone(),
             tls,
             watcher,
             proxy: Proxy::new(ProxyConfig::default()),
             listeners: Vec::new(),
-            expiry,
+            view: EdgeView { certs: expiry, router: router.clone() },
         })
     }
 
@@ -103,8 +120,8 @@ impl Edge {
     }
 
     /// What the metrics read.
-    pub fn expiry(&self) -> CertExpiry {
-        self.expiry.clone()
+    pub fn view(&self) -> EdgeView {
+        self.view.clone()
     }
 
     /// Serve every listener and watch the certificates until `shutdown`.

@@ -142,6 +142,35 @@ pub struct HostRoute {
 struct Entry {
     prefix: String,
     route: Arc<HostRoute>,
+    /// Answers for this host and prefix, by status class (1xx..5xx).
+    counts: Arc<HostCounts>,
+}
+
+/// Answers counted per host claim, by status class.
+#[derive(Debug, Default)]
+struct HostCounts {
+    host: String,
+    classes: [std::sync::atomic::AtomicU64; 5],
+}
+
+impl HostCounts {
+    /// Count `resp` in its class and pass it on.
+    fn count<B>(&self, resp: Response<B>) -> Response<B> {
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        resp
+    }
+}
+
+/// Answers of the shared listeners for one claimed host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStats {
+    /// The service.
+    pub service: String,
+    /// The host as claimed (`*.example.org` for a wildcard).
+    pub host: String,
+    /// Answers by status class, 1xx to 5xx.
+    pub responses: [u64; 5],
 }
 
 /// The compiled table: entries per exact host and per wildcard suffix,
@@ -163,9 +192,12 @@ impl HostTable {
                     HostPattern::Exact(h) => (&mut table.exact, h),
                     HostPattern::Wildcard(s) => (&mut table.wildcard, s),
                 };
-                map.entry(key.clone())
-                    .or_default()
-                    .push(Entry { prefix: prefix.clone(), route: route.clone() });
+                let counts = Arc::new(HostCounts { host: host.to_string(), ..HostCounts::default() });
+                map.entry(key.clone()).or_default().push(Entry {
+                    prefix: prefix.clone(),
+                    route: route.clone(),
+                    counts,
+                });
             }
         }
         for list in table.exact.values_mut().chain(table.wildcard.values_mut()) {
@@ -220,6 +252,26 @@ impl HostRouter {
         self.https_port.store(Arc::new(port.filter(|&p| p != 443)));
     }
 
+    /// Answers so far per service and claimed host (summed over prefixes).
+    pub fn stats(&self) -> Vec<HostStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let table = self.table.load();
+        let mut out: Vec<HostStats> = Vec::new();
+        for e in table.exact.values().chain(table.wildcard.values()).flatten() {
+            let responses = std::array::from_fn(|i| e.counts.classes[i].load(Relaxed));
+            match out.iter_mut().find(|s| s.service == e.route.service && s.host == e.counts.host) {
+                Some(s) => s.responses.iter_mut().zip(responses).for_each(|(a, b)| *a += b),
+                None => out.push(HostStats {
+                    service: e.route.service.clone(),
+                    host: e.counts.host.clone(),
+                    responses,
+                }),
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.host).cmp(&(&b.service, &b.host)));
+        out
+    }
+
     /// The service that would take `host` and `path`, by name.
     pub fn service_for(&self, host: &str, path: &str) -> Option<String> {
         self.table.load().lookup(&host.to_ascii_lowercase(), path).map(|e| e.route.service.clone())
@@ -270,7 +322,7 @@ pub(crate) async fn dispatch(
         if let Ok(v) = HeaderValue::from_str(&location) {
             resp.headers_mut().insert(LOCATION, v);
         }
-        return Ok(resp);
+        return Ok(entry.counts.count(resp));
     }
     if let Some(max) = route.max_request_body {
         let declared = req
@@ -279,7 +331,7 @@ pub(crate) async fn dispatch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+            return Ok(entry.counts.count(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")));
         }
         // Without a length (chunked, h2): counted while it streams.
         req.extensions_mut().insert(forward::BodyLimit(max));
@@ -298,8 +350,10 @@ pub(crate) async fn dispatch(
         }
     }
     let inner = route.proxy.inner.clone();
+    let counts = entry.counts.clone();
     drop(table);
-    forward::handle(inner, ctx, req).await
+    let Ok(resp) = forward::handle(inner, ctx, req).await;
+    Ok(counts.count(resp))
 }
 
 #[cfg(test)]

@@ -299,6 +299,19 @@ async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("alert"), "unknown SNI: {err}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // Answers are counted per claimed host.
+    let m = s.agent.scrape().await;
+    let count = |svc: &str, host: &str, class: &str| {
+        m.one("bg_host_requests_total", &[("service", svc), ("host", host), ("class", class)])
+    };
+    // a.test: "/" and the 1 KiB post; b.test: "/" on https and on
+    // plain HTTP, websample's 404 for /apiary; /api/ went to web-p.
+    assert_eq!(count("web-a", "a.test", "2xx"), 2.0);
+    assert_eq!(count("web-a", "a.test", "3xx"), 1.0, "the 308");
+    assert_eq!(count("web-a", "a.test", "4xx"), 2.0, "the two 413");
+    assert_eq!((count("web-b", "b.test", "2xx"), count("web-b", "b.test", "4xx")), (2.0, 1.0));
+    assert_eq!(count("web-p", "b.test", "2xx"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
