@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         services.insert(name.clone(), Service::new(svc.clone(), proxy.clone(), shared.clone()));
         proxies.insert(name.clone(), proxy);
     }
-    let mut edge = crate::edge::Edge::new(&config, &proxies)?;
+    let mut edge = crate::edge::Edge::new(&config, &proxies, &events)?;
     for (addrs, tls) in [(&config.proxy.http, false), (&config.proxy.https, true)] {
         for addr in addrs {
             let listener = tcp_listener(&mut inherited, &mut shareable, *addr).await?;

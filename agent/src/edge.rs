@@ -47,6 +47,7 @@ pub struct Edge {
     proxy: Proxy,
     listeners: Vec<(tokio::net::TcpListener, bool)>,
     view: EdgeView,
+    acme: Option<crate::acme::Acme>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -58,9 +59,14 @@ impl std::fmt::Debug for Edge {
 impl Edge {
     /// The host table and certificates of `config`, each service routed to
     /// its proxy in `proxies`. Certificates are loaded (and checked) now.
-    pub fn new(config: &Config, proxies: &BTreeMap<String, Proxy>) -> Result<Edge, AgentError> {
+    pub fn new(
+        config: &Config,
+        proxies: &BTreeMap<String, Proxy>,
+        events: &crate::events::EventHub,
+    ) -> Result<Edge, AgentError> {
         let mut routes = Vec::new();
         let mut sources = Vec::new();
+        let mut jobs = Vec::new();
         for (name, svc) in &config.services {
             let (Some(edge), Some(proxy)) = (&svc.edge, proxies.get(name)) else { continue };
             routes.push(HostRoute {
@@ -72,16 +78,36 @@ impl Edge {
                 redirect_https: edge.redirect_https,
                 proxy: proxy.clone(),
             });
-            if let TlsSetting::Files { cert, key } = &edge.tls {
-                sources.push(CertSource {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    hosts: edge.hosts.iter().map(ToString::to_string).collect(),
-                });
+            let hosts: Vec<String> = edge.hosts.iter().map(ToString::to_string).collect();
+            match &edge.tls {
+                TlsSetting::Off => {}
+                TlsSetting::Files { cert, key } => {
+                    sources.push(CertSource { cert: cert.clone(), key: key.clone(), hosts, required: true });
+                }
+                TlsSetting::Acme => {
+                    let (cert, key) = crate::acme::paths(&config.agent.state_dir, name);
+                    sources.push(CertSource {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        hosts: hosts.clone(),
+                        required: false,
+                    });
+                    jobs.push(crate::acme::AcmeJob { service: name.clone(), hosts, cert, key });
+                }
             }
         }
         let router = Arc::new(HostRouter::new());
         router.set(routes);
+        let acme = match (&config.proxy.acme, jobs.is_empty()) {
+            (Some(settings), false) => Some(crate::acme::Acme::new(
+                settings.clone(),
+                &config.agent.state_dir,
+                jobs,
+                router.clone(),
+                events.clone(),
+            )),
+            _ => None,
+        };
         let (tx, expiry) = watch::channel(BTreeMap::new());
         let (tls, watcher) = if config.proxy.https.is_empty() {
             (None, None)
@@ -106,6 +132,7 @@ impl Edge {
             proxy: Proxy::new(ProxyConfig::default()),
             listeners: Vec::new(),
             view: EdgeView { certs: expiry, router: router.clone() },
+            acme,
         })
     }
 
@@ -137,6 +164,9 @@ impl Edge {
         }
         if let Some(watcher) = self.watcher {
             tracker.spawn(watcher.run(CERT_POLL, shutdown.clone()));
+        }
+        if let Some(acme) = self.acme {
+            tracker.spawn(acme.run(shutdown.clone()));
         }
     }
 }

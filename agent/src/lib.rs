@@ -10,6 +10,9 @@
 pub use bg_api as api;
 
 #[cfg(feature = "daemon")]
+pub mod acme;
+
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod controller;

@@ -230,7 +230,13 @@ pub struct HostRouter {
     table: ArcSwap<HostTable>,
     /// The port https redirects name (`None` for 443).
     https_port: ArcSwap<Option<u16>>,
+    /// ACME HTTP-01 answers by token, served on plain listeners at
+    /// `/.well-known/acme-challenge/TOKEN` before any claim is looked at.
+    challenges: ArcSwap<HashMap<String, String>>,
 }
+
+/// Where ACME HTTP-01 validation asks.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 impl HostRouter {
     /// A router with no entries (every request 404).
@@ -250,6 +256,24 @@ impl HostRouter {
     /// The port a `redirect_https` 308 points at (`None` or 443: none named).
     pub fn set_https_port(&self, port: Option<u16>) {
         self.https_port.store(Arc::new(port.filter(|&p| p != 443)));
+    }
+
+    /// Answer ACME HTTP-01 validation for `token` with `key_authorization`.
+    pub fn set_challenge(&self, token: &str, key_authorization: &str) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(token.to_string(), key_authorization.to_string());
+            m
+        });
+    }
+
+    /// Stop answering for `token`.
+    pub fn remove_challenge(&self, token: &str) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(token);
+            m
+        });
     }
 
     /// Answers so far per service and claimed host (summed over prefixes).
@@ -304,6 +328,20 @@ pub(crate) async fn dispatch(
     ctx: Arc<ConnCtx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if !tls {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+            let value = router.challenges.load().get(token).cloned();
+            return Ok(match value {
+                Some(v) => {
+                    let mut resp = Response::new(ProxyBody::Full { data: Some(bytes::Bytes::from(v)) });
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    resp
+                }
+                None => answer(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
+            });
+        }
+    }
     let table = router.table.load_full();
     let host = request_host(&req);
     let path = req.uri().path().to_string();

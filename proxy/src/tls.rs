@@ -94,6 +94,9 @@ pub struct CertSource {
     pub key: PathBuf,
     /// The hosts (exact or `*.` wildcard) this pair answers SNI for.
     pub hosts: Vec<String>,
+    /// Whether the files must load at start. A pair that is not required
+    /// (one ACME has not written yet) serves nothing until it loads.
+    pub required: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -290,8 +293,11 @@ impl CertWatcher {
     ) -> Result<CertWatcher, TlsError> {
         let mut current = Vec::with_capacity(sources.len());
         for s in &sources {
-            let loaded = load_cert(&s.cert, &s.key, &s.hosts)?;
-            current.push(Some((fingerprint(s), loaded)));
+            match load_cert(&s.cert, &s.key, &s.hosts) {
+                Ok(loaded) => current.push(Some((fingerprint(s), loaded))),
+                Err(e) if s.required => return Err(e),
+                Err(_) => current.push(None),
+            }
         }
         let watcher = CertWatcher { sources, resolver, on_load, current };
         watcher.install();
@@ -318,8 +324,11 @@ impl CertWatcher {
         let mut changed = false;
         for (i, s) in self.sources.iter().enumerate() {
             let print = fingerprint(s);
-            if self.current[i].as_ref().is_some_and(|(p, _)| *p == print) {
-                continue;
+            match &self.current[i] {
+                Some((p, _)) if *p == print => continue,
+                // Not there yet (ACME), and still not.
+                None if !s.cert.exists() || !s.key.exists() => continue,
+                _ => {}
             }
             match load_cert(&s.cert, &s.key, &s.hosts) {
                 Ok(loaded) => {

@@ -131,7 +131,7 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
             "services.api.hosts",
         ),
         (
-            "tls = \"acme\" before ACME is built",
+            "tls = \"acme\" without acme_directory",
             format!(
                 "{agent}\n[proxy]\nhttps = [\"127.0.0.1:18443\"]\n\n[services.web]\nhosts = [\"example.com\"]\ntls = \"acme\"\nimage = \"websample:v1\"\n"
             ),
