@@ -179,6 +179,15 @@ fn refused(dir: &Path) -> Vec<(String, usize, &'static str, String)> {
             "needs [proxy] acme_directory".into(),
         ),
         (
+            format!(
+                "[proxy]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nacme_directory = \"https://acme.test/dir\"\n\n{}",
+                service("web", "hosts = [\"*.example.org\"]\ntls = \"acme\"")
+            ),
+            9,
+            "services.web.tls",
+            "cannot cover a wildcard".into(),
+        ),
+        (
             "[proxy]\nacme_contact = \"mailto:ops@example.com\"\n".into(),
             2,
             "proxy.acme_contact",

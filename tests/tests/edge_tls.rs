@@ -589,3 +589,50 @@ async fn eventually_ok(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_server_that_does_not_answer_is_an_event_and_a_log_line_and_is_retried() {
+    let (http, https) = (free_addr(), free_addr());
+    // Nothing listens there.
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let agent = Agent::process()
+        .proxy_key("http", &toml_list(&[&http.to_string()]))
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .proxy_key("acme_directory", &format!("{directory:?}"))
+        .service(Svc::new("web-m").set("", "hosts", "[\"m1.test\"]").set("", "tls", "\"acme\""))
+        .start()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failures = loop {
+        let events = agent.events("web-m").await;
+        let failed: Vec<String> = events
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains("obtaining a certificate for m1.test failed"))
+            .map(String::from)
+            .collect();
+        if failed.len() >= 2 {
+            break failed;
+        }
+        assert!(Instant::now() < deadline, "no two failures reported: {events:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        failures[0].contains("next try in 5s") && failures[1].contains("next try in 10s"),
+        "{failures:?}"
+    );
+    assert!(agent.log().contains("obtaining a certificate for m1.test failed"), "logged too");
+    // Meanwhile m1.test has no certificate: a handshake alert, and the
+    // plain listener still answers.
+    let (out, took) = run(
+        "curl",
+        &[
+            "-sS",
+            "--resolve",
+            &format!("m1.test:{}:127.0.0.1", https.port()),
+            &format!("https://m1.test:{}/", https.port()),
+        ]
+        .map(String::from),
+    );
+    assert!(!out.status.success() && took < Duration::from_secs(3), "{out:?}");
+}

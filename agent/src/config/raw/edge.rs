@@ -189,6 +189,13 @@ pub(super) fn service(
                         "needs [proxy] acme_directory (e.g. \"https://acme-v02.api.letsencrypt.org/directory\"), or use tls = { cert, key }",
                     ));
                 }
+                if let Some(w) = hosts.iter().find(|h| matches!(h, HostPattern::Wildcard(_))) {
+                    return Err(cx.err(
+                        t.span(),
+                        &key("tls"),
+                        format!("{w}: ACME certificates are validated with HTTP-01, which cannot cover a wildcard; list the names, or use tls = {{ cert, key }}"),
+                    ));
+                }
                 if edge.https.is_empty() || edge.http.is_empty() {
                     return Err(cx.err(
                         t.span(),
