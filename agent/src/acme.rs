@@ -1,8 +1,9 @@
 //! Automatic certificates through ACME (instant-acme): one account under
 //! `state_dir/acme/account.json`, and per service with `tls = "acme"` a
 //! certificate and key under `state_dir/acme/` (mode 0600), obtained with
-//! HTTP-01 (answered on the http edge listeners through the host router)
-//! and renewed `acme_renew_before` ahead of expiry. The files are served
+//! HTTP-01 (answered on the http edge listeners through the host router),
+//! or TLS-ALPN-01 on the https ones when there is no http listener, and
+//! renewed `acme_renew_before` ahead of expiry. The files are served
 //! by the edge's certificate watcher like any PEM pair, so the old
 //! certificate is served until the new one is written. Failures are logged
 //! and sent as events with the ACME server's error, and retried with
@@ -11,6 +12,7 @@
 use crate::api::EventKind;
 use crate::config::AcmeSettings;
 use crate::events::EventHub;
+use bg_proxy::tls::CertResolver;
 use bg_proxy::HostRouter;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
@@ -64,6 +66,9 @@ pub enum AcmeError {
         /// How it ended, with the server's error if it gave one.
         status: String,
     },
+    /// The TLS-ALPN-01 answer could not be made.
+    #[error("making the TLS-ALPN-01 answer failed: {0}")]
+    Alpn(#[from] rcgen::Error),
     /// The certificate the server issued does not load.
     #[error("the issued certificate does not load: {0}")]
     Issued(#[from] bg_proxy::tls::TlsError),
@@ -88,13 +93,24 @@ pub fn paths(state_dir: &Path, service: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{service}.pem")), dir.join(format!("{service}.key")))
 }
 
+/// Where challenges are answered: HTTP-01 on the http listeners (through
+/// the host router), preferred when there are any, else TLS-ALPN-01 on
+/// the https ones (through the certificate resolver).
+#[derive(Debug, Clone)]
+pub struct Answerers {
+    /// The host router of the http listeners, if there are any.
+    pub http01: Option<Arc<HostRouter>>,
+    /// The certificate resolver of the https listeners, if there are any.
+    pub tls_alpn01: Option<Arc<CertResolver>>,
+}
+
 /// The ACME client of the agent: obtains and renews every job's
 /// certificate until shutdown.
 pub struct Acme {
     settings: AcmeSettings,
     dir: PathBuf,
     jobs: Vec<AcmeJob>,
-    router: Arc<HostRouter>,
+    answerers: Answerers,
     events: EventHub,
 }
 
@@ -104,18 +120,36 @@ impl std::fmt::Debug for Acme {
     }
 }
 
-/// Removes the HTTP-01 answers it set, also when an order fails.
+/// Removes the challenge answers it set, also when an order fails.
 struct Answers<'a> {
-    router: &'a HostRouter,
+    answerers: &'a Answerers,
     tokens: Vec<String>,
+    alpn_hosts: Vec<String>,
 }
 
 impl Drop for Answers<'_> {
     fn drop(&mut self) {
-        for t in &self.tokens {
-            self.router.remove_challenge(t);
+        if let Some(router) = &self.answerers.http01 {
+            for t in &self.tokens {
+                router.remove_challenge(t);
+            }
+        }
+        if let Some(resolver) = &self.answerers.tls_alpn01 {
+            for h in &self.alpn_hosts {
+                resolver.remove_alpn_challenge(h);
+            }
         }
     }
+}
+
+/// The TLS-ALPN-01 answer for `host`: a self-signed certificate for it
+/// carrying the key authorization's digest (RFC 8737).
+fn alpn_answer(host: &str, digest: &[u8]) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key)?;
+    Ok(bg_proxy::tls::certified_key_from_pem(&cert.pem(), &key.serialize_pem())?)
 }
 
 fn unix_now() -> i64 {
@@ -144,10 +178,10 @@ impl Acme {
         settings: AcmeSettings,
         state_dir: &Path,
         jobs: Vec<AcmeJob>,
-        router: Arc<HostRouter>,
+        answerers: Answerers,
         events: EventHub,
     ) -> Acme {
-        Acme { settings, dir: state_dir.join("acme"), jobs, router, events }
+        Acme { settings, dir: state_dir.join("acme"), jobs, answerers, events }
     }
 
     /// When `job`'s certificate is due: now when there is none (or it
@@ -283,7 +317,9 @@ impl Acme {
         let names = job.hosts.join(", ");
         let identifiers: Vec<Identifier> = job.hosts.iter().cloned().map(Identifier::Dns).collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-        let mut answers = Answers { router: &self.router, tokens: Vec::new() };
+        let mut answers = Answers { answerers: &self.answerers, tokens: Vec::new(), alpn_hosts: Vec::new() };
+        let kind =
+            if self.answerers.http01.is_some() { ChallengeType::Http01 } else { ChallengeType::TlsAlpn01 };
         {
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
@@ -298,14 +334,33 @@ impl Acme {
                         })
                     }
                 }
-                let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
+                let Some(mut challenge) = authz.challenge(kind.clone()) else {
                     return Err(AcmeError::Order {
                         names,
-                        status: "without an http-01 challenge to answer".into(),
+                        status: format!("without a {kind:?} challenge to answer"),
                     });
                 };
-                self.router.set_challenge(&challenge.token, challenge.key_authorization().as_str());
-                answers.tokens.push(challenge.token.clone());
+                let key_authorization = challenge.key_authorization();
+                match (&self.answerers.http01, &self.answerers.tls_alpn01) {
+                    (Some(router), _) => {
+                        router.set_challenge(&challenge.token, key_authorization.as_str());
+                        answers.tokens.push(challenge.token.clone());
+                    }
+                    (None, Some(resolver)) => {
+                        let host = challenge.identifier().to_string();
+                        resolver.set_alpn_challenge(
+                            &host,
+                            alpn_answer(&host, key_authorization.digest().as_ref())?,
+                        );
+                        answers.alpn_hosts.push(host);
+                    }
+                    (None, None) => {
+                        return Err(AcmeError::Order {
+                            names,
+                            status: "with no listener to answer on".into(),
+                        })
+                    }
+                }
                 challenge.set_ready().await?;
             }
         }

@@ -98,32 +98,36 @@ impl Edge {
         }
         let router = Arc::new(HostRouter::new());
         router.set(routes);
+        let (tx, expiry) = watch::channel(BTreeMap::new());
+        let resolver = (!config.proxy.https.is_empty()).then(|| Arc::new(CertResolver::default()));
         let acme = match (&config.proxy.acme, jobs.is_empty()) {
             (Some(settings), false) => Some(crate::acme::Acme::new(
                 settings.clone(),
                 &config.agent.state_dir,
                 jobs,
-                router.clone(),
+                crate::acme::Answerers {
+                    http01: (!config.proxy.http.is_empty()).then(|| router.clone()),
+                    tls_alpn01: resolver.clone(),
+                },
                 events.clone(),
             )),
             _ => None,
         };
-        let (tx, expiry) = watch::channel(BTreeMap::new());
-        let (tls, watcher) = if config.proxy.https.is_empty() {
-            (None, None)
-        } else {
-            let resolver = Arc::new(CertResolver::default());
-            let on_load = Box::new(move |s: &CertSource, c: &bg_proxy::tls::LoadedCert| {
-                let not_after = c.not_after;
-                tx.send_modify(|m| {
-                    for h in &s.hosts {
-                        m.insert(h.clone(), not_after);
-                    }
+        let (tls, watcher) = match resolver {
+            None => (None, None),
+            Some(resolver) => {
+                let on_load = Box::new(move |s: &CertSource, c: &bg_proxy::tls::LoadedCert| {
+                    let not_after = c.not_after;
+                    tx.send_modify(|m| {
+                        for h in &s.hosts {
+                            m.insert(h.clone(), not_after);
+                        }
+                    });
                 });
-            });
-            let watcher = CertWatcher::new(sources, resolver.clone(), on_load)
-                .map_err(|e| AgentError::Tls(e.to_string()))?;
-            (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
+                let watcher = CertWatcher::new(sources, resolver.clone(), on_load)
+                    .map_err(|e| AgentError::Tls(e.to_string()))?;
+                (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
+            }
         };
         Ok(Edge {
             router: router.clone(),

@@ -413,19 +413,20 @@ fn free_port() -> u16 {
     free_addr().port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_renews() {
-    let test = "acme_with_pebble";
-    if !have("pebble", test) || !have("pebble-challtestsrv", test) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+/// Pebble and pebble-challtestsrv on loopback, validating against
+/// `http` and `https`; every name resolves to 127.0.0.1.
+struct Pebble {
+    directory: String,
+    mgmt_port: u16,
+    ca_file: String,
+    _children: (Killed, Killed),
+}
+
+async fn pebble(dir: &Path, ca: &TestCa, http: SocketAddr, https: SocketAddr) -> Pebble {
     // Pebble's own HTTPS, trusted by the agent through acme_ca.
     let (pebble_cert, pebble_key) = ca.leaf("pebble", "127.0.0.1", 9);
     let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
-    let (http, https) = (free_addr(), free_addr());
-    let config = dir.path().join("pebble.json");
+    let config = dir.join("pebble.json");
     std::fs::write(
         &config,
         json!({"pebble": {
@@ -441,7 +442,7 @@ async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_rene
     )
     .unwrap();
     // Every name resolves to 127.0.0.1: validation comes to our listeners.
-    let _dns = Killed(
+    let dns = Killed(
         std::process::Command::new("pebble-challtestsrv")
             .args([
                 "-dns01",
@@ -465,7 +466,7 @@ async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_rene
             .spawn()
             .expect("start pebble-challtestsrv"),
     );
-    let _pebble = Killed(
+    let server = Killed(
         std::process::Command::new("pebble")
             .args(["-config", config.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -482,6 +483,20 @@ async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_rene
     })
     .await;
 
+    Pebble { directory, mgmt_port, ca_file, _children: (dns, server) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_renews() {
+    let test = "acme_with_pebble";
+    if !have("pebble", test) || !have("pebble-challtestsrv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (http, https) = (free_addr(), free_addr());
+    let p = pebble(dir.path(), &ca, http, https).await;
+    let (directory, mgmt_port, ca_file) = (p.directory.clone(), p.mgmt_port, p.ca_file.clone());
     let agent = Agent::process()
         .metrics()
         .proxy_key("http", &toml_list(&[&http.to_string()]))
@@ -635,4 +650,69 @@ async fn an_acme_server_that_does_not_answer_is_an_event_and_a_log_line_and_is_r
         .map(String::from),
     );
     assert!(!out.status.success() && took < Duration::from_secs(3), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_with_pebble_validates_with_tls_alpn_01_when_there_is_no_http_listener() {
+    let test = "acme_tls_alpn_01";
+    if !have("pebble", test) || !have("pebble-challtestsrv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    // Pebble's http port points at nothing: only TLS-ALPN-01 can pass.
+    let (unused_http, https) = (free_addr(), free_addr());
+    let p = pebble(dir.path(), &ca, unused_http, https).await;
+    let agent = Agent::process()
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .proxy_key("acme_directory", &format!("{:?}", p.directory))
+        .proxy_key("acme_ca", &format!("{:?}", p.ca_file))
+        .proxy_key("acme_renew_before", "\"1d\"")
+        .service(
+            Svc::new("web-t")
+                .env("VERSION", "t1")
+                .set("", "hosts", "[\"t1.test\", \"t2.test\"]")
+                .set("", "tls", "\"acme\""),
+        )
+        .start()
+        .await;
+    agent.op("web-t", "deploy", json!({}), OP).await;
+    let root = dir.path().join("pebble-root.pem");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = run(
+            "curl",
+            &[
+                "-sSf",
+                "--cacert",
+                &p.ca_file,
+                "-o",
+                root.to_str().unwrap(),
+                &format!("https://127.0.0.1:{}/roots/0", p.mgmt_port),
+            ]
+            .map(String::from),
+        );
+        let (out, _) = run(
+            "curl",
+            &[
+                "-sS",
+                "--resolve",
+                &format!("t2.test:{}:127.0.0.1", https.port()),
+                "--cacert",
+                root.to_str().unwrap(),
+                "-w",
+                "%{http_code} %{http_version} %header{x-version}",
+                "-o",
+                "/dev/null",
+                &format!("https://t2.test:{}/", https.port()),
+            ]
+            .map(String::from),
+        );
+        if String::from_utf8_lossy(&out.stdout) == "200 2 t1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ACME certificate served over TLS-ALPN-01:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(agent.log().contains("obtained through ACME"), "{}", agent.log());
 }

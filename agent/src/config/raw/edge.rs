@@ -193,15 +193,11 @@ pub(super) fn service(
                     return Err(cx.err(
                         t.span(),
                         &key("tls"),
-                        format!("{w}: ACME certificates are validated with HTTP-01, which cannot cover a wildcard; list the names, or use tls = {{ cert, key }}"),
+                        format!("{w}: ACME certificates are validated with HTTP-01 or TLS-ALPN-01, which cannot cover a wildcard; list the names, or use tls = {{ cert, key }}"),
                     ));
                 }
-                if edge.https.is_empty() || edge.http.is_empty() {
-                    return Err(cx.err(
-                        t.span(),
-                        &key("tls"),
-                        "needs both [proxy] http (for HTTP-01 validation) and https listeners",
-                    ));
+                if edge.https.is_empty() {
+                    return Err(cx.err(t.span(), &key("tls"), "needs an https listener: set [proxy] https = [\"0.0.0.0:443\"]"));
                 }
                 TlsSetting::Acme
             }
