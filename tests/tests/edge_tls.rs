@@ -716,3 +716,32 @@ async fn acme_with_pebble_validates_with_tls_alpn_01_when_there_is_no_http_liste
     }
     assert!(agent.log().contains("obtained through ACME"), "{}", agent.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handovers_pass_the_edge_listeners_on_and_lose_no_request() {
+    let mut s = scene().await;
+    let bound = Duration::from_secs(120);
+    let keepalive = Load::keepalive(4).target(s.http).header("host", "b.test").max_duration(bound).start();
+    let fresh = Load::rate(50)
+        .fresh_connections()
+        .target(s.http)
+        .header("host", "b.test")
+        .max_duration(bound)
+        .start();
+    eventually("load flows", Duration::from_secs(10), || keepalive.completed() > 100).await;
+    for round in 0..3 {
+        s.agent.handover().await;
+        let (k, f) = (keepalive.completed(), fresh.completed());
+        eventually("requests flow after the handover", Duration::from_secs(20), || {
+            keepalive.completed() > k + 100 && fresh.completed() > f + 10
+        })
+        .await;
+        // TLS on the new agent: the certificates were loaded again.
+        let (out, _) = s.curl("a.test", "/", &["--http2"]);
+        assert_eq!(Scene::summary(&out), "200 2 a1", "round {round}");
+    }
+    let (keepalive, fresh) = (keepalive.stop().await, fresh.stop().await);
+    eprintln!("handovers: keep-alive {} ok, fresh {} ok", keepalive.ok, fresh.ok);
+    assert_eq!((keepalive.failed, fresh.failed), (0, 0), "{:?} {:?}", keepalive.errors, fresh.errors);
+    assert_eq!(keepalive.by_version.keys().collect::<Vec<_>>(), ["b1"]);
+}
