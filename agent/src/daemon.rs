@@ -156,7 +156,7 @@ pub async fn run(
         services.insert(name.clone(), Service::new(svc.clone(), proxy.clone(), shared.clone()));
         proxies.insert(name.clone(), proxy);
     }
-    let mut edge = crate::edge::Edge::new(&config, &proxies)?;
+    let mut edge = crate::edge::Edge::new(&config, &proxies, &events)?;
     for (addrs, tls) in [(&config.proxy.http, false), (&config.proxy.https, true)] {
         for addr in addrs {
             let listener = tcp_listener(&mut inherited, &mut shareable, *addr).await?;
@@ -164,7 +164,7 @@ pub async fn run(
             edge.add_listener(listener, tls);
         }
     }
-    let cert_expiry = edge.expiry();
+    let edge_view = edge.view();
     let mut edge = Some(edge);
     let serve_proxies = |listeners: Vec<(Proxy, tokio::net::TcpListener)>| {
         for (proxy, listener) in listeners {
@@ -276,7 +276,7 @@ pub async fn run(
         tracker.spawn(crate::metrics::serve(
             listener,
             services.clone(),
-            cert_expiry.clone(),
+            edge_view.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));

@@ -17,9 +17,26 @@ use tokio_util::task::TaskTracker;
 /// How often certificate files are looked at for changes.
 const CERT_POLL: Duration = Duration::from_secs(1);
 
-/// Certificate expiry (Unix seconds of `notAfter`) by host, as the watcher
-/// last loaded it; read by the metrics.
-pub type CertExpiry = watch::Receiver<BTreeMap<String, i64>>;
+/// What the metrics read of the edge: certificate expiry (Unix seconds of
+/// `notAfter`) by host, as the watcher last loaded it, and the answers per
+/// claimed host.
+#[derive(Debug, Clone)]
+pub struct EdgeView {
+    certs: watch::Receiver<BTreeMap<String, i64>>,
+    router: Arc<HostRouter>,
+}
+
+impl EdgeView {
+    /// Certificate expiry by host.
+    pub fn certs(&self) -> BTreeMap<String, i64> {
+        self.certs.borrow().clone()
+    }
+
+    /// Answers per service and host.
+    pub fn hosts(&self) -> Vec<bg_proxy::HostStats> {
+        self.router.stats()
+    }
+}
 
 /// The edge, ready to serve once its listeners are opened.
 pub struct Edge {
@@ -29,7 +46,8 @@ pub struct Edge {
     /// The listeners' own settings and connection count.
     proxy: Proxy,
     listeners: Vec<(tokio::net::TcpListener, bool)>,
-    expiry: CertExpiry,
+    view: EdgeView,
+    acme: Option<crate::acme::Acme>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -41,9 +59,14 @@ impl std::fmt::Debug for Edge {
 impl Edge {
     /// The host table and certificates of `config`, each service routed to
     /// its proxy in `proxies`. Certificates are loaded (and checked) now.
-    pub fn new(config: &Config, proxies: &BTreeMap<String, Proxy>) -> Result<Edge, AgentError> {
+    pub fn new(
+        config: &Config,
+        proxies: &BTreeMap<String, Proxy>,
+        events: &crate::events::EventHub,
+    ) -> Result<Edge, AgentError> {
         let mut routes = Vec::new();
         let mut sources = Vec::new();
+        let mut jobs = Vec::new();
         for (name, svc) in &config.services {
             let (Some(edge), Some(proxy)) = (&svc.edge, proxies.get(name)) else { continue };
             routes.push(HostRoute {
@@ -55,40 +78,65 @@ impl Edge {
                 redirect_https: edge.redirect_https,
                 proxy: proxy.clone(),
             });
-            if let TlsSetting::Files { cert, key } = &edge.tls {
-                sources.push(CertSource {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    hosts: edge.hosts.iter().map(ToString::to_string).collect(),
-                });
+            let hosts: Vec<String> = edge.hosts.iter().map(ToString::to_string).collect();
+            match &edge.tls {
+                TlsSetting::Off => {}
+                TlsSetting::Files { cert, key } => {
+                    sources.push(CertSource { cert: cert.clone(), key: key.clone(), hosts, required: true });
+                }
+                TlsSetting::Acme => {
+                    let (cert, key) = crate::acme::paths(&config.agent.state_dir, name);
+                    sources.push(CertSource {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        hosts: hosts.clone(),
+                        required: false,
+                    });
+                    jobs.push(crate::acme::AcmeJob { service: name.clone(), hosts, cert, key });
+                }
             }
         }
         let router = Arc::new(HostRouter::new());
         router.set(routes);
         let (tx, expiry) = watch::channel(BTreeMap::new());
-        let (tls, watcher) = if config.proxy.https.is_empty() {
-            (None, None)
-        } else {
-            let resolver = Arc::new(CertResolver::default());
-            let on_load = Box::new(move |s: &CertSource, c: &bg_proxy::tls::LoadedCert| {
-                let not_after = c.not_after;
-                tx.send_modify(|m| {
-                    for h in &s.hosts {
-                        m.insert(h.clone(), not_after);
-                    }
+        let resolver = (!config.proxy.https.is_empty()).then(|| Arc::new(CertResolver::default()));
+        let acme = match (&config.proxy.acme, jobs.is_empty()) {
+            (Some(settings), false) => Some(crate::acme::Acme::new(
+                settings.clone(),
+                &config.agent.state_dir,
+                jobs,
+                crate::acme::Answerers {
+                    http01: (!config.proxy.http.is_empty()).then(|| router.clone()),
+                    tls_alpn01: resolver.clone(),
+                },
+                events.clone(),
+            )),
+            _ => None,
+        };
+        let (tls, watcher) = match resolver {
+            None => (None, None),
+            Some(resolver) => {
+                let on_load = Box::new(move |s: &CertSource, c: &bg_proxy::tls::LoadedCert| {
+                    let not_after = c.not_after;
+                    tx.send_modify(|m| {
+                        for h in &s.hosts {
+                            m.insert(h.clone(), not_after);
+                        }
+                    });
                 });
-            });
-            let watcher = CertWatcher::new(sources, resolver.clone(), on_load)
-                .map_err(|e| AgentError::Tls(e.to_string()))?;
-            (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
+                let watcher = CertWatcher::new(sources, resolver.clone(), on_load)
+                    .map_err(|e| AgentError::Tls(e.to_string()))?;
+                (Some(bg_proxy::tls::server_config(resolver)), Some(watcher))
+            }
         };
         Ok(Edge {
-            router,
+            router: router.clone(),
             tls,
             watcher,
             proxy: Proxy::new(ProxyConfig::default()),
             listeners: Vec::new(),
-            expiry,
+            view: EdgeView { certs: expiry, router: router.clone() },
+            acme,
         })
     }
 
@@ -103,8 +151,8 @@ impl Edge {
     }
 
     /// What the metrics read.
-    pub fn expiry(&self) -> CertExpiry {
-        self.expiry.clone()
+    pub fn view(&self) -> EdgeView {
+        self.view.clone()
     }
 
     /// Serve every listener and watch the certificates until `shutdown`.
@@ -120,6 +168,9 @@ impl Edge {
         }
         if let Some(watcher) = self.watcher {
             tracker.spawn(watcher.run(CERT_POLL, shutdown.clone()));
+        }
+        if let Some(acme) = self.acme {
+            tracker.spawn(acme.run(shutdown.clone()));
         }
     }
 }

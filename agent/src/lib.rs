@@ -10,6 +10,8 @@
 pub use bg_api as api;
 
 #[cfg(feature = "daemon")]
+pub mod acme;
+#[cfg(feature = "daemon")]
 pub mod auth_limit;
 #[cfg(feature = "daemon")]
 pub mod config;

@@ -53,6 +53,8 @@ struct Collector {
     services: BTreeMap<String, Arc<Service>>,
     /// Certificate expiry by host (edge listeners).
     certs: BTreeMap<String, i64>,
+    /// Answers per claimed host of the edge listeners.
+    hosts: Vec<bg_proxy::HostStats>,
 }
 
 impl std::fmt::Debug for Service {
@@ -231,6 +233,20 @@ impl prometheus_client::collector::Collector for Collector {
             certs.samples.push((labels(&[("host", host)]), *at as f64));
         }
         encode_gauges(&mut encoder, certs)?;
+        let mut by_host = Family::new(
+            "bg_host_requests",
+            "Responses of the shared edge listeners by service, claimed host and status class.",
+            MetricType::Counter,
+        );
+        for h in &self.hosts {
+            for (i, n) in h.responses.iter().enumerate() {
+                let class = format!("{}xx", i + 1);
+                by_host
+                    .samples
+                    .push((labels(&[("service", &h.service), ("host", &h.host), ("class", &class)]), *n));
+            }
+        }
+        encode_counters(&mut encoder, by_host)?;
         let mut m = encoder.encode_descriptor(
             "bg_request_duration_seconds",
             "Time to response headers through the proxy.",
@@ -251,13 +267,17 @@ impl prometheus_client::collector::Collector for Collector {
 
 /// Render the metrics text for these services.
 pub fn render(services: &BTreeMap<String, Arc<Service>>) -> String {
-    render_with_certs(services, BTreeMap::new())
+    render_with_edge(services, None)
 }
 
-/// Render the metrics text for these services and certificate expiries.
-pub fn render_with_certs(services: &BTreeMap<String, Arc<Service>>, certs: BTreeMap<String, i64>) -> String {
+/// Render the metrics text for these services and the edge listeners.
+pub fn render_with_edge(
+    services: &BTreeMap<String, Arc<Service>>,
+    edge: Option<&crate::edge::EdgeView>,
+) -> String {
+    let (certs, hosts) = edge.map(|e| (e.certs(), e.hosts())).unwrap_or_default();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Collector { services: services.clone(), certs }));
+    registry.register_collector(Box::new(Collector { services: services.clone(), certs, hosts }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
@@ -269,7 +289,7 @@ pub fn render_with_certs(services: &BTreeMap<String, Arc<Service>>, certs: BTree
 pub async fn serve(
     listener: tokio::net::TcpListener,
     services: BTreeMap<String, Arc<Service>>,
-    certs: crate::edge::CertExpiry,
+    edge: crate::edge::EdgeView,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -283,15 +303,17 @@ pub async fn serve(
             },
         };
         let services = services.clone();
-        let certs = certs.clone();
+        let edge = edge.clone();
         tracker.spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let services = services.clone();
-                let certs = certs.borrow().clone();
+                let edge = edge.clone();
                 async move {
                     let mut resp = if req.uri().path() == "/metrics" {
-                        let mut r =
-                            http::Response::new(Full::new(Bytes::from(render_with_certs(&services, certs))));
+                        let mut r = http::Response::new(Full::new(Bytes::from(render_with_edge(
+                            &services,
+                            Some(&edge),
+                        ))));
                         r.headers_mut()
                             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
                         r

@@ -176,13 +176,28 @@ fn refused(dir: &Path) -> Vec<(String, usize, &'static str, String)> {
             format!("{PROXY}{}", service("web", "hosts = [\"example.com\"]\ntls = \"acme\"")),
             8,
             "services.web.tls",
-            "ACME) are not built yet".into(),
+            "needs [proxy] acme_directory".into(),
         ),
         (
-            "[proxy]\nacme_directory = \"https://acme.invalid/dir\"\n".into(),
+            format!(
+                "[proxy]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nacme_directory = \"https://acme.test/dir\"\n\n{}",
+                service("web", "hosts = [\"*.example.org\"]\ntls = \"acme\"")
+            ),
+            9,
+            "services.web.tls",
+            "cannot cover a wildcard".into(),
+        ),
+        (
+            "[proxy]\nacme_contact = \"mailto:ops@example.com\"\n".into(),
+            2,
+            "proxy.acme_contact",
+            "only applies with acme_directory".into(),
+        ),
+        (
+            "[proxy]\nacme_directory = \"http://acme.test/dir\"\n".into(),
             2,
             "proxy.acme_directory",
-            "not built yet".into(),
+            "not an https URL".into(),
         ),
         (
             format!("{PROXY}{}", service("web", "hosts = [\"example.com\"]\nredirect_https = true")),

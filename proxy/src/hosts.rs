@@ -142,6 +142,35 @@ pub struct HostRoute {
 struct Entry {
     prefix: String,
     route: Arc<HostRoute>,
+    /// Answers for this host and prefix, by status class (1xx..5xx).
+    counts: Arc<HostCounts>,
+}
+
+/// Answers counted per host claim, by status class.
+#[derive(Debug, Default)]
+struct HostCounts {
+    host: String,
+    classes: [std::sync::atomic::AtomicU64; 5],
+}
+
+impl HostCounts {
+    /// Count `resp` in its class and pass it on.
+    fn count<B>(&self, resp: Response<B>) -> Response<B> {
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        resp
+    }
+}
+
+/// Answers of the shared listeners for one claimed host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStats {
+    /// The service.
+    pub service: String,
+    /// The host as claimed (`*.example.org` for a wildcard).
+    pub host: String,
+    /// Answers by status class, 1xx to 5xx.
+    pub responses: [u64; 5],
 }
 
 /// The compiled table: entries per exact host and per wildcard suffix,
@@ -163,9 +192,12 @@ impl HostTable {
                     HostPattern::Exact(h) => (&mut table.exact, h),
                     HostPattern::Wildcard(s) => (&mut table.wildcard, s),
                 };
-                map.entry(key.clone())
-                    .or_default()
-                    .push(Entry { prefix: prefix.clone(), route: route.clone() });
+                let counts = Arc::new(HostCounts { host: host.to_string(), ..HostCounts::default() });
+                map.entry(key.clone()).or_default().push(Entry {
+                    prefix: prefix.clone(),
+                    route: route.clone(),
+                    counts,
+                });
             }
         }
         for list in table.exact.values_mut().chain(table.wildcard.values_mut()) {
@@ -198,7 +230,13 @@ pub struct HostRouter {
     table: ArcSwap<HostTable>,
     /// The port https redirects name (`None` for 443).
     https_port: ArcSwap<Option<u16>>,
+    /// ACME HTTP-01 answers by token, served on plain listeners at
+    /// `/.well-known/acme-challenge/TOKEN` before any claim is looked at.
+    challenges: ArcSwap<HashMap<String, String>>,
 }
+
+/// Where ACME HTTP-01 validation asks.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 impl HostRouter {
     /// A router with no entries (every request 404).
@@ -218,6 +256,44 @@ impl HostRouter {
     /// The port a `redirect_https` 308 points at (`None` or 443: none named).
     pub fn set_https_port(&self, port: Option<u16>) {
         self.https_port.store(Arc::new(port.filter(|&p| p != 443)));
+    }
+
+    /// Answer ACME HTTP-01 validation for `token` with `key_authorization`.
+    pub fn set_challenge(&self, token: &str, key_authorization: &str) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(token.to_string(), key_authorization.to_string());
+            m
+        });
+    }
+
+    /// Stop answering for `token`.
+    pub fn remove_challenge(&self, token: &str) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(token);
+            m
+        });
+    }
+
+    /// Answers so far per service and claimed host (summed over prefixes).
+    pub fn stats(&self) -> Vec<HostStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let table = self.table.load();
+        let mut out: Vec<HostStats> = Vec::new();
+        for e in table.exact.values().chain(table.wildcard.values()).flatten() {
+            let responses = std::array::from_fn(|i| e.counts.classes[i].load(Relaxed));
+            match out.iter_mut().find(|s| s.service == e.route.service && s.host == e.counts.host) {
+                Some(s) => s.responses.iter_mut().zip(responses).for_each(|(a, b)| *a += b),
+                None => out.push(HostStats {
+                    service: e.route.service.clone(),
+                    host: e.counts.host.clone(),
+                    responses,
+                }),
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.host).cmp(&(&b.service, &b.host)));
+        out
     }
 
     /// The service that would take `host` and `path`, by name.
@@ -252,6 +328,20 @@ pub(crate) async fn dispatch(
     ctx: Arc<ConnCtx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if !tls {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+            let value = router.challenges.load().get(token).cloned();
+            return Ok(match value {
+                Some(v) => {
+                    let mut resp = Response::new(ProxyBody::Full { data: Some(bytes::Bytes::from(v)) });
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    resp
+                }
+                None => answer(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
+            });
+        }
+    }
     let table = router.table.load_full();
     let host = request_host(&req);
     let path = req.uri().path().to_string();
@@ -270,7 +360,7 @@ pub(crate) async fn dispatch(
         if let Ok(v) = HeaderValue::from_str(&location) {
             resp.headers_mut().insert(LOCATION, v);
         }
-        return Ok(resp);
+        return Ok(entry.counts.count(resp));
     }
     if let Some(max) = route.max_request_body {
         let declared = req
@@ -279,7 +369,7 @@ pub(crate) async fn dispatch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+            return Ok(entry.counts.count(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")));
         }
         // Without a length (chunked, h2): counted while it streams.
         req.extensions_mut().insert(forward::BodyLimit(max));
@@ -298,8 +388,10 @@ pub(crate) async fn dispatch(
         }
     }
     let inner = route.proxy.inner.clone();
+    let counts = entry.counts.clone();
     drop(table);
-    forward::handle(inner, ctx, req).await
+    let Ok(resp) = forward::handle(inner, ctx, req).await;
+    Ok(counts.count(resp))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ mod upgrade;
 mod upstream;
 mod write_timeout;
 
-pub use hosts::{normalize_prefix, HostError, HostPattern, HostRoute, HostRouter};
+pub use hosts::{normalize_prefix, HostError, HostPattern, HostRoute, HostRouter, HostStats};
 pub use routes::{Backend, BackendId, Color, Gate, PreviewRule, RouteTable, StickyRule, Weights};
 pub use stats::{BackendStats, DrainReport, LatencyHistogram, ProxyStats, TrafficStats, LATENCY_BUCKETS};
 

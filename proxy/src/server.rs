@@ -277,6 +277,10 @@ async fn tls_connection(
         _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
     };
     let Some(tls) = accepted else { return };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // TLS-ALPN-01 validation: the handshake was the answer.
+        return;
+    }
     let protocol =
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
     let io = TokioIo::new(WriteTimeout::new(tls, config.write_timeout));

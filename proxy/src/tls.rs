@@ -94,6 +94,9 @@ pub struct CertSource {
     pub key: PathBuf,
     /// The hosts (exact or `*.` wildcard) this pair answers SNI for.
     pub hosts: Vec<String>,
+    /// Whether the files must load at start. A pair that is not required
+    /// (one ACME has not written yet) serves nothing until it loads.
+    pub required: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -222,7 +225,13 @@ impl CertMap {
 #[derive(Debug, Default)]
 pub struct CertResolver {
     map: ArcSwap<CertMap>,
+    /// ACME TLS-ALPN-01 certificates by host, served only to handshakes
+    /// that offer ALPN `acme-tls/1`.
+    challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl CertResolver {
     /// Install `certs` (each with the hosts it serves) in one store.
@@ -239,16 +248,40 @@ impl CertResolver {
         }
         self.map.store(Arc::new(map));
     }
+
+    /// Answer TLS-ALPN-01 validation for `host` with `key` (a certificate
+    /// carrying the acmeIdentifier extension).
+    pub fn set_alpn_challenge(&self, host: &str, key: Arc<CertifiedKey>) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(host.to_ascii_lowercase(), key.clone());
+            m
+        });
+    }
+
+    /// Stop answering TLS-ALPN-01 for `host`.
+    pub fn remove_alpn_challenge(&self, host: &str) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(&host.to_ascii_lowercase());
+            m
+        });
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello.server_name().and_then(|sni| self.map.load().get(sni))
+        let sni = hello.server_name()?;
+        if hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN)) {
+            return self.challenges.load().get(&sni.to_ascii_lowercase()).cloned();
+        }
+        self.map.load().get(sni)
     }
 }
 
 /// The server config of an https listener: TLS 1.2 and 1.3 only, ALPN h2
-/// then http/1.1, certificates from `resolver`.
+/// then http/1.1 (and `acme-tls/1` for validation), certificates from
+/// `resolver`.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -256,7 +289,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Arc::new(config)
 }
 
@@ -290,8 +323,11 @@ impl CertWatcher {
     ) -> Result<CertWatcher, TlsError> {
         let mut current = Vec::with_capacity(sources.len());
         for s in &sources {
-            let loaded = load_cert(&s.cert, &s.key, &s.hosts)?;
-            current.push(Some((fingerprint(s), loaded)));
+            match load_cert(&s.cert, &s.key, &s.hosts) {
+                Ok(loaded) => current.push(Some((fingerprint(s), loaded))),
+                Err(e) if s.required => return Err(e),
+                Err(_) => current.push(None),
+            }
         }
         let watcher = CertWatcher { sources, resolver, on_load, current };
         watcher.install();
@@ -318,8 +354,11 @@ impl CertWatcher {
         let mut changed = false;
         for (i, s) in self.sources.iter().enumerate() {
             let print = fingerprint(s);
-            if self.current[i].as_ref().is_some_and(|(p, _)| *p == print) {
-                continue;
+            match &self.current[i] {
+                Some((p, _)) if *p == print => continue,
+                // Not there yet (ACME), and still not.
+                None if !s.cert.exists() || !s.key.exists() => continue,
+                _ => {}
             }
             match load_cert(&s.cert, &s.key, &s.hosts) {
                 Ok(loaded) => {
@@ -365,6 +404,21 @@ fn fingerprint(s: &CertSource) -> Vec<u8> {
         h.write_u8(0xff);
     }
     h.finish().to_le_bytes().to_vec()
+}
+
+/// A certificate and key from PEM text (no checks): for certificates made
+/// here, such as ACME TLS-ALPN-01 answers.
+pub fn certified_key_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let pem = |what: &str, e: &dyn std::fmt::Display| TlsError::Pem {
+        path: PathBuf::from("(made here)"),
+        what: format!("{what}: {e}"),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem("certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| pem("key", &e))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| pem("key", &e))?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
 }
 
 #[cfg(test)]

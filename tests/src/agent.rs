@@ -411,10 +411,19 @@ impl Agent {
     }
 }
 
-/// A free loopback address (bound, read, released).
+/// A free loopback address (bound, read, released), never one this test
+/// process handed out before: the kernel may give a released port again
+/// at once, and a config with the same port twice is refused.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local addr");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 /// A running agent process and everything it owns.

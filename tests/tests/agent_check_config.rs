@@ -114,6 +114,31 @@ fn bad_configs(dir: &Path) -> Vec<(&'static str, String, usize, &'static str)> {
             "services.api.listen[0]",
         ),
         (
+            "a host that is not a name",
+            format!(
+                "{agent}\n[proxy]\nhttp = [\"127.0.0.1:18081\"]\n\n[services.web]\nhosts = [\"exa mple.com\"]\nimage = \"websample:v1\"\n"
+            ),
+            9,
+            "services.web.hosts[0]",
+        ),
+        (
+            "two services on the same host and prefix",
+            format!(
+                "{agent}\n[proxy]\nhttp = [\"127.0.0.1:18081\"]\n\n[services.web]\nhosts = [\"example.com\"]\nimage = \"websample:v1\"\n\n\
+                 [services.api]\nhosts = [\"example.com\"]\nimage = \"websample:v1\"\n"
+            ),
+            13,
+            "services.api.hosts",
+        ),
+        (
+            "tls = \"acme\" without acme_directory",
+            format!(
+                "{agent}\n[proxy]\nhttps = [\"127.0.0.1:18443\"]\n\n[services.web]\nhosts = [\"example.com\"]\ntls = \"acme\"\nimage = \"websample:v1\"\n"
+            ),
+            10,
+            "services.web.tls",
+        ),
+        (
             "control_socket_group that does not exist",
             format!("{agent}control_socket_group = \"bg-no-such-group\"\n\n{service}"),
             4,

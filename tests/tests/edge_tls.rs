@@ -299,6 +299,19 @@ async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("alert"), "unknown SNI: {err}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // Answers are counted per claimed host.
+    let m = s.agent.scrape().await;
+    let count = |svc: &str, host: &str, class: &str| {
+        m.one("bg_host_requests_total", &[("service", svc), ("host", host), ("class", class)])
+    };
+    // a.test: "/" and the 1 KiB post; b.test: "/" on https and on
+    // plain HTTP, websample's 404 for /apiary; /api/ went to web-p.
+    assert_eq!(count("web-a", "a.test", "2xx"), 2.0);
+    assert_eq!(count("web-a", "a.test", "3xx"), 1.0, "the 308");
+    assert_eq!(count("web-a", "a.test", "4xx"), 2.0, "the two 413");
+    assert_eq!((count("web-b", "b.test", "2xx"), count("web-b", "b.test", "4xx")), (2.0, 1.0));
+    assert_eq!(count("web-p", "b.test", "2xx"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,4 +379,369 @@ async fn eventually_serial(s: &Scene, host: &str, want: &str) {
         assert!(Instant::now() < deadline, "{host} still serves {got}, not {want}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A child process killed when the test ends, also on failure.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `program` is on PATH; without it the test fails under
+/// `BG_DOCKER_TESTS=1` (the real parts are required) and is skipped
+/// otherwise, saying why.
+fn have(program: &str, test: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("BG_DOCKER_TESTS").map_or(true, |v| v != "1"),
+            "{test}: BG_DOCKER_TESTS=1 but {program} is not installed"
+        );
+        eprintln!("{test}: not run: {program} is not installed (apt-get install pebble)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// Pebble and pebble-challtestsrv on loopback, validating against
+/// `http` and `https`; every name resolves to 127.0.0.1.
+struct Pebble {
+    directory: String,
+    mgmt_port: u16,
+    ca_file: String,
+    _children: (Killed, Killed),
+}
+
+async fn pebble(dir: &Path, ca: &TestCa, http: SocketAddr, https: SocketAddr) -> Pebble {
+    // Pebble's own HTTPS, trusted by the agent through acme_ca.
+    let (pebble_cert, pebble_key) = ca.leaf("pebble", "127.0.0.1", 9);
+    let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let config = dir.join("pebble.json");
+    std::fs::write(
+        &config,
+        json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": pebble_cert, "privateKey": pebble_key,
+            "httpPort": http.port(), "tlsPort": https.port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            // Ten days: inside the renewal window below.
+            "certificateValidityPeriod": 864000
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    // Every name resolves to 127.0.0.1: validation comes to our listeners.
+    let dns = Killed(
+        std::process::Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{chall_mgmt}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start pebble-challtestsrv"),
+    );
+    let server = Killed(
+        std::process::Command::new("pebble")
+            .args(["-config", config.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start pebble"),
+    );
+    let directory = format!("https://127.0.0.1:{acme_port}/dir");
+    let ca_file = ca.ca_file().to_str().unwrap().to_string();
+    eventually_ok("pebble answers", || {
+        run("curl", &["-sSf", "--cacert", &ca_file, &directory].map(String::from)).0.status.success()
+    })
+    .await;
+
+    Pebble { directory, mgmt_port, ca_file, _children: (dns, server) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_renews() {
+    let test = "acme_with_pebble";
+    if !have("pebble", test) || !have("pebble-challtestsrv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (http, https) = (free_addr(), free_addr());
+    let p = pebble(dir.path(), &ca, http, https).await;
+    let (directory, mgmt_port, ca_file) = (p.directory.clone(), p.mgmt_port, p.ca_file.clone());
+    let agent = Agent::process()
+        .metrics()
+        .proxy_key("http", &toml_list(&[&http.to_string()]))
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .proxy_key("acme_directory", &format!("{directory:?}"))
+        .proxy_key("acme_ca", &format!("{ca_file:?}"))
+        // Longer than Pebble's certificates live here: every look renews.
+        .proxy_key("acme_renew_before", "\"30d\"")
+        .service(
+            Svc::new("web-m")
+                .env("VERSION", "m1")
+                .set("", "hosts", "[\"m1.test\", \"m2.test\"]")
+                .set("", "tls", "\"acme\"")
+                .set("", "redirect_https", "true"),
+        )
+        .start()
+        .await;
+    agent.op("web-m", "deploy", json!({}), OP).await;
+    let s = Scene { agent, ca, http, https, _dir: dir };
+
+    // Issued by Pebble (not our CA), for both names, and served.
+    let issuer = |host: &str| {
+        let (out, _) = run(
+            "sh",
+            &[
+                "-c".into(),
+                format!(
+                    "openssl s_client -connect 127.0.0.1:{} -servername {host} </dev/null 2>/dev/null | openssl x509 -noout -issuer -ext subjectAltName",
+                    s.https.port()
+                ),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !issuer("m1.test").contains("Pebble") {
+        assert!(Instant::now() < deadline, "no ACME certificate served:\n{}", s.agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let info = issuer("m2.test");
+    assert!(info.contains("Pebble") && info.contains("m1.test") && info.contains("m2.test"), "{info}");
+    let first = s.served_serial("m1.test");
+    assert_eq!(s.served_serial("m2.test"), first, "one certificate for both names");
+
+    // curl trusts Pebble's root and gets the app, over h2.
+    let root = s._dir.path().join("pebble-root.pem");
+    let (out, _) = run(
+        "curl",
+        &[
+            "-sSf",
+            "--cacert",
+            &ca_file,
+            "-o",
+            root.to_str().unwrap(),
+            &format!("https://127.0.0.1:{mgmt_port}/roots/0"),
+        ]
+        .map(String::from),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "--http2",
+            "--resolve",
+            &format!("m2.test:{}:127.0.0.1", s.https.port()),
+            "--cacert",
+            root.to_str().unwrap(),
+            "-w",
+            "%{http_code} %{http_version}",
+            "-o",
+            "/dev/null",
+            &format!("https://m2.test:{}/", s.https.port()),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Renewed: a new certificate reaches new handshakes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.served_serial("m1.test") == first {
+        assert!(Instant::now() < deadline, "not renewed:\n{}", s.agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Account and certificates under state_dir/acme/, mode 0600.
+    for f in ["account.json", "web-m.key", "web-m.pem"] {
+        let mode = std::fs::metadata(s.agent.state_dir().join("acme").join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let events = s.agent.events("web-m").await;
+    let obtained = events
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.contains("obtained through ACME")))
+        .count();
+    assert!(obtained >= 2, "an event per certificate: {events:?}");
+    let scrape = s.agent.scrape().await;
+    assert!(scrape.one("bg_certificate_expiry_seconds", &[("host", "m1.test")]) > 1.7e9);
+}
+
+async fn eventually_ok(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 20s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_server_that_does_not_answer_is_an_event_and_a_log_line_and_is_retried() {
+    let (http, https) = (free_addr(), free_addr());
+    // Nothing listens there.
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let agent = Agent::process()
+        .proxy_key("http", &toml_list(&[&http.to_string()]))
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .proxy_key("acme_directory", &format!("{directory:?}"))
+        .service(Svc::new("web-m").set("", "hosts", "[\"m1.test\"]").set("", "tls", "\"acme\""))
+        .start()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failures = loop {
+        let events = agent.events("web-m").await;
+        let failed: Vec<String> = events
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains("obtaining a certificate for m1.test failed"))
+            .map(String::from)
+            .collect();
+        if failed.len() >= 2 {
+            break failed;
+        }
+        assert!(Instant::now() < deadline, "no two failures reported: {events:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        failures[0].contains("next try in 5s") && failures[1].contains("next try in 10s"),
+        "{failures:?}"
+    );
+    assert!(agent.log().contains("obtaining a certificate for m1.test failed"), "logged too");
+    // Meanwhile m1.test has no certificate: a handshake alert, and the
+    // plain listener still answers.
+    let (out, took) = run(
+        "curl",
+        &[
+            "-sS",
+            "--resolve",
+            &format!("m1.test:{}:127.0.0.1", https.port()),
+            &format!("https://m1.test:{}/", https.port()),
+        ]
+        .map(String::from),
+    );
+    assert!(!out.status.success() && took < Duration::from_secs(3), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_with_pebble_validates_with_tls_alpn_01_when_there_is_no_http_listener() {
+    let test = "acme_tls_alpn_01";
+    if !have("pebble", test) || !have("pebble-challtestsrv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    // Pebble's http port points at nothing: only TLS-ALPN-01 can pass.
+    let (unused_http, https) = (free_addr(), free_addr());
+    let p = pebble(dir.path(), &ca, unused_http, https).await;
+    let agent = Agent::process()
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .proxy_key("acme_directory", &format!("{:?}", p.directory))
+        .proxy_key("acme_ca", &format!("{:?}", p.ca_file))
+        .proxy_key("acme_renew_before", "\"1d\"")
+        .service(
+            Svc::new("web-t")
+                .env("VERSION", "t1")
+                .set("", "hosts", "[\"t1.test\", \"t2.test\"]")
+                .set("", "tls", "\"acme\""),
+        )
+        .start()
+        .await;
+    agent.op("web-t", "deploy", json!({}), OP).await;
+    let root = dir.path().join("pebble-root.pem");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = run(
+            "curl",
+            &[
+                "-sSf",
+                "--cacert",
+                &p.ca_file,
+                "-o",
+                root.to_str().unwrap(),
+                &format!("https://127.0.0.1:{}/roots/0", p.mgmt_port),
+            ]
+            .map(String::from),
+        );
+        let (out, _) = run(
+            "curl",
+            &[
+                "-sS",
+                "--resolve",
+                &format!("t2.test:{}:127.0.0.1", https.port()),
+                "--cacert",
+                root.to_str().unwrap(),
+                "-w",
+                "%{http_code} %{http_version} %header{x-version}",
+                "-o",
+                "/dev/null",
+                &format!("https://t2.test:{}/", https.port()),
+            ]
+            .map(String::from),
+        );
+        if String::from_utf8_lossy(&out.stdout) == "200 2 t1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ACME certificate served over TLS-ALPN-01:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(agent.log().contains("obtained through ACME"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handovers_pass_the_edge_listeners_on_and_lose_no_request() {
+    let mut s = scene().await;
+    let bound = Duration::from_secs(120);
+    let keepalive = Load::keepalive(4).target(s.http).header("host", "b.test").max_duration(bound).start();
+    let fresh = Load::rate(50)
+        .fresh_connections()
+        .target(s.http)
+        .header("host", "b.test")
+        .max_duration(bound)
+        .start();
+    eventually("load flows", Duration::from_secs(10), || keepalive.completed() > 100).await;
+    for round in 0..3 {
+        s.agent.handover().await;
+        let (k, f) = (keepalive.completed(), fresh.completed());
+        eventually("requests flow after the handover", Duration::from_secs(20), || {
+            keepalive.completed() > k + 100 && fresh.completed() > f + 10
+        })
+        .await;
+        // TLS on the new agent: the certificates were loaded again.
+        let (out, _) = s.curl("a.test", "/", &["--http2"]);
+        assert_eq!(Scene::summary(&out), "200 2 a1", "round {round}");
+    }
+    let (keepalive, fresh) = (keepalive.stop().await, fresh.stop().await);
+    eprintln!("handovers: keep-alive {} ok, fresh {} ok", keepalive.ok, fresh.ok);
+    assert_eq!((keepalive.failed, fresh.failed), (0, 0), "{:?} {:?}", keepalive.errors, fresh.errors);
+    assert_eq!(keepalive.by_version.keys().collect::<Vec<_>>(), ["b1"]);
 }

@@ -186,7 +186,25 @@ pub struct EdgeConfig {
     pub https: Vec<SocketAddr>,
     /// Default body limit of the services (`None`: no limit).
     pub max_request_body: Option<u64>,
+    /// Automatic certificates; `None` without `acme_directory`.
+    pub acme: Option<AcmeSettings>,
 }
+
+/// `[proxy] acme_*`: where automatic certificates come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// Contact for the account, e.g. `mailto:ops@example.com`.
+    pub contact: Option<String>,
+    /// Extra trust (PEM) for a private ACME server's HTTPS.
+    pub ca: Option<PathBuf>,
+    /// How long before expiry a certificate is renewed.
+    pub renew_before: Duration,
+}
+
+/// Default `[proxy] acme_renew_before` (30 days).
+pub const DEFAULT_ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
 /// A service's claim on the shared edge listeners.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +228,9 @@ pub struct ServiceEdge {
 pub enum TlsSetting {
     /// Plain HTTP only.
     Off,
+    /// A certificate obtained and renewed through ACME (HTTP-01 on the
+    /// http listeners), kept under `state_dir/acme/`.
+    Acme,
     /// A certificate chain and key from PEM files, reloaded when they change.
     Files {
         /// The chain, leaf first.

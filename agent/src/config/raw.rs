@@ -141,6 +141,7 @@ pub(super) struct RawProxy {
     pub acme_directory: Option<Spanned<String>>,
     pub acme_contact: Option<Spanned<String>>,
     pub acme_ca: Option<Spanned<String>>,
+    pub acme_renew_before: Option<Spanned<String>>,
 }
 
 /// A service's `tls`: `"acme"`, `"off"` or `{ cert, key }`.

@@ -8,27 +8,18 @@ use super::claims::Claims;
 use super::validate::Ctx;
 use super::{RawProxy, RawService, RawTls};
 use crate::api::ByteSize;
-use crate::config::{ConfigError, EdgeConfig, ServiceEdge, TlsSetting};
+use crate::config::{
+    AcmeSettings, ConfigError, EdgeConfig, ServiceEdge, TlsSetting, DEFAULT_ACME_RENEW_BEFORE,
+};
 use bg_proxy::{normalize_prefix, HostPattern};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use toml::Spanned;
 
-/// What refuses `tls = "acme"` and `acme_directory` until ACME is built.
-const NO_ACME: &str = "automatic certificates (ACME) are not built yet; use tls = { cert, key }";
-
 /// `[proxy]`, its listeners claimed in `taken`.
 pub(super) fn proxy(cx: &Ctx<'_>, raw: &RawProxy, taken: &mut Claims) -> Result<EdgeConfig, ConfigError> {
-    for (v, key) in [
-        (&raw.acme_directory, "proxy.acme_directory"),
-        (&raw.acme_contact, "proxy.acme_contact"),
-        (&raw.acme_ca, "proxy.acme_ca"),
-    ] {
-        if let Some(v) = v {
-            return Err(cx.err(v.span(), key, NO_ACME));
-        }
-    }
+    let acme = acme(cx, raw)?;
     let mut addrs = |list: &Option<super::SpannedList>, key: &str| -> Result<Vec<SocketAddr>, ConfigError> {
         let Some(list) = list else { return Ok(Vec::new()) };
         let mut out = Vec::new();
@@ -52,7 +43,55 @@ pub(super) fn proxy(cx: &Ctx<'_>, raw: &RawProxy, taken: &mut Claims) -> Result<
     let http = addrs(&raw.http, "proxy.http")?;
     let https = addrs(&raw.https, "proxy.https")?;
     let max_request_body = body_limit(cx, &raw.max_request_body, "proxy.max_request_body")?;
-    Ok(EdgeConfig { http, https, max_request_body })
+    Ok(EdgeConfig { http, https, max_request_body, acme })
+}
+
+fn acme(cx: &Ctx<'_>, raw: &RawProxy) -> Result<Option<AcmeSettings>, ConfigError> {
+    let Some(dir) = &raw.acme_directory else {
+        for (v, key) in [
+            (&raw.acme_contact, "proxy.acme_contact"),
+            (&raw.acme_ca, "proxy.acme_ca"),
+            (&raw.acme_renew_before, "proxy.acme_renew_before"),
+        ] {
+            if let Some(v) = v {
+                return Err(cx.err(
+                    v.span(),
+                    key,
+                    "only applies with acme_directory: set it, or remove this key",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let directory = dir.get_ref().trim().to_string();
+    if !directory.starts_with("https://") {
+        return Err(cx.err(
+            dir.span(),
+            "proxy.acme_directory",
+            format!(
+                "{directory:?} is not an https URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\""
+            ),
+        ));
+    }
+    let contact = raw.acme_contact.as_ref().map(|c| c.get_ref().trim().to_string());
+    if let (Some(c), Some(v)) = (&contact, &raw.acme_contact) {
+        if !c.starts_with("mailto:") {
+            return Err(cx.err(v.span(), "proxy.acme_contact", format!("{c:?} must be a mailto: URL")));
+        }
+    }
+    let ca = match &raw.acme_ca {
+        None => None,
+        Some(v) => {
+            let p = PathBuf::from(v.get_ref());
+            if let Err(e) = std::fs::read(&p) {
+                return Err(cx.err(v.span(), "proxy.acme_ca", format!("cannot read {}: {e}", p.display())));
+            }
+            Some(p)
+        }
+    };
+    let renew_before =
+        cx.duration(&raw.acme_renew_before, "proxy.acme_renew_before", DEFAULT_ACME_RENEW_BEFORE)?;
+    Ok(Some(AcmeSettings { directory, contact, ca, renew_before }))
 }
 
 fn body_limit(cx: &Ctx<'_>, v: &Option<Spanned<String>>, key: &str) -> Result<Option<u64>, ConfigError> {
@@ -142,7 +181,26 @@ pub(super) fn service(
         None => TlsSetting::Off,
         Some(t) => match t.get_ref() {
             RawTls::Mode(m) if m == "off" => TlsSetting::Off,
-            RawTls::Mode(m) if m == "acme" => return Err(cx.err(t.span(), &key("tls"), NO_ACME)),
+            RawTls::Mode(m) if m == "acme" => {
+                if edge.acme.is_none() {
+                    return Err(cx.err(
+                        t.span(),
+                        &key("tls"),
+                        "needs [proxy] acme_directory (e.g. \"https://acme-v02.api.letsencrypt.org/directory\"), or use tls = { cert, key }",
+                    ));
+                }
+                if let Some(w) = hosts.iter().find(|h| matches!(h, HostPattern::Wildcard(_))) {
+                    return Err(cx.err(
+                        t.span(),
+                        &key("tls"),
+                        format!("{w}: ACME certificates are validated with HTTP-01 or TLS-ALPN-01, which cannot cover a wildcard; list the names, or use tls = {{ cert, key }}"),
+                    ));
+                }
+                if edge.https.is_empty() {
+                    return Err(cx.err(t.span(), &key("tls"), "needs an https listener: set [proxy] https = [\"0.0.0.0:443\"]"));
+                }
+                TlsSetting::Acme
+            }
             RawTls::Mode(m) => {
                 return Err(cx.err(
                     t.span(),
@@ -175,7 +233,7 @@ pub(super) fn service(
             }
         },
     };
-    if redirect_https && !matches!(tls, TlsSetting::Files { .. }) {
+    if redirect_https && tls == TlsSetting::Off {
         let span = raw.redirect_https.as_ref().map(|v| v.span()).unwrap_or(0..0);
         return Err(cx.err(span, &key("redirect_https"), "needs tls: there is no https to redirect to"));
     }

@@ -50,7 +50,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<String>>,
         key: &str,
