@@ -23,7 +23,7 @@ pub fn is_test_address(ip: std::net::IpAddr) -> bool {
 /// Whether namespaces can be made here; panics when they are required.
 pub fn available(test: &str) -> bool {
     let required = std::env::var("BG_DOCKER_TESTS").is_ok_and(|v| v == "1");
-    let probe = format!("bgprobe{}", std::process::id() % 100_000);
+    let probe = format!("bgprobe{}-{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
     let ok = Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success());
     if ok {
         let _ = Command::new("ip").args(["netns", "del", &probe]).status();
@@ -100,12 +100,23 @@ impl Net {
         run("ip", &["link", "set", &self.hosts[i].link, "up"]);
     }
 
-    /// Add `ms` of latency to everything sent to host `i`.
-    pub fn delay(&self, i: usize, ms: u32) {
-        run(
-            "tc",
-            &["qdisc", "add", "dev", &self.hosts[i].link, "root", "netem", "delay", &format!("{ms}ms")],
-        );
+    /// Add `ms` of latency to everything sent to host `i`'s `port`: with
+    /// `tc netem` on its link when the kernel has netem (`None`: use the
+    /// host's own address), else through a relay on loopback that holds
+    /// every chunk sent towards the host for `ms` (`Some`: connect there).
+    pub async fn delay(&self, i: usize, port: u16, ms: u32) -> Option<DelayRelay> {
+        let out = Command::new("tc")
+            .args(["qdisc", "add", "dev", &self.hosts[i].link, "root", "netem", "delay", &format!("{ms}ms")])
+            .output()
+            .expect("tc (Debian package iproute2) must be installed");
+        if out.status.success() {
+            return None;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("qdisc kind is unknown"), "tc netem: {err}");
+        eprintln!("this kernel has no netem: {ms} ms of latency through a relay instead");
+        let target = std::net::SocketAddr::from((self.hosts[i].addr, port));
+        Some(DelayRelay::start(target, std::time::Duration::from_millis(u64::from(ms))).await)
     }
 }
 
@@ -119,4 +130,81 @@ impl Drop for Net {
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
+}
+
+/// A TCP relay on loopback that delivers what clients send to `target`
+/// `delay` late (answers come back at once): a slow link in user space for
+/// kernels without netem. Stops on drop.
+pub struct DelayRelay {
+    /// Where to connect instead of the target.
+    pub addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl DelayRelay {
+    async fn start(target: std::net::SocketAddr, delay: std::time::Duration) -> DelayRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    _ = token.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = pump(cr, uw, delay) => {}
+                        _ = pump(ur, cw, std::time::Duration::ZERO) => {}
+                    }
+                });
+            }
+        });
+        DelayRelay { addr, stop }
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Copy `from` to `to`, each chunk delivered `delay` after it was read.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }

@@ -128,21 +128,27 @@ async fn bgctl_over_mutual_tls_works_and_every_wrong_credential_is_refused_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_server_certificate_is_named() {
+async fn replaced_certificate_files_are_served_and_an_expired_one_is_named() {
     let pki = Pki::new();
-    // Valid long enough to start the agent on a busy machine, then not.
-    let expiry = time::OffsetDateTime::now_utc() + time::Duration::seconds(60);
-    let server = pki.ca.leaf("server", &["127.0.0.1"], Usage::Server, Some(expiry));
+    let server = pki.ca.leaf("server", &["127.0.0.1"], Usage::Server, None);
     let client = pki.ca.leaf("client", &["bgctl"], Usage::Client, None);
     let agent = tls_agent(&pki, &server).await;
     let ca = pki.ca.ca_file();
     let good = [("ca", ca.as_path()), ("cert", client.0.as_path()), ("key", client.1.as_path())];
     ctl(&agent, "127.0.0.1", &good, TOKEN, &["status"]).assert_exit_code(0);
+    // The same files now hold a certificate that expires in a few seconds:
+    // once the agent has read it (it looks every second), it is the one
+    // served, and when it expires bgctl says so.
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let replaced = pki.ca.leaf("server-next", &["127.0.0.1"], Usage::Server, Some(expiry));
+    std::fs::rename(&replaced.1, &server.1).unwrap();
+    std::fs::rename(&replaced.0, &server.0).unwrap();
     let left = expiry - time::OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs_f64(left.as_seconds_f64().max(0.0) + 1.5)).await;
     let out = ctl(&agent, "127.0.0.1", &good, TOKEN, &["status"]);
     out.assert_exit_code(3);
-    assert!(out.stderr.contains("has expired"), "{out:?}");
+    assert!(out.stderr.contains("has expired"), "the replaced certificate is not served: {out:?}");
+    assert!(agent.log().contains("control API certificate files reloaded"), "{}", agent.log());
 }
 
 /// `curl` to the agent's TLS control port from source address `from`
