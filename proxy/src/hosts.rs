@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -235,6 +236,13 @@ pub struct HostRouter {
     challenges: ArcSwap<HashMap<String, String>>,
 }
 
+/// A refused HTTP/1.1 body up to this size (by `Content-Length`) is read
+/// and dropped before the 413, so the client's connection stays usable;
+/// a larger one closes it.
+const DRAIN_REFUSED: u64 = 64 * 1024;
+/// Longest wait for such a body.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where ACME HTTP-01 validation asks.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
@@ -368,7 +376,13 @@ pub(crate) async fn dispatch(
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
+        if let Some(n) = declared.filter(|&n| n > max) {
+            if ctx.h1 && n <= DRAIN_REFUSED {
+                // Read and dropped, so that the connection stays usable.
+                let mut body = req.into_body();
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
             return Ok(entry.counts.count(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")));
         }
         // Without a length (chunked, h2): counted while it streams.

@@ -283,6 +283,22 @@ async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
     let (out, _) =
         s.curl("a.test", "/", &["--http1.1", "-H", "Transfer-Encoding: chunked", "--data-binary", &big]);
     assert!(Scene::summary(&out).starts_with("413 "), "chunked: {}", Scene::summary(&out));
+    // The connection that got the 413 carries the next request.
+    let body_file = s._dir.path().join("2k");
+    std::fs::write(&body_file, &big).unwrap();
+    let url = format!("https://a.test:{}/", s.https.port());
+    let resolve = format!("a.test:{}:127.0.0.1", s.https.port());
+    let ca_file = s.ca.ca_file().to_str().unwrap().to_string();
+    let common = ["-sS", "--http1.1", "--resolve", &resolve, "--cacert", &ca_file, "-w", "%{http_code}\n"];
+    let mut args: Vec<String> = common.iter().map(|a| a.to_string()).collect();
+    args.extend(["-v".into(), "--data-binary".into(), format!("@{}", body_file.display()), url.clone()]);
+    args.push("--next".into());
+    args.extend(common.iter().map(|a| a.to_string()));
+    args.push(url);
+    let (out, _) = run("curl", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("413"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("Re-using existing connection"), "the connection was not kept: {err}");
     let small = "x".repeat(1024);
     let (out, _) = s.curl("a.test", "/", &["--http2", "--data-binary", &small]);
     assert_eq!(Scene::summary(&out), "200 2 a1");
@@ -305,11 +321,11 @@ async fn hosts_on_one_https_listener_each_with_its_own_certificate_by_curl() {
     let count = |svc: &str, host: &str, class: &str| {
         m.one("bg_host_requests_total", &[("service", svc), ("host", host), ("class", class)])
     };
-    // a.test: "/" and the 1 KiB post; b.test: "/" on https and on
+    // a.test: "/" twice and the 1 KiB post; b.test: "/" on https and on
     // plain HTTP, websample's 404 for /apiary; /api/ went to web-p.
-    assert_eq!(count("web-a", "a.test", "2xx"), 2.0);
+    assert_eq!(count("web-a", "a.test", "2xx"), 3.0);
     assert_eq!(count("web-a", "a.test", "3xx"), 1.0, "the 308");
-    assert_eq!(count("web-a", "a.test", "4xx"), 2.0, "the two 413");
+    assert_eq!(count("web-a", "a.test", "4xx"), 3.0, "the three 413");
     assert_eq!((count("web-b", "b.test", "2xx"), count("web-b", "b.test", "4xx")), (2.0, 1.0));
     assert_eq!(count("web-p", "b.test", "2xx"), 1.0);
 }
