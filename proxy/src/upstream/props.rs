@@ -45,7 +45,13 @@ fn decode_split(framing: Framing, input: &[u8], cuts: &[usize], eof: bool) -> Re
                         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())),
                 );
             }
-            Step::Done => return Ok((body, trailers, buf.to_vec())),
+            Step::Done => {
+                // What follows the body: the bytes buffered and those not
+                // fed yet (a body of length 0 is done before any is fed).
+                let mut left = buf.to_vec();
+                left.extend_from_slice(&input[fed..]);
+                return Ok((body, trailers, left));
+            }
             Step::NeedMore => match pieces.next() {
                 Some(end) => {
                     buf.extend_from_slice(&input[fed..end]);
