@@ -67,7 +67,8 @@ pub fn combine(clients: &[Client], mut results: Vec<Result<Report, Error>>) -> R
 }
 
 /// `status` on a fleet: one table of every host's services; JSON as
-/// [`combine`] makes it, each host's `result` its `{"services": [...]}`.
+/// [`combine`] makes it, each host's `result` what `status` prints for one
+/// agent.
 pub async fn status(clients: &[Client], service: Option<&str>) -> Report {
     let answers = join_all(clients.iter().map(|c| async move {
         let list: Result<Vec<ServiceStatus>, Error> = match service {
@@ -92,8 +93,13 @@ pub async fn status(clients: &[Client], service: Option<&str>) -> Report {
     let results = answers
         .into_iter()
         .map(|a| {
+            // Each host's document is what `status` prints for one agent:
+            // the service's object, or `{"services": [...]}`.
             a.map(|services| Report {
-                json: Some(json!({ "services": services })),
+                json: Some(match (service, services.first()) {
+                    (Some(_), Some(one)) => json!(one),
+                    _ => json!({ "services": services }),
+                }),
                 text: String::new(),
                 exit_code: EXIT_OK,
             })
