@@ -13,3 +13,20 @@ pub fn init(format: &str) {
         builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
 }
+
+/// An error and its sources, `: `-separated (ripgrep's `err.chain()`). Many
+/// errors here already quote their source in their message; a source whose
+/// text is already there is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("bg-agent: {}", chain(&e));
+                eprintln!("bg-agent: {}", bg_agent::logging::error_chain(&e));
                 ExitCode::from(2)
             }
         };
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("bg-agent: {}", chain(&e));
+            tracing::error!("bg-agent: {}", bg_agent::logging::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -96,26 +96,9 @@ fn main() -> ExitCode {
         match bg_agent::daemon::run(config, shutdown, args.reload_from).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("bg-agent: {}", chain(&e));
+                tracing::error!("bg-agent: {}", bg_agent::logging::error_chain(&e));
                 ExitCode::FAILURE
             }
         }
     })
-}
-
-/// An error and its sources, `: `-separated (ripgrep's `err.chain()`). Many
-/// errors here already quote their source in their message; a source whose
-/// text is already there is not repeated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }

@@ -110,7 +110,8 @@ async fn reload_once(
     services: &BTreeMap<String, Arc<Service>>,
     handed_over: &CancellationToken,
 ) -> Result<u32, ReloadError> {
-    let new = Config::load(&current.path).map_err(|e| ReloadError::Config(chain(&e)))?;
+    let new =
+        Config::load(&current.path).map_err(|e| ReloadError::Config(crate::logging::error_chain(&e)))?;
     for (what, old, now) in [
         ("state_dir", &current.agent.state_dir, &new.agent.state_dir),
         ("control_socket", &current.agent.control_socket, &new.agent.control_socket),
@@ -220,20 +221,6 @@ pub async fn retire_removed(predecessor: u32, configured: Vec<String>, shared: A
         tracing::info!(service = %name, "{message}");
         events.emit(&name, None, crate::api::EventKind::Message { level: "info".into(), message });
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]
