@@ -32,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 const MIN_RENEW_GAP: Duration = Duration::from_secs(5);
 /// Longest sleep between two looks at the certificates.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How long the config check waits for the ACME directory to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why obtaining a certificate failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,44 @@ pub enum AcmeError {
     /// The certificate the server issued does not load.
     #[error("the issued certificate does not load: {0}")]
     Issued(#[from] bg_proxy::tls::TlsError),
+    /// The directory did not answer the config check.
+    #[error("proxy.acme_directory {url}: {reason}")]
+    Directory {
+        /// The directory URL.
+        url: String,
+        /// What went wrong: the server's error, or that it timed out.
+        reason: String,
+    },
+}
+
+/// Refuses `config` when a service gets its certificate through ACME and
+/// the directory does not answer: fetched and parsed once (no account is
+/// made), within [`PROBE_TIMEOUT`]. The config check and reload call this,
+/// so a mistyped or unreachable server is refused up front; at start the
+/// agent does not wait for it (an outage must not keep the other services
+/// down), and failures are then reported and retried by [`Acme::run`].
+pub async fn check_directory(config: &crate::config::Config) -> Result<(), AcmeError> {
+    let uses_acme = config
+        .services
+        .values()
+        .any(|s| s.edge.as_ref().is_some_and(|e| matches!(e.tls, crate::config::TlsSetting::Acme)));
+    let Some(settings) = config.proxy.acme.as_ref().filter(|_| uses_acme) else { return Ok(()) };
+    let fail = |reason: String| AcmeError::Directory { url: settings.directory.clone(), reason };
+    let builder = match &settings.ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    // A throwaway key: `from_parts` only reads the directory.
+    let (_, key) = instant_acme::Key::generate_pkcs8().map_err(|e| fail(e.to_string()))?;
+    let probe = builder.from_parts("probe".into(), key, settings.directory.clone());
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            Err(fail(format!("does not answer as an ACME directory: {}", crate::logging::error_chain(&e))))
+        }
+        Err(_) => Err(fail(format!("did not answer within {}s", PROBE_TIMEOUT.as_secs()))),
+    }
 }
 
 /// One service's certificate.

@@ -60,10 +60,16 @@ fn main() -> ExitCode {
     if args.check_config {
         // A human (or a deploy script) reads this: plain lines, no logger.
         return match Config::load(&args.config) {
-            Ok(config) => {
-                println!("{}: ok ({} service(s))", args.config.display(), config.services.len());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match check_outside(&config) {
+                Ok(()) => {
+                    println!("{}: ok ({} service(s))", args.config.display(), config.services.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bg-agent: {}: {e}", args.config.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(e) => {
                 eprintln!("bg-agent: {}", bg_agent::logging::error_chain(&e));
                 ExitCode::from(2)
@@ -101,4 +107,14 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// What the config check asks of the world outside the file: that the
+/// ACME directory answers (see [`bg_agent::acme::check_directory`]).
+fn check_outside(config: &Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(bg_agent::acme::check_directory(config)).map_err(|e| e.to_string())
 }

@@ -112,6 +112,9 @@ async fn reload_once(
 ) -> Result<u32, ReloadError> {
     let new =
         Config::load(&current.path).map_err(|e| ReloadError::Config(crate::logging::error_chain(&e)))?;
+    crate::acme::check_directory(&new)
+        .await
+        .map_err(|e| ReloadError::Config(format!("{}: {e}", current.path.display())))?;
     for (what, old, now) in [
         ("state_dir", &current.agent.state_dir, &new.agent.state_dir),
         ("control_socket", &current.agent.control_socket, &new.agent.control_socket),

@@ -64,7 +64,7 @@ pub enum Target<'a> {
 }
 
 /// Send one request with exactly these headers and body bytes (nothing is
-/// added but `host`), on a fresh connection.
+/// added but `host: agent` when `headers` has none), on a fresh connection.
 pub async fn raw(
     target: Target<'_>,
     method: &str,
@@ -72,7 +72,10 @@ pub async fn raw(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Result<RawResponse, String> {
-    let mut req = http::Request::builder().method(method).uri(path).header("host", "agent");
+    let mut req = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "agent");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -6,7 +6,7 @@
 //! load, openssl s_client for the served certificate, and the project's
 //! load generator on the plain listener.
 
-use bg_tests::agent::{free_addr, Agent, RunningAgent, Svc};
+use bg_tests::agent::{bg_agent_run, free_addr, Agent, RunningAgent, Svc};
 use bg_tests::load::Load;
 use bg_tests::wait::eventually;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -531,6 +531,9 @@ async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_rene
         .start()
         .await;
     agent.op("web-m", "deploy", json!({}), OP).await;
+    // The config check reads the real directory (trusting acme_ca).
+    let config = agent.config_path().to_str().unwrap().to_string();
+    bg_agent_run(&["--check-config", "--config", &config], &[], Duration::from_secs(20)).assert_exit_code(0);
     let s = Scene { agent, ca, http, https, _dir: dir };
 
     // Issued by Pebble (not our CA), for both names, and served.
@@ -666,6 +669,49 @@ async fn an_acme_server_that_does_not_answer_is_an_event_and_a_log_line_and_is_r
         .map(String::from),
     );
     assert!(!out.status.success() && took < Duration::from_secs(3), "{out:?}");
+    // The config check asks the directory, and refuses, naming key and URL.
+    let config = agent.config_path().to_str().unwrap().to_string();
+    let out = bg_agent_run(&["--check-config", "--config", &config], &[], Duration::from_secs(20));
+    out.assert_exit_code(2);
+    assert!(out.stderr.contains(&format!("proxy.acme_directory {directory}")), "{out:?}");
+    assert!(out.stderr.contains(&config), "names the file: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_an_acme_directory_that_does_not_answer_is_refused_whole() {
+    let (http, https) = (free_addr(), free_addr());
+    let agent = Agent::process()
+        .proxy_key("http", &toml_list(&[&http.to_string()]))
+        .proxy_key("https", &toml_list(&[&https.to_string()]))
+        .service(Svc::new("web-m").env("VERSION", "m1").set("", "hosts", "[\"m1.test\"]"))
+        .start()
+        .await;
+    agent.op("web-m", "deploy", json!({}), OP).await;
+    let get = || async {
+        bg_tests::api::raw(bg_tests::api::Target::Tcp(http), "GET", "/", &[("host", "m1.test")], "")
+            .await
+            .map(|r| (r.status, r.header("x-version").map(String::from)))
+    };
+    assert_eq!(get().await.unwrap(), (200, Some("m1".into())));
+    let pid = agent.pid().unwrap();
+    // The same service, now with an ACME certificate from a server that
+    // does not answer (nothing listens there).
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let path = agent.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[proxy]\n", &format!("[proxy]\nacme_directory = {directory:?}\n"), 1).replacen(
+        "hosts = [\"m1.test\"]",
+        "hosts = [\"m1.test\"]\ntls = \"acme\"",
+        1,
+    );
+    assert!(text.contains("tls = \"acme\"") && text.contains("acme_directory"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let out = agent.bgctl(&["reload"]);
+    out.assert_exit_code(2);
+    assert!(out.stderr.contains(&format!("proxy.acme_directory {directory}")), "{out:?}");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the running agent went away");
+    assert_eq!(agent.pid(), Some(pid));
+    assert_eq!(get().await.unwrap(), (200, Some("m1".into())), "the running config serves on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
