@@ -49,6 +49,25 @@ impl TestCa {
         usage: Usage,
         not_after: Option<time::OffsetDateTime>,
     ) -> (PathBuf, PathBuf) {
+        self.issue(stem, names, usage, not_after, None)
+    }
+
+    /// A server leaf for `names` with this serial number (so a test can
+    /// tell which one was served; it is also in the subject, `#N`),
+    /// replacing `<stem>.pem` and `<stem>.key`
+    /// by rename, key first: a watcher never reads half a file.
+    pub fn server_leaf_serial(&self, stem: &str, names: &[&str], serial: u64) -> (PathBuf, PathBuf) {
+        self.issue(stem, names, Usage::Server, None, Some(serial))
+    }
+
+    fn issue(
+        &self,
+        stem: &str,
+        names: &[&str],
+        usage: Usage,
+        not_after: Option<time::OffsetDateTime>,
+        serial: Option<u64>,
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         for n in names {
@@ -57,19 +76,24 @@ impl TestCa {
                 Err(_) => SanType::DnsName((*n).try_into().expect("a DNS name")),
             });
         }
-        params.distinguished_name.push(DnType::CommonName, format!("{stem} by {}", self.name));
+        let serial_mark = serial.map(|n| format!(" #{n}")).unwrap_or_default();
+        params.distinguished_name.push(DnType::CommonName, format!("{stem} by {}{serial_mark}", self.name));
         params.extended_key_usages = vec![match usage {
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
         }];
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = not_after.unwrap_or(now + time::Duration::days(365));
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
         let (c, k) = (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}.key")));
-        std::fs::write(&c, cert.pem()).expect("write leaf");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        let (tc, tk) = (self.dir.join(format!(".{stem}.pem.new")), self.dir.join(format!(".{stem}.key.new")));
+        std::fs::write(&tc, cert.pem()).expect("write leaf");
+        std::fs::write(&tk, key.serialize_pem()).expect("write key");
+        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        std::fs::rename(&tk, &k).expect("rename key");
+        std::fs::rename(&tc, &c).expect("rename leaf");
         (c, k)
     }
 }

@@ -7,58 +7,17 @@
 //! load generator on the plain listener.
 
 use bg_tests::agent::{bg_agent_run, free_addr, Agent, RunningAgent, Svc};
+use bg_tests::certs::TestCa;
 use bg_tests::load::Load;
 use bg_tests::wait::eventually;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 const OP: Duration = Duration::from_secs(60);
-
-/// A test CA that signs leaf certificates into a directory.
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    dir: PathBuf,
-}
-
-impl TestCa {
-    fn new(dir: &Path) -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "bluegreen test CA");
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        TestCa { cert, key, dir: dir.to_path_buf() }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Sign a leaf for `host` with this serial and write it to
-    /// `<stem>.pem` / `<stem>.key` (0600), replacing the files by rename.
-    fn leaf(&self, stem: &str, host: &str, serial: u64) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, format!("{host} #{serial}"));
-        params.serial_number = Some(rcgen::SerialNumber::from(serial));
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (c, k) = (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}.key")));
-        let (tc, tk) = (self.dir.join(format!(".{stem}.pem.new")), self.dir.join(format!(".{stem}.key.new")));
-        std::fs::write(&tc, cert.pem()).unwrap();
-        std::fs::write(&tk, key.serialize_pem()).unwrap();
-        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::rename(&tk, &k).unwrap();
-        std::fs::rename(&tc, &c).unwrap();
-        (c, k)
-    }
-}
 
 fn toml_list(items: &[&str]) -> String {
     format!("[{}]", items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
@@ -76,9 +35,9 @@ struct Scene {
 
 async fn scene() -> Scene {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let (ac, ak) = ca.leaf("a", "a.test", 1);
-    let (bc, bk) = ca.leaf("b", "b.test", 2);
+    let ca = TestCa::new(dir.path(), "ca");
+    let (ac, ak) = ca.server_leaf_serial("a", &["a.test"], 1);
+    let (bc, bk) = ca.server_leaf_serial("b", &["b.test"], 2);
     let (http, https) = (free_addr(), free_addr());
     let tls = |c: &Path, k: &Path| format!("{{ cert = {c:?}, key = {k:?} }}");
     let agent = Agent::process()
@@ -367,7 +326,7 @@ async fn replaced_pem_files_reach_new_handshakes_under_load_without_a_failure() 
     let s = scene().await;
     let load = s.h2load("a.test", 6);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    s.ca.leaf("a", "a.test", 0x77);
+    s.ca.server_leaf_serial("a", &["a.test"], 0x77);
     eventually_serial(&s, "a.test", "serial=77").await;
     let out = tokio::task::spawn_blocking(move || load.join().unwrap()).await.unwrap();
     let (ok, failed) = h2load_counts(&out);
@@ -376,7 +335,7 @@ async fn replaced_pem_files_reach_new_handshakes_under_load_without_a_failure() 
     assert!(ok > 300, "{out}");
     // curl verifies the new chain too; b.test kept its own.
     let (out, _) = s.curl("a.test", "/", &["--http1.1", "-v"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a.test #119"), "new subject served");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a by ca #119"), "new subject served");
     assert_eq!(s.served_serial("b.test"), "serial=02");
     assert!(s.agent.log().contains("certificate reloaded"), "the reload is logged");
     // The expiry gauge names the host.
@@ -440,7 +399,7 @@ struct Pebble {
 
 async fn pebble(dir: &Path, ca: &TestCa, http: SocketAddr, https: SocketAddr) -> Pebble {
     // Pebble's own HTTPS, trusted by the agent through acme_ca.
-    let (pebble_cert, pebble_key) = ca.leaf("pebble", "127.0.0.1", 9);
+    let (pebble_cert, pebble_key) = ca.server_leaf_serial("pebble", &["127.0.0.1"], 9);
     let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
     let config = dir.join("pebble.json");
     std::fs::write(
@@ -509,7 +468,7 @@ async fn acme_with_pebble_obtains_a_certificate_for_two_names_serves_it_and_rene
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+    let ca = TestCa::new(dir.path(), "ca");
     let (http, https) = (free_addr(), free_addr());
     let p = pebble(dir.path(), &ca, http, https).await;
     let (directory, mgmt_port, ca_file) = (p.directory.clone(), p.mgmt_port, p.ca_file.clone());
@@ -721,7 +680,7 @@ async fn acme_with_pebble_validates_with_tls_alpn_01_when_there_is_no_http_liste
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+    let ca = TestCa::new(dir.path(), "ca");
     // Pebble's http port points at nothing: only TLS-ALPN-01 can pass.
     let (unused_http, https) = (free_addr(), free_addr());
     let p = pebble(dir.path(), &ca, unused_http, https).await;
