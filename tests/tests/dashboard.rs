@@ -6,7 +6,9 @@
 //!   its numbers from the DOM while load and a canary run: the responses
 //!   it counts per color equal what the load generator got back (exact),
 //!   its requests/s is the rate the load got answers at within 30 %, and it shows the phase
-//!   change at promote. It saves `docs/dashboard.png`.
+//!   change at promote. It saves the screenshot under the target dir
+//!   (`docs/dashboard.png` with `BG_UPDATE_SCREENSHOT=1`, so a test run
+//!   leaves the checkout as it found it).
 //! - a real Prometheus scrapes `/metrics` every second during a 50/50
 //!   canary; `sum by (color) (rate(bg_requests_total[15s]))` matches, per
 //!   color, the rate the load generator measured over the same 15 s
@@ -293,7 +295,12 @@ async fn a_browser_shows_the_traffic_sent_and_the_phase_change_at_promote() {
 
     let png = shot.expect("a screenshot at the canary step");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    std::fs::write(repo_root().join("docs/dashboard.png"), png).expect("save docs/dashboard.png");
+    let shot_path = match std::env::var("BG_UPDATE_SCREENSHOT").as_deref() {
+        Ok("1") => repo_root().join("docs/dashboard.png"),
+        _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"),
+    };
+    std::fs::write(&shot_path, png).unwrap_or_else(|e| panic!("save {}: {e}", shot_path.display()));
+    eprintln!("dashboard screenshot: {}", shot_path.display());
 
     // Readable on a phone: at 390 px the page needs no sideways scrolling.
     browser
