@@ -1,6 +1,6 @@
 //! Runtimes start, stop, list and inspect the replicas of a service. The
 //! controller talks to one through the [`Runtime`] trait and cannot tell the
-//! Docker engine ([`docker`]) from Swarm services (`swarm`) or local
+//! Docker engine ([`docker`]) from Swarm services ([`swarm`]) or local
 //! child processes ([`process`]).
 
 pub mod child;
@@ -9,6 +9,7 @@ pub mod process;
 pub mod scope;
 pub mod signal;
 pub mod sources;
+pub mod swarm;
 
 use crate::api::{Color, Spec, Weights};
 use std::future::Future;
