@@ -9,6 +9,7 @@ use crate::handoff;
 use crate::listeners::{Inherited, Shareable};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
+use crate::runtime::swarm::SwarmRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::server::{Access, ControlApi};
 use crate::state::{PersistedState, StateError, StateStore, STATE_VERSION};
@@ -118,6 +119,22 @@ pub async fn run(
         }
         RuntimeKind::Process => {
             Arc::new(ProcessRuntime::new(&config.agent.state_dir)?.tracked(tracker.clone(), shutdown.clone()))
+        }
+        RuntimeKind::Swarm => {
+            let engine = || -> Result<DockerRuntime, RuntimeError> {
+                Ok(DockerRuntime::connect(config.runtime.docker_host.as_deref())?
+                    .with_call_timeout(config.runtime.call_timeout)
+                    .with_auth_file(config.runtime.auth_file.clone()))
+            };
+            let swarm = SwarmRuntime::new(
+                engine()?,
+                engine()?,
+                config.runtime.task_network.clone(),
+                &tracker,
+                shutdown.clone(),
+            );
+            swarm.ping().await?;
+            Arc::new(swarm)
         }
     };
     let events = EventHub::persistent(&store.dir().join("events.seq")).map_err(|source| StateError::Io {

@@ -300,7 +300,74 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "agent.control_socket_group",
             "does not exist",
         ),
+        // The swarm runtime: its own keys elsewhere, what it lacks.
+        (
+            format!("{BASE}placement = [\"node.role==worker\"]\n"),
+            4,
+            "services.web.placement",
+            "only applies to the swarm runtime",
+        ),
+        (
+            format!("{BASE}max_replicas_per_node = 1\n"),
+            4,
+            "services.web.max_replicas_per_node",
+            "the docker runtime cannot",
+        ),
+        (
+            format!("[runtime]\ntask_network = \"t\"\n{BASE}"),
+            2,
+            "runtime.task_network",
+            "only applies to kind = \"swarm\"",
+        ),
+        (
+            format!("{SWARM}{BASE}placement = [\"worker\"]\n"),
+            7,
+            "services.web.placement[0]",
+            "not a placement constraint",
+        ),
+        (
+            format!("{SWARM}{BASE}tmpfs = [\"/tmp:size=64m\"]\n"),
+            7,
+            "services.web.tmpfs[0]",
+            "cannot apply tmpfs options",
+        ),
+        (
+            format!("{SWARM}{BASE}[services.web.rolling]\nparallelism = 2\n"),
+            8,
+            "services.web.rolling.parallelism",
+            "no rolling updates",
+        ),
+        (
+            format!("{SWARM}{BASE}[services.web.hooks]\npre_stop = {{ exec = [\"/bin/true\"] }}\n"),
+            8,
+            "services.web.hooks.pre_stop.exec",
+            "cannot exec beside a task",
+        ),
+        (
+            format!("{SWARM}[services.web]\nlisten = [\"127.0.0.1:8080\"]\n"),
+            4,
+            "services.web.image",
+            "the swarm runtime needs an image",
+        ),
     ]
+}
+
+/// `[runtime] kind = "swarm"`, to prefix [`BASE`] with.
+const SWARM: &str = "[runtime]\nkind = \"swarm\"\n\n";
+
+#[test]
+fn swarm_keys_parse_into_the_spec() {
+    let text = format!(
+        "{SWARM}task_network = \"bg-web-tasks\"\n{BASE}replicas = 3\nplacement = [\"node.role==worker\"]\nmax_replicas_per_node = 2\ntmpfs = [\"/tmp\"]\n"
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.runtime.kind, RuntimeKind::Swarm);
+    assert_eq!(cfg.runtime.task_network, "bg-web-tasks");
+    let web = &cfg.services["web"];
+    assert_eq!(web.spec.placement, vec!["node.role==worker".to_string()]);
+    assert_eq!(web.spec.max_replicas_per_node, Some(2));
+    let default = parse(&format!("{SWARM}{BASE}")).unwrap();
+    assert_eq!(default.runtime.task_network, bg_agent::config::DEFAULT_TASK_NETWORK);
 }
 
 #[test]

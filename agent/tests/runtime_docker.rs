@@ -83,6 +83,7 @@ fn spec(service: &str, env: &[(&str, &str)]) -> ReplicaSpec {
         color: Color::Green,
         revision: 4,
         replica: 1,
+        replicas: 1,
         spec: Spec {
             image: Some(IMAGE.into()),
             command: None,

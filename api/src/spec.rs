@@ -92,6 +92,12 @@ pub struct Spec {
     /// Options of the log driver (docker).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub log_opts: BTreeMap<String, String>,
+    /// Swarm placement constraints, e.g. `node.role==worker` (swarm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
+    /// Most tasks of a color on one node (swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
     /// Secrets by name; each lands at `/run/secrets/NAME` (docker) or
     /// `$BG_SECRETS_DIR/NAME` (process).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

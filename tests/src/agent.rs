@@ -32,6 +32,9 @@ pub enum RuntimeChoice {
     Process,
     /// Docker containers (websample image).
     Docker,
+    /// Swarm services on the engine's single-node swarm (websample image);
+    /// see [`crate::swarm`].
+    Swarm,
 }
 
 /// One service in the generated config.
@@ -155,6 +158,12 @@ impl Agent {
     /// required (`BG_DOCKER_TESTS=1`) but unreachable.
     pub fn docker() -> Agent {
         Agent::with_runtime(RuntimeChoice::Docker)
+    }
+
+    /// An agent on the swarm runtime, reaching tasks on `task_network`
+    /// (see [`crate::swarm::SwarmGuard`] for the swarm and the network).
+    pub fn swarm(task_network: &str) -> Agent {
+        Agent::with_runtime(RuntimeChoice::Swarm).runtime_key("task_network", &format!("{task_network:?}"))
     }
 
     fn with_runtime(runtime: RuntimeChoice) -> Agent {
@@ -321,6 +330,7 @@ impl Agent {
         let kind = match self.runtime {
             RuntimeChoice::Process => "process",
             RuntimeChoice::Docker => "docker",
+            RuntimeChoice::Swarm => "swarm",
         };
         toml.push_str(&format!("\n[runtime]\nkind = \"{kind}\"\n"));
         if let Some(host) = &self.docker_host {
@@ -350,7 +360,7 @@ impl Agent {
                     Some(argv) => toml.push_str(&format!("command = {argv:?}\n")),
                     None => toml.push_str(&format!("command = [{:?}]\n", crate::websample::websample_bin())),
                 },
-                RuntimeChoice::Docker => {
+                RuntimeChoice::Docker | RuntimeChoice::Swarm => {
                     toml.push_str(&format!("image = {:?}\nport = 5000\n", svc.image));
                     // Locally built images unless the test pulls.
                     if !svc.keys.get("").is_some_and(|k| k.iter().any(|(k, _)| k == "pull")) {
@@ -758,6 +768,11 @@ impl RunningAgent {
             RuntimeChoice::Docker => {
                 for svc in &self.services {
                     remove_containers(svc);
+                }
+            }
+            RuntimeChoice::Swarm => {
+                for svc in &self.services {
+                    crate::swarm::remove_swarm_objects(svc);
                 }
             }
         }

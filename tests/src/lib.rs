@@ -17,6 +17,7 @@ pub mod prom;
 pub mod prometheus;
 pub mod relay;
 pub mod status;
+pub mod swarm;
 pub mod tools;
 pub mod wait;
 pub mod websample;

@@ -123,7 +123,14 @@ pub struct RuntimeConfig {
     /// Registry credentials in Docker's `config.json` format; `None` reads
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
     pub auth_file: Option<PathBuf>,
+    /// The network through which the agent reaches each Swarm task
+    /// (swarm): a swarm-scoped bridge network (created when missing), or an
+    /// attachable overlay the agent's own container is attached to.
+    pub task_network: String,
 }
+
+/// Default `[runtime] task_network` (swarm).
+pub const DEFAULT_TASK_NETWORK: &str = "bg-tasks";
 
 /// Default `[runtime] call_timeout`.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -135,6 +142,19 @@ pub enum RuntimeKind {
     Docker,
     /// Local child processes.
     Process,
+    /// Docker Swarm services, one per color.
+    Swarm,
+}
+
+impl RuntimeKind {
+    /// The name in `[runtime] kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Process => "process",
+            RuntimeKind::Swarm => "swarm",
+        }
+    }
 }
 
 /// `[services.NAME]`.

@@ -160,6 +160,7 @@ pub(super) struct RawRuntime {
     pub docker_host: Option<Spanned<String>>,
     pub call_timeout: Option<Spanned<String>>,
     pub auth_file: Option<Spanned<String>>,
+    pub task_network: Option<Spanned<String>>,
 }
 
 /// `[services.NAME]`.
@@ -208,6 +209,8 @@ pub(super) struct RawService {
     pub extra_hosts: Option<SpannedList>,
     pub log_driver: Option<Spanned<String>>,
     pub log_opts: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub placement: Option<SpannedList>,
+    pub max_replicas_per_node: Option<Spanned<i64>>,
     pub secrets: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawFileRef>>>>,
     pub files: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawFileRef>>>>,
     #[serde(default)]

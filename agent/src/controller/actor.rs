@@ -187,6 +187,7 @@ impl Actor {
         let service = &self.service;
         let record_before = self.model.record();
         let table_before = self.model.route_table();
+        let traffic_before = self.model.traffic();
         let undo = (on_failed_write == OnFailedWrite::Undo).then(|| self.model.clone());
         let out = change(&mut self.model);
         let record = self.model.record();
@@ -216,6 +217,10 @@ impl Actor {
         let table = self.model.route_table();
         if table != table_before {
             service.proxy.set_routes(table);
+        }
+        let traffic = self.model.traffic();
+        if traffic != traffic_before {
+            service.shared.runtime.traffic_changed(&service.name, traffic);
         }
         self.publish();
         Ok(out)

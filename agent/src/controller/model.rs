@@ -152,6 +152,11 @@ impl ServiceModel {
         self.weights.unwrap_or_else(|| Weights::all_to(self.active.unwrap_or(Color::Blue)))
     }
 
+    /// The traffic a runtime may keep outside the agent (swarm labels).
+    pub(crate) fn traffic(&self) -> crate::runtime::Traffic {
+        crate::runtime::Traffic { active: self.active, weights: self.active.map(|_| self.weights()) }
+    }
+
     /// The color a deploy goes to: the one that is not active.
     pub(crate) fn idle(&self) -> Color {
         self.active.map(Color::other).unwrap_or(Color::Blue)

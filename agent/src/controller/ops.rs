@@ -115,6 +115,12 @@ impl Service {
                 promotable(model, idle)?;
                 Ok(Plan { target: Some(idle), canary: Some(canary_plan(req)?), ..empty })
             }
+            Operation::Rolling(_) | Operation::ReplicaUpdate(..) if !self.shared.runtime.per_replica_specs() => {
+                Err(ControlError::BadRequest(format!(
+                    "the {} runtime runs one spec per color (a Swarm service): use deploy and promote, or a canary, instead of rolling or replica update",
+                    self.shared.runtime.kind()
+                )))
+            }
             Operation::Rolling(req) => {
                 let plan = self.plan_rolling(model, req)?;
                 Ok(Plan {

@@ -296,7 +296,18 @@ impl Service {
     /// No state file entry but running replicas: the newest revision
     /// becomes the active color again, the rest is removed.
     async fn adopt_without_state(self: &Arc<Self>, found: &mut Vec<ReplicaHandle>) {
-        let Some(newest) = found.iter().max_by_key(|h| h.revision).cloned() else {
+        // A runtime that keeps the traffic (swarm labels) says which color
+        // serves; else the newest revision found is taken as the live one.
+        let kept = match self.shared.runtime.traffic(&self.name).await {
+            Ok(t) => t.and_then(|t| t.active).filter(|c| found.iter().any(|h| h.color == *c)),
+            Err(e) => {
+                tracing::warn!(service = %self.name, error = %e, "cannot read the traffic the runtime keeps");
+                None
+            }
+        };
+        let Some(newest) =
+            found.iter().filter(|h| kept.is_none_or(|c| h.color == c)).max_by_key(|h| h.revision).cloned()
+        else {
             return;
         };
         let color = newest.color;
@@ -322,8 +333,9 @@ impl Service {
             EventKind::Message {
                 level: "warn".into(),
                 message: format!(
-                    "no state for this service: adopted revision {} on {color} from the runtime's labels",
-                    newest.revision
+                    "no state for this service: adopted revision {} on {color} from the runtime's labels{}",
+                    newest.revision,
+                    if kept.is_some() { " (the active color the runtime keeps)" } else { "" }
                 ),
             },
         );

@@ -75,6 +75,7 @@ impl Service {
             color,
             revision: spec.revision,
             replica: number,
+            replicas: self.config.replicas,
             spec: spec.spec.clone(),
             app_port: self.config.port,
             pull: self.config.pull,

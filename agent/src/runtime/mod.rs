@@ -1,6 +1,7 @@
 //! Runtimes start, stop, list and inspect the replicas of a service. The
 //! controller talks to one through the [`Runtime`] trait and cannot tell the
-//! Docker engine ([`docker`]) from local child processes ([`process`]).
+//! Docker engine ([`docker`]) from Swarm services ([`swarm`]) or local
+//! child processes ([`process`]).
 
 pub mod child;
 pub mod docker;
@@ -8,8 +9,9 @@ pub mod process;
 pub mod scope;
 pub mod signal;
 pub mod sources;
+pub mod swarm;
 
-use crate::api::{Color, Spec};
+use crate::api::{Color, Spec, Weights};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -60,6 +62,9 @@ pub struct ReplicaSpec {
     pub revision: u64,
     /// Replica number within the color, from 1.
     pub replica: u32,
+    /// How many replicas the color has (`replicas`): the swarm runtime
+    /// creates the color's service with this many tasks.
+    pub replicas: u32,
     /// Image or command, and environment.
     pub spec: Spec,
     /// The port the app listens on inside its container (docker). The
@@ -121,6 +126,16 @@ pub enum RunState {
     },
     /// The runtime no longer knows it.
     Gone,
+}
+
+/// A service's traffic as the route table has it: which color is active
+/// and how new clients are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// The active color, `None` before the first promote.
+    pub active: Option<Color>,
+    /// The weights, `None` when no color serves.
+    pub weights: Option<Weights>,
 }
 
 /// How a stop went.
@@ -241,8 +256,30 @@ pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 /// Starts, stops, lists and inspects replicas. Implementations are cheap to
 /// share (`Arc<dyn Runtime>`).
 pub trait Runtime: Send + Sync + 'static {
-    /// `docker` or `process`.
+    /// `docker`, `swarm` or `process`.
     fn kind(&self) -> &'static str;
+
+    /// Whether one replica of a color can run another spec than its
+    /// siblings (rolling updates, `replica update`). A Swarm service runs
+    /// one spec for all its tasks, so the swarm runtime cannot.
+    fn per_replica_specs(&self) -> bool {
+        true
+    }
+
+    /// The service's traffic (active color, weights) changed and was
+    /// recorded: a runtime that keeps it outside the agent (swarm: service
+    /// labels) stores it, in the background, latest value wins.
+    fn traffic_changed(&self, service: &str, traffic: Traffic) {
+        let _ = (service, traffic);
+    }
+
+    /// The traffic the runtime keeps for `service`, where it keeps one
+    /// ([`Runtime::traffic_changed`]): an agent with no state of its own
+    /// serves what the others serve.
+    fn traffic<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<Traffic>, RuntimeError>> {
+        let _ = service;
+        Box::pin(async { Ok(None) })
+    }
 
     /// Make a new revision's `spec` ready to run before any replica
     /// starts, and return it as it is to be recorded: read its secrets,

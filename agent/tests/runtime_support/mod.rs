@@ -49,6 +49,7 @@ pub fn websample_spec(service: &str, env: &[(&str, &str)]) -> ReplicaSpec {
         color: Color::Blue,
         revision: 1,
         replica: 1,
+        replicas: 1,
         spec: Spec {
             image: None,
             command: Some(vec![websample().display().to_string()]),

@@ -142,6 +142,7 @@ pub(super) fn container(
     if let Some(opts) = &raw.log_opts {
         spec.log_opts = opts.get_ref().iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect();
     }
+    swarm_keys(cx, prefix, raw, kind, spec)?;
 
     spec.secrets = file_refs(cx, &raw.secrets, &key("secrets"), SECRET_MODE, |name| {
         let ok = !name.is_empty()
@@ -179,6 +180,59 @@ pub(super) fn container(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The Swarm-only keys (`placement`, `max_replicas_per_node`), and what
+/// the swarm runtime cannot apply of the rest (a tmpfs with options: a
+/// Swarm tmpfs mount takes only a size and a mode, typed).
+fn swarm_keys(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    raw: &RawService,
+    kind: RuntimeKind,
+    spec: &mut Spec,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let only_swarm = |k: &str, span| {
+        Err(cx.err(
+            span,
+            &key(k),
+            format!(
+                "only applies to the swarm runtime; the {} runtime cannot apply it: remove it or use [runtime] kind = \"swarm\"",
+                kind.as_str()
+            ),
+        ))
+    };
+    if kind != RuntimeKind::Swarm {
+        if let Some(p) = &raw.placement {
+            return only_swarm("placement", p.span());
+        }
+        if let Some(m) = &raw.max_replicas_per_node {
+            return only_swarm("max_replicas_per_node", m.span());
+        }
+        return Ok(());
+    }
+    spec.placement = list(cx, &raw.placement, &key("placement"), |s| {
+        let ok = ["==", "!="]
+            .iter()
+            .any(|op| s.split_once(op).is_some_and(|(l, r)| !l.trim().is_empty() && !r.trim().is_empty()));
+        ok.then(|| s.to_string()).ok_or_else(|| {
+            format!("{s:?} is not a placement constraint: expected e.g. \"node.role==worker\"")
+        })
+    })?;
+    spec.max_replicas_per_node = match &raw.max_replicas_per_node {
+        None => None,
+        Some(_) => Some(cx.count(&raw.max_replicas_per_node, &key("max_replicas_per_node"), 0, 1)?),
+    };
+    if let (Some(t), Some(i)) = (&raw.tmpfs, spec.tmpfs.iter().position(|t| t.contains(':'))) {
+        let span = t.get_ref().get(i).map_or(t.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            &format!("{}[{i}]", key("tmpfs")),
+            "the swarm runtime cannot apply tmpfs options (a Swarm tmpfs mount takes no option string): give the path only",
+        ));
     }
     Ok(())
 }
@@ -294,7 +348,7 @@ fn absolute(path: &str) -> Result<(), String> {
 }
 
 /// A network, log driver or similar name as Docker takes it.
-fn docker_name(s: &str) -> bool {
+pub(super) fn docker_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))

@@ -346,7 +346,7 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
         &raw.kind,
         "runtime.kind",
         DEFAULT_RUNTIME_KIND,
-        &[("docker", RuntimeKind::Docker), ("process", RuntimeKind::Process)],
+        &[("docker", RuntimeKind::Docker), ("process", RuntimeKind::Process), ("swarm", RuntimeKind::Swarm)],
     )?;
     let docker_host = match &raw.docker_host {
         None => None,
@@ -366,7 +366,7 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
                 return Err(cx.err(
                     h.span(),
                     "runtime.docker_host",
-                    "only applies to kind = \"docker\": remove it or set kind = \"docker\"",
+                    "only applies to kind = \"docker\" or \"swarm\": remove it or set kind = \"docker\"",
                 ));
             }
             Some(s.to_string())
@@ -395,7 +395,28 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
         }
         Some(a) => Some(PathBuf::from(a.get_ref())),
     };
-    Ok(RuntimeConfig { kind, docker_host, call_timeout, auth_file })
+    let task_network = match &raw.task_network {
+        None => crate::config::DEFAULT_TASK_NETWORK.to_string(),
+        Some(n) if kind != RuntimeKind::Swarm => {
+            return Err(cx.err(
+                n.span(),
+                "runtime.task_network",
+                "only applies to kind = \"swarm\": remove it or set kind = \"swarm\"",
+            ))
+        }
+        Some(n) if !super::container::docker_name(n.get_ref()) => {
+            return Err(cx.err(
+                n.span(),
+                "runtime.task_network",
+                format!(
+                    "{:?} is not a network name: expected letters, digits, '_', '.' and '-'",
+                    n.get_ref()
+                ),
+            ))
+        }
+        Some(n) => n.get_ref().clone(),
+    };
+    Ok(RuntimeConfig { kind, docker_host, call_timeout, auth_file, task_network })
 }
 
 fn valid_service_name(name: &str) -> bool {
@@ -476,11 +497,14 @@ fn service(
         None => None,
     };
     match kind {
-        RuntimeKind::Docker if image.is_none() => {
+        RuntimeKind::Docker | RuntimeKind::Swarm if image.is_none() => {
             return Err(cx.err(
                 name.span(),
                 &key("image"),
-                "is missing: the docker runtime needs an image, e.g. image = \"websample:v1\"",
+                format!(
+                    "is missing: the {} runtime needs an image, e.g. image = \"websample:v1\"",
+                    kind.as_str()
+                ),
             ))
         }
         RuntimeKind::Process if command.is_none() => {
@@ -551,6 +575,9 @@ fn service(
     let deploy = deploy(cx, &format!("{prefix}.deploy"), &raw.deploy)?;
     let rolling = rolling(cx, &format!("{prefix}.rolling"), &raw.rolling)?;
     let hooks = hooks(cx, &format!("{prefix}.hooks"), &raw.hooks)?;
+    if kind == RuntimeKind::Swarm {
+        refuse_for_swarm(cx, &prefix, raw, &hooks)?;
+    }
 
     let mut spec = Spec { image, command, env, ..Spec::default() };
     super::container::container(cx, &prefix, raw, kind, &mut spec)?;
@@ -573,6 +600,41 @@ fn service(
         hooks,
         edge,
     })
+}
+
+/// What a Swarm service lacks: one spec per color means no rolling
+/// updates (Swarm's own rolling update is what bluegreen replaces), and a
+/// task's container may run on another node, so no exec beside it.
+fn refuse_for_swarm(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    raw: &RawService,
+    hooks: &HooksConfig,
+) -> Result<(), ConfigError> {
+    if let (Some(PreStop::Exec(_)), Some(p)) = (&hooks.pre_stop, &raw.hooks.pre_stop) {
+        return Err(cx.err(
+            p.span(),
+            &format!("{prefix}.hooks.pre_stop.exec"),
+            "the swarm runtime cannot exec beside a task (it may run on another node): use pre_stop = { http = \"/path\" }",
+        ));
+    }
+    let r = &raw.rolling;
+    let set = [
+        ("parallelism", r.parallelism.as_ref().map(Spanned::span)),
+        ("delay", r.delay.as_ref().map(Spanned::span)),
+        ("order", r.order.as_ref().map(Spanned::span)),
+        ("failure_action", r.failure_action.as_ref().map(Spanned::span)),
+        ("monitor", r.monitor.as_ref().map(Spanned::span)),
+        ("max_failure_ratio", r.max_failure_ratio.as_ref().map(Spanned::span)),
+    ];
+    if let Some((k, span)) = set.into_iter().find_map(|(k, s)| s.map(|s| (k, s))) {
+        return Err(cx.err(
+            span,
+            &format!("{prefix}.rolling.{k}"),
+            "the swarm runtime runs one spec per color (a Swarm service), so it has no rolling updates: deploy and promote, or canary, instead",
+        ));
+    }
+    Ok(())
 }
 
 /// Default `[services.X.hooks] hook_timeout` (60 seconds).

@@ -150,6 +150,7 @@ mod tests {
             color: Color::Blue,
             revision: 3,
             replica: 1,
+            replicas: 1,
             spec,
             app_port: 5000,
             pull: PullPolicy::Missing,

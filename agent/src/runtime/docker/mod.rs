@@ -78,7 +78,7 @@ impl std::fmt::Debug for DockerRuntime {
 }
 
 /// Whether a bollard error is the engine answering `status`.
-fn is_status(e: &BollardError, status: u16) -> bool {
+pub(crate) fn is_status(e: &BollardError, status: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
 }
 
@@ -147,13 +147,18 @@ impl DockerRuntime {
         self
     }
 
+    /// The contents of secrets, files and env files deploys read.
+    pub(crate) fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
     /// Negotiate the API version (once) and check that the engine answers.
     pub async fn ping(&self) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         docker.ping().await.map(|_| ()).map_err(|e| self.err("ping", e))
     }
 
-    async fn client(&self) -> Result<&Docker, RuntimeError> {
+    pub(crate) async fn client(&self) -> Result<&Docker, RuntimeError> {
         self.client
             .get_or_try_init(|| async {
                 let docker = self
@@ -169,7 +174,7 @@ impl DockerRuntime {
     }
 
     /// A [`RuntimeError::Docker`] for `e` while doing `what`, with advice.
-    fn err(&self, what: &str, e: BollardError) -> RuntimeError {
+    pub(crate) fn err(&self, what: &str, e: BollardError) -> RuntimeError {
         let message = match &e {
             BollardError::DockerResponseServerError { message, .. } => {
                 format!("{what}: {}", message.trim())
@@ -194,7 +199,7 @@ impl DockerRuntime {
         }
     }
 
-    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+    pub(crate) async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
         let docker = self.client().await?;
         match docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(c) => Ok(Some(c)),
@@ -206,7 +211,7 @@ impl DockerRuntime {
     /// Ready a new revision: its networks exist, its image is present
     /// (pulled as `pull` says) and pinned by repo digest, its secrets,
     /// files and env files are read and pinned by sha256.
-    async fn prepare_spec(
+    pub(crate) async fn prepare_spec(
         &self,
         spec: &Spec,
         pull: PullPolicy,
@@ -420,7 +425,7 @@ impl DockerRuntime {
         }
     }
 
-    async fn container_logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+    pub(crate) async fn container_logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
         let docker = self.client().await?;
         let options =
             LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() };

@@ -76,7 +76,7 @@ async fn pump(
 
 impl DockerRuntime {
     /// Run `job` in a container of its own (see the module doc).
-    pub(super) async fn run_oneoff(
+    pub(crate) async fn run_oneoff(
         &self,
         job: &OneOff,
         output: Output<'_>,
@@ -159,7 +159,7 @@ impl DockerRuntime {
     }
 
     /// Run `argv` inside `replica`'s container with `env` added.
-    pub(super) async fn exec_in(
+    pub(crate) async fn exec_in(
         &self,
         replica: &ReplicaHandle,
         argv: &[String],

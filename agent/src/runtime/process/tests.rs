@@ -28,6 +28,7 @@ fn spec(service: &str, command: &[&str]) -> ReplicaSpec {
         color: Color::Blue,
         revision: 4,
         replica: 1,
+        replicas: 1,
         spec: Spec {
             image: None,
             command: Some(command.iter().map(|s| s.to_string()).collect()),
