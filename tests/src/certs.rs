@@ -34,6 +34,11 @@ impl TestCa {
         TestCa { cert, key, dir: dir.to_path_buf(), name: name.to_string() }
     }
 
+    /// The CA certificate, DER, for a client's root store.
+    pub fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
     /// The CA certificate's file.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join(format!("{}.pem", self.name))

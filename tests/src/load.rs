@@ -6,6 +6,10 @@
 //! - open loop: a constant request rate, each request on a fresh
 //!   connection or on a shared pool ([`Load::rate`]).
 //!
+//! Either over plain TCP or, with [`Load::tls`], over TLS (rustls): every
+//! connection a full handshake, checked, with resumption off in the client
+//! config a caller passes (see `bench::tls`).
+//!
 //! Load always stops by itself after a maximum duration (120 s by default)
 //! and a maximum number of requests; [`LoadHandle::stop`] stops it earlier
 //! and returns a [`LoadReport`].
@@ -62,6 +66,21 @@ pub struct Load {
     max_duration: Duration,
     max_requests: u64,
     record: bool,
+    tls: Option<Tls>,
+}
+
+/// TLS on every connection: the client config, and the name sent as SNI
+/// and verified against the server's certificate.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl Load {
@@ -85,6 +104,7 @@ impl Load {
             max_duration: DEFAULT_MAX_DURATION,
             max_requests: DEFAULT_MAX_REQUESTS,
             record: false,
+            tls: None,
         }
     }
 
@@ -132,6 +152,19 @@ impl Load {
         self
     }
 
+    /// Speak TLS with `config` to `server_name` (SNI, and the name the
+    /// certificate must be valid for) on every connection. A handshake that
+    /// resumed a session fails its request: with `Resumption::disabled()`
+    /// in `config` each connection is a full handshake, and this checks it. Closed-loop
+    /// clients and fresh open-loop requests only (the open-loop pool speaks
+    /// plain HTTP).
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> Load {
+        let name =
+            rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("a valid server name");
+        self.tls = Some(Tls { connector: tokio_rustls::TlsConnector::from(config), name });
+        self
+    }
+
     /// Keep one [`RequestRecord`] per request (start and end times,
     /// status, `x-version`) in the report.
     pub fn record_requests(mut self) -> Load {
@@ -147,6 +180,10 @@ impl Load {
             target.ip().is_loopback() || crate::netns::is_test_address(target.ip()),
             "load only targets loopback and test namespace addresses, not {target}"
         );
+        assert!(
+            self.tls.is_none() || !matches!(self.shape, Shape::Rate { fresh: false, .. }),
+            "TLS load runs closed-loop clients or fresh open-loop requests"
+        );
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
@@ -161,6 +198,7 @@ impl Load {
             host: HeaderValue::from_str(&target.to_string()).expect("valid host"),
             headers: self.headers,
             record: self.record,
+            tls: self.tls,
         });
         let began = Instant::now();
         let mut workers = JoinSet::new();
@@ -192,6 +230,7 @@ struct Config {
     host: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     record: bool,
+    tls: Option<Tls>,
 }
 
 impl Config {
@@ -325,10 +364,30 @@ struct Sample {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn connect(target: SocketAddr) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
+async fn connect(config: &Config) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(config.target).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let Some(tls) = &config.tls else { return http1(stream).await };
+    let stream =
+        tls.connector.connect(tls.name.clone(), stream).await.map_err(|e| format!("tls handshake: {e}"))?;
+    full_handshake(stream.get_ref().1)?;
+    http1(stream).await
+}
+
+/// A resumed handshake is an error: the TLS cells count full handshakes.
+fn full_handshake(conn: &rustls::ClientConnection) -> Result<(), String> {
+    if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        return Err("tls handshake: resumed a session (a full handshake was wanted)".into());
+    }
+    Ok(())
+}
+
+/// HTTP/1.1 on a connected stream.
+async fn http1<I>(io: I) -> Result<Sender, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
@@ -368,7 +427,7 @@ async fn keepalive_worker(
         let result = async {
             let s = match sender.as_mut() {
                 Some(s) => s,
-                None => sender.insert(connect(config.target).await?),
+                None => sender.insert(connect(&config).await?),
             };
             s.ready().await.map_err(|e| format!("connection: {e}"))?;
             let mut req = config.request();
@@ -397,7 +456,7 @@ async fn keepalive_worker(
 }
 
 async fn one_fresh(config: &Config) -> Result<(StatusCode, Option<HeaderValue>), String> {
-    let mut sender = connect(config.target).await?;
+    let mut sender = connect(config).await?;
     let (status, version, _) = read_response(sender.send_request(config.request()).await).await?;
     Ok((status, version))
 }

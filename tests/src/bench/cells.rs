@@ -5,14 +5,20 @@
 //! others, many times over: on a shared VM, whose speed drifts by tens of
 //! percent from one minute to the next, that is what makes peers
 //! comparable (see `summary`).
+//!
+//! The TLS shapes run against each proxy's https listener with the one
+//! certificate of [`BenchCert`]; peers without one (direct, bg-proxy) sit
+//! them out.
 
 use super::agent_peer::AgentHome;
 use super::peers::{Peer, RunningPeer, Tools};
+use super::tls::{BenchCert, SERVER_NAME};
 use super::{Plan, Setting};
 use crate::load::{Load, LoadReport};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The load shape of a cell.
@@ -27,11 +33,29 @@ pub enum Mode {
     WrkKeepAlive,
     /// Fresh connections, driven by wrk with `Connection: close`.
     WrkFresh,
+    /// Closed loop on keep-alive TLS 1.3 connections (the project's client
+    /// with rustls).
+    TlsKeepAlive,
+    /// Closed loop, a new TLS connection per request, each a full TLS 1.3
+    /// handshake (no resumption, checked per connection): req/s are
+    /// handshakes/s.
+    TlsHandshake,
+    /// TLS keep-alive driven by wrk (OpenSSL). Not wrk for handshakes: it
+    /// reuses its `SSL` object on reconnect and so may resume sessions.
+    WrkTlsKeepAlive,
 }
 
 impl Mode {
     /// Every shape, in report order.
-    pub const ALL: [Mode; 4] = [Mode::KeepAlive, Mode::Fresh, Mode::WrkKeepAlive, Mode::WrkFresh];
+    pub const ALL: [Mode; 7] = [
+        Mode::KeepAlive,
+        Mode::Fresh,
+        Mode::WrkKeepAlive,
+        Mode::WrkFresh,
+        Mode::TlsKeepAlive,
+        Mode::TlsHandshake,
+        Mode::WrkTlsKeepAlive,
+    ];
 
     /// Its name in tables.
     pub fn name(self) -> &'static str {
@@ -40,17 +64,25 @@ impl Mode {
             Mode::Fresh => "fresh connections",
             Mode::WrkKeepAlive => "keep-alive (wrk)",
             Mode::WrkFresh => "fresh connections (wrk)",
+            Mode::TlsKeepAlive => "TLS keep-alive",
+            Mode::TlsHandshake => "TLS handshakes",
+            Mode::WrkTlsKeepAlive => "TLS keep-alive (wrk)",
         }
     }
 
     /// Whether wrk drives it.
     pub fn wrk(self) -> bool {
-        matches!(self, Mode::WrkKeepAlive | Mode::WrkFresh)
+        matches!(self, Mode::WrkKeepAlive | Mode::WrkFresh | Mode::WrkTlsKeepAlive)
+    }
+
+    /// Whether it runs over TLS (against the peers' https listeners).
+    pub fn tls(self) -> bool {
+        matches!(self, Mode::TlsKeepAlive | Mode::TlsHandshake | Mode::WrkTlsKeepAlive)
     }
 
     /// New connection per request.
     fn fresh(self) -> bool {
-        matches!(self, Mode::Fresh | Mode::WrkFresh)
+        matches!(self, Mode::Fresh | Mode::WrkFresh | Mode::TlsHandshake)
     }
 }
 
@@ -90,14 +122,32 @@ pub struct Measured {
     pub cells: Vec<Cell>,
     /// Latency samples in microseconds per peer and shape, sorted.
     pub latencies_us: BTreeMap<(&'static str, Mode), Vec<u32>>,
+    /// What each peer negotiated with the TLS cells' client (one probe
+    /// handshake before them): version, suite, group, kind, ALPN.
+    pub tls: BTreeMap<&'static str, String>,
 }
 
-fn load(mode: Mode, clients: usize, target: SocketAddr, d: Duration) -> Load {
-    let l = Load::keepalive(clients).target(target).max_duration(d);
+/// The client side of a cell: how many, where, for how long, and the TLS
+/// config for the TLS shapes.
+fn load(mode: Mode, clients: usize, target: SocketAddr, d: Duration, tls: Option<&TlsClient>) -> Load {
+    let mut l = Load::keepalive(clients).target(target).max_duration(d);
     if mode.fresh() {
-        l.fresh_connections()
+        l = l.fresh_connections();
+    }
+    match tls.filter(|_| mode.tls()) {
+        Some(c) => l.tls(c.clone(), SERVER_NAME).header("host", SERVER_NAME),
+        None => l,
+    }
+}
+
+type TlsClient = Arc<rustls::ClientConfig>;
+
+/// Where a cell of `mode` sends: the peer's https listener for TLS shapes.
+fn target(running: &RunningPeer, mode: Mode) -> SocketAddr {
+    if mode.tls() {
+        running.tls_addr.expect("TLS cells run only on peers with an https listener")
     } else {
-        l
+        running.addr
     }
 }
 
@@ -123,7 +173,14 @@ fn wrk(tools: &Tools, mode: Mode, clients: usize, target: SocketAddr, d: Duratio
     if mode.fresh() {
         cmd.args(["-H", "Connection: close"]);
     }
-    let out = cmd.arg(format!("http://{target}/")).output().expect("run wrk");
+    // Over TLS by name, for SNI and Host (wrk does not check the
+    // certificate).
+    let url = if mode.tls() {
+        format!("https://{SERVER_NAME}:{}/", target.port())
+    } else {
+        format!("http://{target}/")
+    };
+    let out = cmd.arg(url).output().expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's report:\n{text}"))
@@ -173,10 +230,18 @@ async fn run_for(load: Load, d: Duration) -> LoadReport {
 }
 
 /// Measure one cell with wrk on a running peer.
-async fn wrk_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, mode: Mode, round: usize) -> Cell {
-    run_for(load(mode, plan.clients, running.addr, plan.warmup), plan.warmup).await;
+async fn wrk_cell(
+    tools: &Tools,
+    plan: &Plan,
+    running: &RunningPeer,
+    mode: Mode,
+    round: usize,
+    tls: Option<&TlsClient>,
+) -> Cell {
+    let to = target(running, mode);
+    run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let r = wrk(tools, mode, plan.clients, running.addr, plan.cell);
+    let r = wrk(tools, mode, plan.clients, to, plan.cell);
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (wrk)", running.peer.name(), mode.name(), r.failed);
@@ -203,13 +268,15 @@ async fn cell(
     running: &RunningPeer,
     mode: Mode,
     round: usize,
+    tls: Option<&TlsClient>,
 ) -> (Cell, Vec<u32>) {
     if mode.wrk() {
-        return (wrk_cell(tools, plan, running, mode, round).await, Vec::new());
+        return (wrk_cell(tools, plan, running, mode, round, tls).await, Vec::new());
     }
-    run_for(load(mode, plan.clients, running.addr, plan.warmup), plan.warmup).await;
+    let to = target(running, mode);
+    run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let report = run_for(load(mode, plan.clients, running.addr, plan.cell + plan.warmup), plan.cell).await;
+    let report = run_for(load(mode, plan.clients, to, plan.cell + plan.warmup, tls), plan.cell).await;
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
     if report.failed > 0 {
@@ -240,6 +307,8 @@ async fn cell(
 /// Every cell of every round, per load shape: the shape's peers are
 /// started once, side by side, and each round visits each of them in an
 /// order rotated by one, so that no peer always follows the same one.
+/// The TLS shapes need `cert` (which bg-agent's `agent` home was prepared
+/// with) and run on the peers that serve it.
 #[allow(clippy::too_many_arguments)]
 pub async fn all(
     tools: &Tools,
@@ -249,16 +318,37 @@ pub async fn all(
     peers: &[Peer],
     modes: &[Mode],
     upstream: SocketAddr,
+    cert: Option<&BenchCert>,
 ) -> Measured {
     let mut measured = Measured::default();
+    let client = cert.map(BenchCert::client_config);
     for &mode in modes {
+        let (cert, tls) = if mode.tls() {
+            let (Some(cert), Some(tls)) = (cert, client.as_ref()) else {
+                eprintln!("skipped {}: no certificate", mode.name());
+                continue;
+            };
+            (Some(cert), Some(tls))
+        } else {
+            (None, None)
+        };
         // Started afresh per shape, so that peak RSS is the shape's own.
-        let running: Vec<RunningPeer> =
-            peers.iter().map(|&p| RunningPeer::start(tools, setting, agent, p, &[upstream])).collect();
+        let mut running: Vec<RunningPeer> =
+            peers.iter().map(|&p| RunningPeer::start(tools, setting, agent, p, &[upstream], cert)).collect();
+        if let Some(tls) = tls {
+            running.retain(|r| r.tls_addr.is_some());
+            for r in &running {
+                let seen = super::tls::probe(target(r, mode), tls.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e}", r.peer.name()));
+                eprintln!("{} over TLS: {seen}", r.peer.name());
+                measured.tls.insert(r.peer.name(), seen);
+            }
+        }
         for round in 0..plan.rounds {
             for i in 0..running.len() {
                 let (c, samples) =
-                    cell(tools, plan, &running[(i + round) % running.len()], mode, round).await;
+                    cell(tools, plan, &running[(i + round) % running.len()], mode, round, tls).await;
                 eprintln!(
                     "round {round:>2} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",
                     c.peer,

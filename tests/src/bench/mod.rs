@@ -12,6 +12,7 @@ pub mod report;
 pub mod summary;
 pub mod svg;
 pub mod switching;
+pub mod tls;
 
 use std::time::Duration;
 

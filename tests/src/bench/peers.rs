@@ -9,9 +9,16 @@
 //! the forwarding headers bg-proxy always adds: `X-Forwarded-For`
 //! (appended to an existing one), `X-Forwarded-Proto: http` and
 //! `X-Forwarded-Host` (a copy of Host).
+//!
+//! For the TLS cells each proxy also listens for https with the one
+//! certificate of [`BenchCert`] (TLS 1.2 and 1.3, ALPN h2 and http/1.1, as
+//! bg-agent's edge offers), each with its own defaults for session tickets
+//! and caches: the clients never resume, so each connection is a full
+//! handshake whatever the server offers.
 
 use super::agent_peer::AgentHome;
 use super::procs::{free_addr, on_path, pinned, Proc};
+use super::tls::BenchCert;
 use super::Setting;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -123,12 +130,24 @@ impl Tools {
     }
 }
 
+/// An https listener of a peer and the certificate it serves.
+#[derive(Clone, Copy)]
+pub struct TlsListen<'a> {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it serves.
+    pub cert: &'a BenchCert,
+}
+
 /// A running peer: where to send, and the process to measure.
 pub struct RunningPeer {
     /// The peer.
     pub peer: Peer,
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Where TLS clients connect (none for direct and bg-proxy, or when
+    /// started without a certificate).
+    pub tls_addr: Option<SocketAddr>,
     /// The proxy process (none for direct).
     pub proc: Option<Proc>,
     dir: tempfile::TempDir,
@@ -140,35 +159,45 @@ pub struct RunningPeer {
 impl RunningPeer {
     /// Start `peer` in front of `upstreams` (the first takes the traffic;
     /// a second one is where [`RunningPeer::switch`] sends it), in
-    /// `setting`. bg-agent runs on `agent`, whose replica is `upstreams[0]`.
+    /// `setting`. bg-agent runs on `agent`, whose replica is `upstreams[0]`
+    /// (and whose https listener, if any, serves `cert`). With `cert`,
+    /// nginx and HAProxy listen for https too.
     pub fn start(
         tools: &Tools,
         setting: Setting,
         agent: Option<&AgentHome>,
         peer: Peer,
         upstreams: &[SocketAddr],
+        cert: Option<&BenchCert>,
     ) -> RunningPeer {
+        let tls = cert.map(|cert| TlsListen { addr: free_addr(), cert });
         let dir = tempfile::Builder::new().prefix("bg-bench-").tempdir().expect("temp dir");
         let log = dir.path().join("out.log");
         let launch = |program: &Path| match setting {
             Setting::Pinned => pinned(PROXY_CORE, program),
             Setting::Product => Command::new(program),
         };
+        let mut tls_addr = tls.map(|t| t.addr);
         let (addr, proc) = match peer {
-            Peer::Direct => (upstreams[0], None),
+            Peer::Direct => {
+                tls_addr = None;
+                (upstreams[0], None)
+            }
             Peer::BgAgent => {
                 let agent = agent.expect("the product setting prepares bg-agent");
+                tls_addr = agent.https.filter(|_| cert.is_some());
                 (agent.listen, Some(agent.start(tools)))
             }
             Peer::BgProxy => {
                 let addr = free_addr();
                 let mut cmd = launch(&tools.bg_proxy);
                 cmd.arg(addr.to_string()).args(upstreams.iter().map(|u| u.to_string()));
+                tls_addr = None;
                 (addr, Some(Proc::start("bg-proxy", cmd, addr, Some(&log))))
             }
             Peer::Nginx => {
                 let addr = free_addr();
-                let conf = write_nginx(dir.path(), addr, upstreams[0], setting);
+                let conf = write_nginx(dir.path(), addr, upstreams[0], setting, tls);
                 let mut cmd = launch(tools.nginx.as_ref().expect("nginx is installed"));
                 cmd.arg("-p")
                     .arg(dir.path())
@@ -180,7 +209,7 @@ impl RunningPeer {
             }
             Peer::Haproxy => {
                 let addr = free_addr();
-                let conf = write_haproxy(dir.path(), addr, upstreams, setting);
+                let conf = write_haproxy(dir.path(), addr, upstreams, setting, tls);
                 let mut cmd = launch(tools.haproxy.as_ref().expect("haproxy is installed"));
                 cmd.arg("-db").arg("-f").arg(&conf);
                 (addr, Some(Proc::start("haproxy", cmd, addr, Some(&log))))
@@ -189,6 +218,7 @@ impl RunningPeer {
         RunningPeer {
             peer,
             addr,
+            tls_addr,
             proc,
             dir,
             upstreams: upstreams.to_vec(),
@@ -251,8 +281,8 @@ impl RunningPeer {
 /// `None` for the peers that take no config file.
 pub fn write_config(peer: Peer, dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> Option<PathBuf> {
     match peer {
-        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0], Setting::Pinned)),
-        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams, Setting::Pinned)),
+        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0], Setting::Pinned, None)),
+        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams, Setting::Pinned, None)),
         Peer::Direct | Peer::BgProxy | Peer::BgAgent => None,
     }
 }
@@ -269,7 +299,16 @@ fn upstream_line(addr: SocketAddr) -> String {
 /// sent it, which is what bg-proxy passes on. `X-Forwarded-Host` is
 /// `$http_host` rather than the usual `$host`, which drops the port and
 /// falls back to the server name: bg-proxy and HAProxy copy Host verbatim.
-fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr, setting: Setting) -> PathBuf {
+/// With `tls`, a second server block listens for https (`$scheme` is then
+/// `https`), nginx's session defaults kept (`ssl_session_cache none`,
+/// tickets on).
+fn write_nginx(
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    setting: Setting,
+    tls: Option<TlsListen>,
+) -> PathBuf {
     let workers = match setting {
         Setting::Pinned => "1",
         Setting::Product => "auto",
@@ -277,6 +316,30 @@ fn write_nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr, setting: Se
     std::fs::create_dir_all(dir.join("tmp")).expect("nginx temp dir");
     std::fs::write(dir.join("upstream.conf"), upstream_line(upstream)).expect("write upstream.conf");
     let d = dir.display();
+    let location = "location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }";
+    let https = tls.map_or(String::new(), |t| {
+        format!(
+            "
+    server {{
+        listen {} ssl http2;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        {location}
+    }}",
+            t.addr,
+            t.cert.cert.display(),
+            t.cert.key.display()
+        )
+    });
     let conf = format!(
         "worker_processes {workers};
 daemon off;
@@ -298,16 +361,8 @@ http {{
     }}
     server {{
         listen {listen};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-        }}
-    }}
+        {location}
+    }}{https}
 }}
 "
     );
@@ -322,7 +377,15 @@ http {{
 /// `option forwardfor` and the two `set-header` rules add the forwarding
 /// headers bg-proxy adds (HAProxy's X-Forwarded-For is a line of its own
 /// after any the client sent rather than one joined value: the same list).
-fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr], setting: Setting) -> PathBuf {
+/// With `tls`, a second frontend binds for https (`X-Forwarded-Proto:
+/// https`), HAProxy's session defaults kept (its cache and tickets on).
+fn write_haproxy(
+    dir: &Path,
+    listen: SocketAddr,
+    upstreams: &[SocketAddr],
+    setting: Setting,
+    tls: Option<TlsListen>,
+) -> PathBuf {
     let threads = match setting {
         Setting::Pinned => 1,
         Setting::Product => std::thread::available_parallelism().map_or(1, usize::from),
@@ -332,6 +395,23 @@ fn write_haproxy(dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr], setti
         .enumerate()
         .map(|(i, u)| format!("    server s{} {u}{}\n", i + 1, if i == 0 { "" } else { " disabled" }))
         .collect();
+    let frontend = |name: &str, bind: String, proto: &str| {
+        format!(
+            "frontend {name}
+    bind {bind}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto {proto}
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend be
+"
+        )
+    };
+    let mut frontends = frontend("fe", listen.to_string(), "http");
+    if let Some(t) = tls {
+        let bind =
+            format!("{} ssl crt {} ssl-min-ver TLSv1.2 alpn h2,http/1.1", t.addr, t.cert.combined.display());
+        frontends.push_str(&frontend("fe_tls", bind, "https"));
+    }
     let conf = format!(
         "global
     nbthread {threads}
@@ -344,13 +424,7 @@ defaults
     timeout http-keep-alive 30s
     option http-keep-alive
     http-reuse always
-frontend fe
-    bind {listen}
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    default_backend be
-backend be
+{frontends}backend be
 {servers}",
         sock = dir.join("admin.sock").display()
     );
@@ -379,7 +453,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (listen, up): (SocketAddr, SocketAddr) =
             ("127.0.0.1:18402".parse().unwrap(), "127.0.0.1:18403".parse().unwrap());
-        let nginx = std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product)).unwrap();
+        let nginx =
+            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, None)).unwrap();
         assert!(nginx.contains("worker_processes auto;"), "{nginx}");
         for line in [
             "proxy_set_header Connection \"\";",
@@ -391,7 +466,7 @@ mod tests {
             assert!(nginx.contains(line), "nginx.conf lacks {line}:\n{nginx}");
         }
         let haproxy =
-            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Pinned)).unwrap();
+            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Pinned, None)).unwrap();
         assert!(haproxy.contains("nbthread 1\n"), "{haproxy}");
         for line in [
             "option forwardfor",
@@ -400,5 +475,53 @@ mod tests {
         ] {
             assert!(haproxy.contains(line), "haproxy.cfg lacks {line}:\n{haproxy}");
         }
+    }
+
+    #[test]
+    fn with_a_certificate_nginx_and_haproxy_also_serve_https_with_the_same_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = BenchCert::new();
+        let (listen, up, https): (SocketAddr, SocketAddr, SocketAddr) = (
+            "127.0.0.1:18402".parse().unwrap(),
+            "127.0.0.1:18403".parse().unwrap(),
+            "127.0.0.1:18404".parse().unwrap(),
+        );
+        let tls = Some(TlsListen { addr: https, cert: &cert });
+        let nginx =
+            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, tls)).unwrap();
+        for line in [
+            "listen 127.0.0.1:18402;".to_string(),
+            "listen 127.0.0.1:18404 ssl http2;".to_string(),
+            format!("ssl_certificate {};", cert.cert.display()),
+            format!("ssl_certificate_key {};", cert.key.display()),
+            "ssl_protocols TLSv1.2 TLSv1.3;".to_string(),
+        ] {
+            assert!(nginx.contains(&line), "nginx.conf lacks {line}:\n{nginx}");
+        }
+        // Both server blocks proxy the same way.
+        assert_eq!(nginx.matches("proxy_set_header X-Forwarded-Proto $scheme;").count(), 2, "{nginx}");
+        assert_eq!(nginx.matches("proxy_pass http://app;").count(), 2, "{nginx}");
+        let plain =
+            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, None)).unwrap();
+        assert!(!plain.contains("ssl"), "no https without a certificate:\n{plain}");
+
+        let haproxy =
+            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Product, tls)).unwrap();
+        let bind = format!(
+            "bind 127.0.0.1:18404 ssl crt {} ssl-min-ver TLSv1.2 alpn h2,http/1.1\n",
+            cert.combined.display()
+        );
+        assert!(haproxy.contains(&bind), "haproxy.cfg lacks {bind}:\n{haproxy}");
+        let tls_frontend = haproxy.split("frontend fe_tls\n").nth(1).expect("a TLS frontend");
+        for line in [
+            "option forwardfor",
+            "http-request set-header X-Forwarded-Proto https",
+            "http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+            "default_backend be",
+        ] {
+            assert!(tls_frontend.contains(line), "the TLS frontend lacks {line}:\n{haproxy}");
+        }
+        assert!(haproxy.contains("frontend fe\n    bind 127.0.0.1:18402\n"), "{haproxy}");
+        assert!(haproxy.contains("X-Forwarded-Proto http\n"), "{haproxy}");
     }
 }

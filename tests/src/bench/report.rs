@@ -59,6 +59,10 @@ pub struct Results {
     pub rounds: usize,
     /// Clients per cell.
     pub clients: usize,
+    /// `[agent] worker_threads` given to bg-agent (none: its default).
+    pub agent_workers: Option<usize>,
+    /// What each peer negotiated with the TLS cells' client.
+    pub tls: std::collections::BTreeMap<&'static str, String>,
     /// Every cell of every round.
     pub cells: Vec<Cell>,
     /// One per peer and mode (`round` holds the number of cells); see
@@ -103,6 +107,19 @@ pub fn markdown(r: &Results) -> String {
     for missing in &r.missing {
         let _ = writeln!(s, "- skipped: {missing}");
     }
+    if let Some(n) = r.agent_workers {
+        let _ = writeln!(s, "bg-agent ran with `[agent] worker_threads = {n}`.\n");
+    }
+    if !r.tls.is_empty() {
+        let _ = writeln!(
+            s,
+            "TLS: one ECDSA P-256 certificate for every peer; the client offers TLS 1.3 only and never \
+             resumes (each new connection a full handshake, checked). Negotiated:\n"
+        );
+        for (peer, seen) in &r.tls {
+            let _ = writeln!(s, "- {peer}: {seen}");
+        }
+    }
     for mode in Mode::ALL {
         let rows: Vec<&Cell> = r.summaries.iter().filter(|c| c.mode == mode).collect();
         if rows.is_empty() {
@@ -113,6 +130,12 @@ pub fn markdown(r: &Results) -> String {
         let best_rps = peers.clone().map(|c| c.rps).fold(0.0, f64::max);
         let best_p99 = peers.map(|c| c.p99_us as f64).fold(f64::INFINITY, f64::min);
         let _ = writeln!(s, "\n### HTTP/1.1, {}\n", mode.name());
+        if mode == Mode::TlsHandshake {
+            let _ = writeln!(
+                s,
+                "One request per connection: req/s are full TLS handshakes per second, CPU per request per handshake.\n"
+            );
+        }
         let _ = writeln!(
             s,
             "| peer | req/s | p50 µs | p99 µs | peak RSS MiB | proxy CPU µs/req | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"

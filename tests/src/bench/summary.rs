@@ -174,6 +174,7 @@ mod tests {
         let m = Measured {
             cells: vec![cell("nginx", 0, 10.0, 0), cell("nginx", 1, 30.0, 0), cell("nginx", 2, 20.0, 0)],
             latencies_us: [(("nginx", Mode::KeepAlive), (1..=1000).collect())].into(),
+            ..Measured::default()
         };
         let s = summary(&m, "nginx", Mode::KeepAlive).expect("nginx was measured");
         assert_eq!((s.round, s.rps, s.p50_us, s.p99_us), (3, 20.0, 500, 990));

@@ -98,7 +98,7 @@ pub async fn run(
     upstreams: &[(SocketAddr, String)],
 ) -> SwitchRun {
     let addrs: Vec<SocketAddr> = upstreams.iter().map(|(a, _)| *a).collect();
-    let mut running = RunningPeer::start(tools, setting, None, peer, &addrs);
+    let mut running = RunningPeer::start(tools, setting, None, peer, &addrs, None);
     let bound = plan.switch_every * (plan.switches as u32 + 4) + Duration::from_secs(10);
     let keepalive = Load::keepalive(16).target(running.addr).max_duration(bound).record_requests().start();
     let fresh = Load::rate(200).fresh_connections().target(running.addr).max_duration(bound).start();

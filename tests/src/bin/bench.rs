@@ -46,6 +46,10 @@ struct Args {
     /// Only these peers (direct, bg-proxy, bg-agent, nginx, haproxy), comma-separated.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// `[agent] worker_threads` of bg-agent in the product setting (else
+    /// the agent's default, half the cores).
+    #[arg(long, value_name = "N")]
+    agent_workers: Option<usize>,
     /// Only these load shapes, comma-separated (for profiling one of them).
     #[arg(long, value_delimiter = ',', value_enum)]
     modes: Vec<cells::Mode>,
@@ -150,7 +154,13 @@ fn main() {
         plan.rounds = rounds.max(1);
     }
     let modes: Vec<cells::Mode> = if args.modes.is_empty() {
-        cells::Mode::ALL.into_iter().filter(|m| !m.wrk() || tools.wrk.is_some()).collect()
+        // TLS needs an https listener: bg-agent's edge, not the pinned
+        // bench server.
+        cells::Mode::ALL
+            .into_iter()
+            .filter(|m| !m.wrk() || tools.wrk.is_some())
+            .filter(|m| !m.tls() || args.setting == Setting::Product)
+            .collect()
     } else {
         args.modes.clone()
     };
@@ -172,13 +182,15 @@ fn main() {
         .collect();
     let machine = Machine::read(tools.version(Peer::Nginx), tools.version(Peer::Haproxy), pinned_ok);
 
+    // One certificate for every peer's https listener, when a TLS shape runs.
+    let cert = modes.iter().any(|m| m.tls()).then(bg_tests::bench::tls::BenchCert::new);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let results = rt.block_on(async {
         // The product setting's upstream is bg-agent's own replica; the
         // pinned one's a bench-upstream on the load generator's core.
         let (agent, upstream) = match args.setting {
             Setting::Product => {
-                let home = AgentHome::prepare(&tools).await;
+                let home = AgentHome::prepare(&tools, cert.as_ref(), args.agent_workers).await;
                 eprintln!("bg-agent's replica {} is every peer's upstream", home.upstream);
                 (Some(home), None)
             }
@@ -194,7 +206,8 @@ fn main() {
         let measured = if args.no_throughput {
             Default::default()
         } else {
-            cells::all(&tools, args.setting, agent.as_ref(), &plan, &peers, &modes, up_addr).await
+            cells::all(&tools, args.setting, agent.as_ref(), &plan, &peers, &modes, up_addr, cert.as_ref())
+                .await
         };
         drop(upstream);
         drop(agent);
@@ -224,6 +237,8 @@ fn main() {
             rounds: plan.rounds,
             clients: plan.clients,
             summaries: summaries(&measured),
+            tls: measured.tls.clone(),
+            agent_workers: args.agent_workers,
             paired: paired(&measured.cells),
             cells: measured.cells,
             switching,
