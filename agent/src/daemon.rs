@@ -130,6 +130,8 @@ pub async fn run(
                 engine()?,
                 engine()?,
                 config.runtime.task_network.clone(),
+                agent_key(&config.agent.state_dir),
+                config.runtime.swarm_ack_timeout,
                 &tracker,
                 shutdown.clone(),
             );
@@ -529,4 +531,12 @@ fn read_token(path: &PathBuf) -> Result<Arc<str>, AgentError> {
         });
     }
     Ok(Arc::from(token))
+}
+
+/// What tells this agent from others on its Swarm node: the first 12 hex
+/// digits of the sha256 of its state directory, stable across restarts.
+fn agent_key(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

@@ -145,3 +145,23 @@ pub fn remove_swarm_objects(service: &str) {
         }
     }
 }
+
+/// Every label of a Swarm service (empty when there is no service).
+pub fn service_labels(name: &str) -> std::collections::BTreeMap<String, String> {
+    docker(&["service", "inspect", "--format", "{{json .Spec.Labels}}", name])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// The agents' acknowledgements on a Swarm service: `bg.seen.<agent id>`
+/// to the traffic sequence each serves.
+pub fn acks(name: &str) -> std::collections::BTreeMap<String, u64> {
+    service_labels(name)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let id = k.strip_prefix("bg.seen.")?.to_string();
+            Some((id, v.split_once('@')?.0.parse().ok()?))
+        })
+        .collect()
+}

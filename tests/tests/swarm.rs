@@ -7,7 +7,7 @@
 use bg_tests::agent::{unique_service, Agent, RunningAgent, Svc};
 use bg_tests::load::Load;
 use bg_tests::status::{outcome, replicas};
-use bg_tests::swarm::{service_label, services, task_containers, SwarmGuard};
+use bg_tests::swarm::{acks, service_label, services, task_containers, SwarmGuard};
 use bg_tests::wait::eventually;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -210,6 +210,115 @@ async fn swarm_restarted_agent_serves_the_color_swarm_keeps() {
         services(&name) == vec![format!("bg-{name}-blue")]
     })
     .await;
+}
+
+/// Two agents on this node serving the same service, as two managers'
+/// agents would: each follows the traffic the other sets, a switch is
+/// done only once the other serves it, and a killed agent stops holding
+/// switches up after its liveness window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_two_agents_switch_together_and_a_dead_one_stops_blocking() {
+    let name = unique_service("sw");
+    let Some(guard) = SwarmGuard::acquire("swarm_two_agents", &["v1", "v2"]) else { return };
+    let svc = Svc::new(&name).replicas(2);
+    // A long ack timeout: a switch that returns well before it was let go
+    // by acknowledgements or liveness, not by the timeout.
+    let fleet_agent = || Agent::swarm(guard.network()).runtime_key("swarm_ack_timeout", "\"60s\"");
+    let a = fleet_agent().service(svc.clone()).start().await;
+    let mut b = fleet_agent().service(svc).start().await;
+    let (blue, green) = (format!("bg-{name}-blue"), format!("bg-{name}-green"));
+
+    // A deploys; B follows by itself.
+    let first = a.op(&name, "deploy", json!({}), OP).await;
+    assert_eq!(outcome(&first).0, "succeeded", "{first}\n{}", a.log());
+    b.wait_status(&name, "B serves blue", OP, |s| all_healthy_serving(s, "blue", 2)).await;
+    assert_eq!(get(&b, &name).await, (true, "v1\n".to_string()), "{}", b.log());
+
+    // A promotes v2 under load on both listeners.
+    let load_a = Load::keepalive(6).target(a.listen(&name)).start();
+    let load_b = Load::keepalive(6).target(b.listen(&name)).start();
+    eventually("load is flowing", Duration::from_secs(10), || {
+        load_a.completed() > 100 && load_b.completed() > 100
+    })
+    .await;
+    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2"}, "promote": true});
+    let promoted = a.op(&name, "deploy", v2, OP).await;
+    // The promote is done: B already answers with v2 and acknowledged it.
+    let b_now = get(&b, &name).await;
+    let seq: u64 = service_label(&green, "bg.traffic.seq").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seen = acks(&green);
+    assert_eq!(outcome(&promoted).0, "succeeded", "{promoted}\n{}", a.log());
+    assert_eq!(b_now, (true, "v2\n".to_string()), "B did not switch before A's promote ended\n{}", b.log());
+    assert!(seq > 0, "no traffic seq on {green}");
+    assert_eq!(seen.len(), 2, "both agents acknowledge: {seen:?}");
+    assert!(seen.values().all(|s| *s >= seq), "an agent had not acknowledged {seq}: {seen:?}");
+    // And A drained blue only after B had switched (both clocks are this
+    // host's; RFC 3339 in milliseconds sorts as time).
+    let last_at = |events: &[Value], what: &dyn Fn(&Value) -> bool| {
+        events.iter().rev().find(|e| what(e)).and_then(|e| e["at"].as_str().map(String::from))
+    };
+    let b_switched = last_at(&b.events(&name).await, &|e| {
+        e["message"].as_str().is_some_and(|m| m.contains("another agent switched traffic: green"))
+    });
+    let a_drained = last_at(&a.events(&name).await, &|e| e["type"] == "phase" && e["phase"] == "draining");
+    assert!(
+        b_switched.is_some() && a_drained.is_some() && b_switched <= a_drained,
+        "B switched at {b_switched:?}, A began draining blue at {a_drained:?}"
+    );
+    let (after_a, after_b) = (load_a.completed(), load_b.completed());
+    eventually("requests after the promote", Duration::from_secs(10), || {
+        load_a.completed() > after_a + 100 && load_b.completed() > after_b + 100
+    })
+    .await;
+    let (report_a, report_b) = (load_a.stop().await, load_b.stop().await);
+    assert_eq!(report_a.failed, 0, "A: {:?}", report_a.errors);
+    assert_eq!(report_b.failed, 0, "B: {:?}\n{}", report_b.errors, b.log());
+    assert!(report_b.version("v1") > 0 && report_b.version("v2") > 0, "{:?}", report_b.by_version);
+    let bs = b.wait_status(&name, "B forgot blue", OP, |s| replicas(s, "blue").is_empty()).await;
+    assert_eq!(bs["active"], "green", "{bs}");
+    eventually("only green's service remains", Duration::from_secs(30), || {
+        services(&name) == vec![green.clone()]
+    })
+    .await;
+
+    // A rollback through B reaches A.
+    let load_a = Load::keepalive(4).target(a.listen(&name)).start();
+    eventually("load is flowing", Duration::from_secs(10), || load_a.completed() > 50).await;
+    let back = b.op(&name, "rollback", json!({}), OP).await;
+    assert_eq!(outcome(&back).0, "succeeded", "{back}\n{}", b.log());
+    assert_eq!(
+        get(&a, &name).await,
+        (true, "v1\n".to_string()),
+        "A did not follow the rollback\n{}",
+        a.log()
+    );
+    let seq: u64 = service_label(&blue, "bg.traffic.seq").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seen = acks(&blue);
+    assert!(seq > 0 && seen.len() == 2 && seen.values().all(|s| *s >= seq), "{seq} {seen:?}");
+    let after = load_a.completed();
+    eventually("requests after the rollback", Duration::from_secs(10), || load_a.completed() > after + 50)
+        .await;
+    let report = load_a.stop().await;
+    assert_eq!(report.failed, 0, "A during B's rollback: {:?}", report.errors);
+
+    // B dies: A's next switch waits for it only until its heartbeat is
+    // older than the liveness window (15 s), well before the timeout.
+    b.kill9();
+    let started = std::time::Instant::now();
+    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2"}, "promote": true});
+    let again = a.op(&name, "deploy", v2, OP).await;
+    let took = started.elapsed();
+    assert_eq!(outcome(&again).0, "succeeded", "{again}\n{}", a.log());
+    assert!(took < Duration::from_secs(55), "the dead agent held the promote up for {took:?}");
+    let events = a.events(&name).await;
+    assert!(
+        !events.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("did not acknowledge"))),
+        "the dead agent was waited for until the timeout: {events:?}"
+    );
+    assert_eq!(get(&a, &name).await, (true, "v2\n".to_string()));
+    drop(b);
+    drop(a);
+    drop(guard);
 }
 
 /// One GET / through the agent's proxy: (2xx, body).

@@ -127,7 +127,13 @@ pub struct RuntimeConfig {
     /// (swarm): a swarm-scoped bridge network (created when missing), or an
     /// attachable overlay the agent's own container is attached to.
     pub task_network: String,
+    /// How long a traffic change waits for every other live agent serving
+    /// the service to acknowledge it (swarm); see docs/swarm.md.
+    pub swarm_ack_timeout: Duration,
 }
+
+/// Default `[runtime] swarm_ack_timeout` (30 seconds).
+pub const DEFAULT_SWARM_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default `[runtime] task_network` (swarm).
 pub const DEFAULT_TASK_NETWORK: &str = "bg-tasks";

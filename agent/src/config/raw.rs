@@ -161,6 +161,7 @@ pub(super) struct RawRuntime {
     pub call_timeout: Option<Spanned<String>>,
     pub auth_file: Option<Spanned<String>>,
     pub task_network: Option<Spanned<String>>,
+    pub swarm_ack_timeout: Option<Spanned<String>>,
 }
 
 /// `[services.NAME]`.

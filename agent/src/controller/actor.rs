@@ -75,6 +75,8 @@ pub(super) enum Hold {
     StoppingWarm,
     /// A new agent takes over: nothing changes until the handover ends.
     HandingOver,
+    /// Traffic another agent set is applied here (`follow`).
+    Following,
 }
 
 impl Hold {
@@ -84,6 +86,7 @@ impl Hold {
             Hold::Healing => "replacing replicas that exited",
             Hold::StoppingWarm => "stopping an old color kept warm",
             Hold::HandingOver => "a handover to a new agent",
+            Hold::Following => "applying traffic another agent set",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! Status reads never wait: they read the snapshot the actor publishes.
 
 mod actor;
+mod follow;
 mod heal;
 mod hooks;
 mod model;

@@ -230,6 +230,7 @@ impl Service {
             })
             .await;
         self.emit(op, EventKind::Switched { active, weights });
+        self.settle_fleet(op).await;
     }
 
     /// Weights back to all on the active color (end of a canary).
@@ -661,7 +662,9 @@ impl Service {
     async fn set_split(&self, new: Color, pct: u8) -> Result<(), OpFailure> {
         self.commit(move |m| m.weights = Some(Weights::split(new, pct)))
             .await
-            .map_err(|e| state_failure(&e, "the split did not change"))
+            .map_err(|e| state_failure(&e, "the split did not change"))?;
+        self.settle_fleet(None).await;
+        Ok(())
     }
 
     async fn abandon_canary(&self, ctx: &OpCtx, new: Color) {

@@ -196,6 +196,8 @@ impl Service {
                 self.retire_color(color, None).await;
             }
         }
+        // From now on, traffic other agents set is applied here too.
+        self.shared.tasks.spawn(self.clone().follow());
         fresh
     }
 

@@ -281,6 +281,29 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// The traffic *other* agents set for `service`, with its sequence, as
+    /// it changes; `None` where nobody else moves this agent's traffic
+    /// (every runtime but swarm). The controller applies what it sees.
+    fn follow_traffic(&self, service: &str) -> Option<tokio::sync::watch::Receiver<Option<(u64, Traffic)>>> {
+        let _ = service;
+        None
+    }
+
+    /// This agent now serves traffic `seq` of `service` (read through
+    /// [`Runtime::follow_traffic`]): acknowledged where the others see it.
+    fn traffic_served(&self, service: &str, seq: u64) {
+        let _ = (service, seq);
+    }
+
+    /// Wait until every live agent serving `service` serves the traffic
+    /// this agent last set ([`Runtime::traffic_changed`]), up to the
+    /// runtime's timeout; the agents that did not, by id (empty: all did,
+    /// or this agent is alone).
+    fn traffic_settled<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Vec<String>> {
+        let _ = service;
+        Box::pin(async { Vec::new() })
+    }
+
     /// Make a new revision's `spec` ready to run before any replica
     /// starts, and return it as it is to be recorded: read its secrets,
     /// files and env files (recording their sha256), and for docker check

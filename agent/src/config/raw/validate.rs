@@ -416,7 +416,23 @@ fn runtime(cx: &Ctx<'_>, raw: &RawRuntime) -> Result<RuntimeConfig, ConfigError>
         }
         Some(n) => n.get_ref().clone(),
     };
-    Ok(RuntimeConfig { kind, docker_host, call_timeout, auth_file, task_network })
+    if let (Some(v), false) = (&raw.swarm_ack_timeout, kind == RuntimeKind::Swarm) {
+        return Err(cx.err(
+            v.span(),
+            "runtime.swarm_ack_timeout",
+            "only applies to kind = \"swarm\": remove it or set kind = \"swarm\"",
+        ));
+    }
+    let swarm_ack_timeout = cx.duration(
+        &raw.swarm_ack_timeout,
+        "runtime.swarm_ack_timeout",
+        crate::config::DEFAULT_SWARM_ACK_TIMEOUT,
+    )?;
+    if swarm_ack_timeout.is_zero() {
+        let span = raw.swarm_ack_timeout.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, "runtime.swarm_ack_timeout", "must be above zero, e.g. \"30s\""));
+    }
+    Ok(RuntimeConfig { kind, docker_host, call_timeout, auth_file, task_network, swarm_ack_timeout })
 }
 
 fn valid_service_name(name: &str) -> bool {

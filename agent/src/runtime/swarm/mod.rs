@@ -15,9 +15,12 @@
 //! service and the secrets and configs (`objects`) nobody uses any more.
 //!
 //! The traffic (active color, weights) is written into the colors'
-//! service labels (`labels`) by one writer task fed through a channel
-//! (`writer`), so a restarted agent, or one on another node, reads back
-//! what is served.
+//! service labels (`labels`) by one label keeper task fed through a
+//! channel (`writer`), so a restarted agent, or one on another node, reads
+//! back what is served. The keeper also follows the labels while the agent
+//! runs (other agents' changes go to the controllers), writes this agent's
+//! acknowledgement `bg.seen.<agent id>`, and tells a switch when every live
+//! agent serves it.
 
 mod labels;
 mod objects;
@@ -75,17 +78,21 @@ impl SwarmRuntime {
     /// A runtime on `docker` (which must be a Swarm manager: see
     /// [`SwarmRuntime::ping`]) reaching tasks on `task_network`. Its traffic
     /// writer runs on `tracker` until `shutdown`, then writes what is left.
-    /// `writer` is a second client of the same engine, for the traffic
-    /// writer task.
+    /// `writer` is a second client of the same engine, for the label
+    /// keeper task. `agent_key` tells this agent from others on its node
+    /// (the daemon passes a hash of its state directory); a traffic change
+    /// waits up to `ack_timeout` for the other agents (docs/swarm.md).
     pub fn new(
         docker: DockerRuntime,
         writer: DockerRuntime,
         task_network: String,
+        agent_key: String,
+        ack_timeout: Duration,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> SwarmRuntime {
         let (inbox, rx) = writer::inbox();
-        tracker.spawn(writer::Writer::new(writer, rx).run(shutdown));
+        tracker.spawn(writer::Writer::new(writer, rx, agent_key, ack_timeout).run(shutdown));
         SwarmRuntime { docker, task_network, traffic: inbox }
     }
 
@@ -530,7 +537,19 @@ impl Runtime for SwarmRuntime {
     }
 
     fn traffic_changed(&self, service: &str, traffic: Traffic) {
-        self.traffic.send(service, traffic);
+        self.traffic.set(service, traffic);
+    }
+
+    fn follow_traffic(&self, service: &str) -> Option<tokio::sync::watch::Receiver<Option<(u64, Traffic)>>> {
+        Some(self.traffic.follow(service))
+    }
+
+    fn traffic_served(&self, service: &str, seq: u64) {
+        self.traffic.served(service, seq);
+    }
+
+    fn traffic_settled<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.traffic.settle(service))
     }
 
     fn traffic<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<Traffic>, RuntimeError>> {
