@@ -248,14 +248,22 @@ impl SwarmRuntime {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let all = self.tasks_of(&id).await?;
+            // A task runs before it has an address the agent sees (a task on
+            // another node appears in the network's view a moment later).
+            let mut unreached = None;
             if let Some(task) = tasks::running_in_slot(&all, replica.replica) {
-                let addr = self.task_addr(task, replica.app_port).await?;
-                return Ok(handle(replica, task, addr));
+                match self.task_addr(task, replica.app_port).await? {
+                    Some(addr) => return Ok(handle(replica, task, addr)),
+                    None => unreached = Some(self.no_address(task)),
+                }
             }
             if Instant::now() >= deadline {
-                let why = tasks::failure_in_slot(&all, replica.replica)
-                    .map(|w| format!("; its last task failed: {w}"))
-                    .unwrap_or_default();
+                let why = match unreached {
+                    Some(why) => format!("; {why}"),
+                    None => tasks::failure_in_slot(&all, replica.replica)
+                        .map(|w| format!("; its last task failed: {w}"))
+                        .unwrap_or_default(),
+                };
                 return Err(RuntimeError::Docker {
                     message: format!(
                         "no task of service {name} ran in slot {} within {}s{why} (docker service ps {name})",
@@ -269,39 +277,55 @@ impl SwarmRuntime {
         }
     }
 
-    /// Where the proxy reaches `task`: its container's address on the task
-    /// network. The container must run on this agent's node (its engine
-    /// knows it); see docs/swarm.md for several nodes.
-    async fn task_addr(&self, task: &Task, port: u16) -> Result<SocketAddr, RuntimeError> {
-        let task_id = task.id.as_deref().unwrap_or_default();
-        let Some(container) = tasks::container_of(task) else {
-            return Err(RuntimeError::Docker {
-                message: format!("task {task_id} has no container yet"),
-                source: None,
-            });
+    /// Where the proxy reaches `task` on the task network: its container's
+    /// address when it runs on this agent's node (its engine knows the
+    /// container), else the address Swarm records for it in the network's
+    /// verbose view, which holds the tasks of every node on an overlay
+    /// this agent is attached to (docs/swarm.md, "Reaching tasks");
+    /// `None` while it has none the agent sees.
+    async fn task_addr(&self, task: &Task, port: u16) -> Result<Option<SocketAddr>, RuntimeError> {
+        let Some(container) = tasks::container_of(task) else { return Ok(None) };
+        let ip = match self.docker.inspect(container).await? {
+            Some(inspected) => inspected
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&self.task_network))
+                .and_then(|e| e.ip_address)
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            None => self.addr_from_network(task).await?,
         };
-        let Some(inspected) = self.docker.inspect(container).await? else {
-            return Err(RuntimeError::Docker {
-                message: format!(
-                    "task {task_id} runs on node {}, whose containers this agent's engine does not know: run an agent on each node (docs/swarm.md) or add a placement constraint",
-                    task.node_id.as_deref().unwrap_or("?")
-                ),
-                source: None,
-            });
+        Ok(ip.map(|ip| SocketAddr::new(ip, port)))
+    }
+
+    /// Why `task` is not reached (its address is not seen).
+    fn no_address(&self, task: &Task) -> String {
+        format!(
+            "task {} (node {}) has no address on network {} that this agent sees: a task on another node is reached only through an overlay task network the agent is attached to (docs/swarm.md)",
+            task.id.as_deref().unwrap_or("?"),
+            task.node_id.as_deref().unwrap_or("?"),
+            self.task_network
+        )
+    }
+
+    /// The address of a task on another node, from the task network's
+    /// verbose view on this manager.
+    async fn addr_from_network(&self, task: &Task) -> Result<Option<IpAddr>, RuntimeError> {
+        let Some(service_id) = task.service_id.as_deref() else { return Ok(None) };
+        let docker = self.docker.client().await?;
+        let service = match docker.inspect_service(service_id, None::<InspectServiceOptions>).await {
+            Ok(s) => s,
+            Err(e) if is_status(&e, 404) => return Ok(None),
+            Err(e) => return Err(self.docker.err(&format!("inspecting service {service_id}"), e)),
         };
-        let ip = inspected
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|mut n| n.remove(&self.task_network))
-            .and_then(|e| e.ip_address)
-            .and_then(|ip| ip.parse::<IpAddr>().ok());
-        match ip {
-            Some(ip) => Ok(SocketAddr::new(ip, port)),
-            None => Err(RuntimeError::Docker {
-                message: format!("task {task_id} has no address on network {} yet", self.task_network),
-                source: None,
-            }),
-        }
+        let Some(name) = service.spec.and_then(|s| s.name) else { return Ok(None) };
+        let options = InspectNetworkOptions { verbose: true, ..Default::default() };
+        let network = docker
+            .inspect_network(&self.task_network, Some(options))
+            .await
+            .map_err(|e| self.docker.err(&format!("inspecting network {}", self.task_network), e))?;
+        Ok(network.services.and_then(|view| {
+            tasks::addr_in_network_view(&view, &name, task.id.as_deref().unwrap_or_default())
+        }))
     }
 
     async fn inspect_task(&self, id: &str) -> Result<Option<Task>, RuntimeError> {
@@ -416,7 +440,12 @@ impl SwarmRuntime {
             for slot in all.iter().filter_map(tasks::slot_of).collect::<std::collections::BTreeSet<_>>() {
                 let Some(task) = tasks::running_in_slot(&all, slot) else { continue };
                 let addr = match self.task_addr(task, port).await {
-                    Ok(a) => a,
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        let why = self.no_address(task);
+                        tracing::warn!(service = %name, %color, slot, %why, "cannot reach a task; leaving it out");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(service = %name, %color, slot, error = %e, "cannot reach a task; leaving it out");
                         continue;

@@ -1,9 +1,12 @@
 //! Reading Swarm tasks: which task holds a replica's slot now, what its
-//! state means to the controller, and why one failed. Pure, over
-//! bollard's `Task`.
+//! state means to the controller, why one failed, and where a task on
+//! another node is reached. Pure, over bollard's `Task` and the verbose
+//! view of a network.
 
 use crate::runtime::RunState;
-use bollard::models::{Task, TaskState};
+use bollard::models::{ServiceInfo, Task, TaskState};
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// Whether Swarm wants the task running and it runs.
 pub fn is_running(task: &Task) -> bool {
@@ -89,6 +92,26 @@ pub fn failure_in_slot(tasks: &[Task], slot: u32) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
+/// The address of task `task_id` of Swarm service `service` in a
+/// network's verbose view (`Services` of `GET /networks/ID?verbose=true`
+/// on a manager attached to it): Swarm's record of every task on that
+/// network, whatever node it runs on. A task there is named
+/// `<service>.<slot>.<task id>`.
+pub fn addr_in_network_view(
+    services: &HashMap<String, serde_json::Value>,
+    service: &str,
+    task_id: &str,
+) -> Option<IpAddr> {
+    let info: ServiceInfo = serde_json::from_value(services.get(service)?.clone()).ok()?;
+    let suffix = format!(".{task_id}");
+    info.tasks?
+        .into_iter()
+        .find(|t| t.name.as_deref().is_some_and(|n| n.ends_with(&suffix)))?
+        .endpoint_ip?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +160,30 @@ mod tests {
         assert!(shut_down_by_swarm(&scaled_away));
         let killed = task("a", 1, TaskState::FAILED, TaskState::SHUTDOWN);
         assert!(!shut_down_by_swarm(&killed));
+    }
+
+    #[test]
+    fn a_task_on_another_node_is_found_in_the_networks_view() {
+        // As a manager's engine answers `docker network inspect -v`.
+        let view: HashMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{
+                "bg-web-blue": {"VIP": "10.0.1.2", "Ports": [], "LocalLBIndex": 257, "Tasks": [
+                    {"Name": "bg-web-blue.1.k2n5abc", "EndpointID": "e1", "EndpointIP": "10.0.1.3",
+                     "Info": {"Host IP": "10.213.7.1"}},
+                    {"Name": "bg-web-blue.2.q9x1def", "EndpointID": "e2", "EndpointIP": "10.0.1.4",
+                     "Info": {"Host IP": "10.213.7.2"}}
+                ]},
+                "bg-web-green": {"VIP": "10.0.1.8", "Tasks": null}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(addr_in_network_view(&view, "bg-web-blue", "q9x1def"), Some("10.0.1.4".parse().unwrap()));
+        assert_eq!(
+            addr_in_network_view(&view, "bg-web-blue", "9x1def"),
+            None,
+            "a whole id, not a suffix of one"
+        );
+        assert_eq!(addr_in_network_view(&view, "bg-web-green", "q9x1def"), None);
+        assert_eq!(addr_in_network_view(&view, "bg-api-blue", "q9x1def"), None);
     }
 }
