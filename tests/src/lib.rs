@@ -18,6 +18,7 @@ pub mod prometheus;
 pub mod relay;
 pub mod status;
 pub mod swarm;
+pub mod swarm_nodes;
 pub mod tools;
 pub mod wait;
 pub mod websample;
