@@ -320,6 +320,14 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "only applies to kind = \"swarm\"",
         ),
         (
+            format!("[runtime]\nswarm_ack_timeout = \"10s\"\n{BASE}"),
+            2,
+            "runtime.swarm_ack_timeout",
+            "only applies to kind = \"swarm\"",
+        ),
+        (format!("{SWARM}swarm_ack_timeout = \"0s\"\n{BASE}"), 4, "runtime.swarm_ack_timeout", "above zero"),
+        (format!("{SWARM}swarm_ack_timeout = \"soon\"\n{BASE}"), 4, "runtime.swarm_ack_timeout", "duration"),
+        (
             format!("{SWARM}{BASE}placement = [\"worker\"]\n"),
             7,
             "services.web.placement[0]",
@@ -360,14 +368,16 @@ fn swarm_keys_parse_into_the_spec() {
     let text = format!(
         "{SWARM}task_network = \"bg-web-tasks\"\n{BASE}replicas = 3\nplacement = [\"node.role==worker\"]\nmax_replicas_per_node = 2\ntmpfs = [\"/tmp\"]\n"
     );
-    let cfg = parse(&text).unwrap();
+    let cfg = parse(&text.replace("task_network", "swarm_ack_timeout = \"5s\"\ntask_network")).unwrap();
     assert_eq!(cfg.runtime.kind, RuntimeKind::Swarm);
     assert_eq!(cfg.runtime.task_network, "bg-web-tasks");
+    assert_eq!(cfg.runtime.swarm_ack_timeout, std::time::Duration::from_secs(5));
     let web = &cfg.services["web"];
     assert_eq!(web.spec.placement, vec!["node.role==worker".to_string()]);
     assert_eq!(web.spec.max_replicas_per_node, Some(2));
     let default = parse(&format!("{SWARM}{BASE}")).unwrap();
     assert_eq!(default.runtime.task_network, bg_agent::config::DEFAULT_TASK_NETWORK);
+    assert_eq!(default.runtime.swarm_ack_timeout, std::time::Duration::from_secs(30));
 }
 
 #[test]
