@@ -164,6 +164,7 @@ pub async fn run(
         let proxy = Proxy::new(ProxyConfig {
             queue_timeout: svc.queue_timeout,
             write_timeout: svc.write_timeout,
+            response_timeout: svc.response_timeout,
             max_queued: u64::from(svc.max_queued),
             ..ProxyConfig::default()
         });

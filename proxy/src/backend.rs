@@ -42,6 +42,8 @@ pub(crate) struct BackendState {
     /// `now_ms()` until which connects are not tried first; 0 when healthy.
     down_until: AtomicU64,
     down_for: Duration,
+    /// [`ProxyConfig::response_timeout`].
+    pub(crate) response_timeout: Duration,
 }
 
 impl BackendState {
@@ -65,6 +67,7 @@ impl BackendState {
             completed: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             down_for: config.unhealthy_backoff,
+            response_timeout: config.response_timeout,
         }
     }
 

@@ -263,7 +263,8 @@ async fn attempt(
             backend.color_counters.request();
         }
         let reused = pooled.conn.reused;
-        match until_cut(&mut cut, pooled.conn.exchange(head, req.body_mut())).await {
+        match until_cut(&mut cut, pooled.conn.exchange(head, req.body_mut(), backend.response_timeout)).await
+        {
             None => return Attempt::Done(cut_answer(&backend, guard, started)),
             Some(Ok((answer, reusable))) => break (answer, reusable, pooled),
             Some(Err(e)) if e.can_resend(head) => {
@@ -278,6 +279,19 @@ async fn attempt(
                 // that): the next backend.
                 tracing::debug!(backend = %backend.id, error = %e, "fresh connection closed without an answer");
                 return pass_on(&backend, guard, req);
+            }
+            Some(Err(e @ ExchangeError::TimedOut(_))) => {
+                tracing::debug!(backend = %backend.id, error = %e, "upstream request timed out");
+                if head.is_retryable() {
+                    // Nothing came back: the backend may be gone (its host
+                    // fell off the network). Another one takes it.
+                    return pass_on(&backend, guard, req);
+                }
+                record(&backend, StatusCode::GATEWAY_TIMEOUT, started);
+                return Attempt::Done(text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time\n",
+                ));
             }
             Some(Err(ExchangeError::TooLarge)) => {
                 record(&backend, StatusCode::PAYLOAD_TOO_LARGE, started);

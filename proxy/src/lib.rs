@@ -86,6 +86,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time to establish an upstream TCP connection (3 seconds).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time a backend may take to begin its answer once the request
+/// was sent (60 seconds, as nginx's `proxy_read_timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time an idle pooled upstream connection is kept (90 seconds).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default maximum of idle pooled connections per backend (1,024).
@@ -135,6 +138,12 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// How long a backend may take, once the whole request was sent, to
+    /// send the head of its answer (bodies stream unbounded). Past it the
+    /// request goes to another backend when it may be resent (idempotent,
+    /// no body: a backend that stopped answering, e.g. on a host that fell
+    /// off the network), else the client gets 504.
+    pub response_timeout: Duration,
     /// Idle pooled upstream connections are closed after this.
     pub pool_idle_timeout: Duration,
     /// Idle pooled upstream connections kept per backend.
@@ -180,6 +189,7 @@ impl Default for ProxyConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

@@ -495,3 +495,40 @@ async fn promote_and_cut_blue(p: &TestProxy) {
     assert!(report.timed_out && report.cut == 1, "{report:?}");
     assert!(report.elapsed < timeout + Duration::from_millis(500), "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_begin_its_answer_in_time_is_passed_over_or_answered_504() {
+    let mut silent = PyBackend::start().await;
+    let (echo, _stop, _) = proxy_support::echo_upstream().await;
+    let response_timeout = Duration::from_millis(500);
+    let p = TestProxy::start(ProxyConfig { response_timeout, ..ProxyConfig::default() }).await;
+    p.route(
+        vec![backend("blue-1", silent.addr, Color::Blue), backend("blue-2", echo, Color::Blue)],
+        Color::Blue,
+    );
+
+    // A GET may go out again: the one the silent backend holds is answered
+    // by the other backend once the timeout passed.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        let started = Instant::now();
+        let a = p.get("/hold").await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.version(), "echo");
+    }
+    silent.expect_line("holding", SECS_5).await;
+    silent.expect_line("dropped /hold", SECS_5).await;
+    assert!(slowest >= response_timeout, "no request waited for the timeout: {slowest:?}");
+    assert!(slowest < response_timeout * 4, "held past the timeout: {slowest:?}");
+
+    // An upload may not: a 504, once, and the backend's connection closed.
+    p.route(vec![backend("blue-1", silent.addr, Color::Blue)], Color::Blue);
+    let url = format!("http://{}/hold", p.addr);
+    let (code, err, took) =
+        curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data-binary", "abc", &url])
+            .await;
+    assert_eq!(code, "504", "{err}");
+    assert!(took >= response_timeout && took < response_timeout * 4, "{took:?}");
+    silent.expect_line("dropped /hold", SECS_5).await;
+}

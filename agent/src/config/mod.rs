@@ -188,6 +188,9 @@ pub struct ServiceConfig {
     /// A client whose writes make no progress this long is closed (a
     /// reader that stopped reading).
     pub write_timeout: Duration,
+    /// How long a backend may take to begin its answer once the request
+    /// was sent; then another backend (idempotent requests) or 504.
+    pub response_timeout: Duration,
     /// Requests that may wait for a backend at once; more get 503.
     pub max_queued: u32,
     /// `[services.NAME.health]`.

@@ -180,6 +180,7 @@ pub(super) struct RawService {
     pub stop_grace: Option<Spanned<String>>,
     pub queue_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
     pub max_queued: Option<Spanned<i64>>,
     // The edge keys, validated by `edge`.
     pub hosts: Option<SpannedList>,

@@ -64,6 +64,10 @@ pub(crate) enum ExchangeError {
     /// connection just as the request went out.
     #[error("the backend closed the connection without answering")]
     NoAnswer,
+    /// The request went whole, and no answer began within the response
+    /// timeout; the connection is not reused.
+    #[error("the backend did not begin its answer within {0:?}")]
+    TimedOut(Duration),
     /// Anything else: a broken or oversized answer, an I/O error, a client
     /// body that failed.
     #[error("{0}")]
@@ -82,7 +86,7 @@ impl ExchangeError {
         match self {
             ExchangeError::NotSent(_) => true,
             ExchangeError::NoAnswer => head.is_retryable(),
-            ExchangeError::Failed(_) | ExchangeError::TooLarge => false,
+            ExchangeError::TimedOut(_) | ExchangeError::Failed(_) | ExchangeError::TooLarge => false,
         }
     }
 }
@@ -153,7 +157,8 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// Send one request and read its answer's head. The answer's body is
+    /// Send one request and read its answer's head, which must begin
+    /// within `response_timeout` of the request's end. The answer's body is
     /// left in the connection for [`Decoder`] to cut. Returns the head and
     /// whether the connection can carry another request once that body is
     /// read.
@@ -161,6 +166,7 @@ impl Conn {
         &mut self,
         head: &RequestHead,
         body: &mut Incoming,
+        response_timeout: Duration,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
         self.stream.write_all(head.bytes()).await.map_err(ExchangeError::NotSent)?;
         let mut complete = true;
@@ -184,7 +190,9 @@ impl Conn {
                 }
             }
         }
-        match response::read_head(self, head.is_head()).await {
+        let read = tokio::time::timeout(response_timeout, response::read_head(self, head.is_head()));
+        let Ok(read) = read.await else { return Err(ExchangeError::TimedOut(response_timeout)) };
+        match read {
             Ok(answer) => {
                 let reusable = complete && answer.keep_alive;
                 Ok((answer, reusable))

@@ -8,6 +8,7 @@ line per notable event.
                  when the request asks for it), answers "<length> <sum>".
   GET /hold      answers nothing; prints "holding", then "dropped /hold"
                  once the proxy closes the connection.
+  PUT /hold      reads the body, then does as GET /hold.
   GET /big/N     answers N bytes; prints "sent /big" or "aborted /big".
   GET /cookies   answers the Cookie fields it got, one per line.
 """
@@ -33,22 +34,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def hold(self):
+        self.say("holding")
+        ready, _, _ = select.select([self.connection], [], [], 60)
+        try:
+            gone = bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            gone = True
+        if gone:
+            self.say("dropped /hold")
+        self.close_connection = True
+
     def do_PUT(self):
         n = int(self.headers.get("Content-Length", "0"))
         data = self.rfile.read(n)
+        if self.path == "/hold":
+            self.hold()
+            return
         self.reply(f"{len(data)} {sum(data) % (1 << 32)}\n".encode())
 
     def do_GET(self):
         if self.path == "/hold":
-            self.say("holding")
-            ready, _, _ = select.select([self.connection], [], [], 60)
-            try:
-                gone = bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
-            except OSError:
-                gone = True
-            if gone:
-                self.say("dropped /hold")
-            self.close_connection = True
+            self.hold()
         elif self.path.startswith("/big/"):
             n = int(self.path[len("/big/"):])
             self.send_response(200)

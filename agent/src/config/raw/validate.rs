@@ -585,6 +585,11 @@ fn service(
     let queue_timeout = cx.duration(&raw.queue_timeout, &key("queue_timeout"), DEFAULT_QUEUE_TIMEOUT)?;
     let write_timeout =
         cx.positive_duration(&raw.write_timeout, &key("write_timeout"), bg_proxy::DEFAULT_WRITE_TIMEOUT)?;
+    let response_timeout = cx.positive_duration(
+        &raw.response_timeout,
+        &key("response_timeout"),
+        bg_proxy::DEFAULT_RESPONSE_TIMEOUT,
+    )?;
     let max_queued = cx.count(&raw.max_queued, &key("max_queued"), bg_proxy::DEFAULT_MAX_QUEUED as u32, 1)?;
 
     let health = health(cx, &format!("{prefix}.health"), &raw.health)?;
@@ -609,6 +614,7 @@ fn service(
         stop_grace,
         queue_timeout,
         write_timeout,
+        response_timeout,
         max_queued,
         health,
         deploy,
