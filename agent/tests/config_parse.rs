@@ -300,7 +300,12 @@ fn bad_configs() -> Vec<(String, usize, &'static str, &'static str)> {
             "agent.control_socket_group",
             "does not exist",
         ),
-        (format!("{BASE}response_timeout = \"0s\"\n"), 4, "services.web.response_timeout", "greater than zero"),
+        (
+            format!("{BASE}response_timeout = \"0s\"\n"),
+            4,
+            "services.web.response_timeout",
+            "greater than zero",
+        ),
         // The swarm runtime: its own keys elsewhere, what it lacks.
         (
             format!("{BASE}placement = [\"node.role==worker\"]\n"),

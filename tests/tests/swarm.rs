@@ -366,6 +366,77 @@ async fn swarm_switch_not_acknowledged_in_time_goes_on_with_a_warning() {
     drop(guard);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_secrets_files_and_placement_reach_the_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_text = format!("s3cret-{}", unique_service("pw"));
+    let secret = dir.path().join("db_password");
+    std::fs::write(&secret, &secret_text).unwrap();
+    let conf = dir.path().join("app.toml");
+    std::fs::write(&conf, "answer = 42\n").unwrap();
+    let name = unique_service("sw");
+    let svc = Svc::new(&name)
+        .replicas(2)
+        .set("", "user", "\"1000:1000\"")
+        .set("", "placement", "[\"node.role==manager\"]")
+        .set("", "max_replicas_per_node", "2")
+        .set("secrets", "db_password", &format!("{{ source = {:?} }}", secret.display().to_string()))
+        .set(
+            "files",
+            "\"/etc/app/app.toml\"",
+            &format!("{{ source = {:?}, mode = \"0440\" }}", conf.display().to_string()),
+        );
+    let Some((_swarm, agent)) = swarm_agent("swarm_secrets_files", svc).await else { return };
+    let status = agent.op(&name, "deploy", json!({}), OP).await;
+    assert_eq!(outcome(&status).0, "succeeded", "{status}\n{}", agent.log());
+    let blue = format!("bg-{name}-blue");
+    let spec = |what: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["service", "inspect", "--format", what, &blue])
+            .output()
+            .expect("docker service inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(spec("{{json .Spec.TaskTemplate.Placement.Constraints}}"), r#"["node.role==manager"]"#);
+    assert_eq!(spec("{{.Spec.TaskTemplate.Placement.MaxReplicas}}"), "2");
+    let secrets = spec("{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.File.Name}} {{.File.Mode}} {{.File.UID}};{{end}}");
+    assert_eq!(
+        secrets, "db_password -r-------- 1000;",
+        "a Swarm secret at /run/secrets, mode 0400, owned by the user"
+    );
+    let configs =
+        spec("{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.File.Name}} {{.File.Mode}};{{end}}");
+    assert_eq!(configs, "/etc/app/app.toml -r--r-----;", "a Swarm config at its path, mode 0440");
+    // Every task has them: each answers through the proxy (round robin).
+    for _ in 0..4 {
+        let secret = bg_tests::api::raw(
+            bg_tests::api::Target::Tcp(agent.listen(&name)),
+            "GET",
+            "/file/run/secrets/db_password",
+            &[],
+            "",
+        )
+        .await
+        .expect("GET the secret");
+        assert_eq!((secret.status, secret.text()), (200, secret_text.clone()));
+    }
+    let file = bg_tests::api::raw(
+        bg_tests::api::Target::Tcp(agent.listen(&name)),
+        "GET",
+        "/file/etc/app/app.toml",
+        &[],
+        "",
+    )
+    .await
+    .expect("GET the file");
+    assert_eq!(file.text(), "answer = 42\n");
+    // The secret's content is in Swarm's store, not in the agent's words.
+    let events = serde_json::to_string(&agent.events(&name).await).unwrap();
+    for (what, text) in [("log", agent.log()), ("status", status.to_string()), ("events", events)] {
+        assert!(!text.contains(&secret_text), "the secret shows in the {what}");
+    }
+}
+
 /// Continues a stopped process when dropped (also when the test fails,
 /// so the agent can be stopped and its objects removed).
 struct Thaw(nix::unistd::Pid);

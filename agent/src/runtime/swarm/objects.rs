@@ -20,6 +20,15 @@ enum Kind {
     Config,
 }
 
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+        }
+    }
+}
+
 /// `bg-<service>-<first 24 hex digits of the sha256>`: Swarm names hold at
 /// most 64 characters.
 fn object_name(service: &str, sha: &str) -> String {
@@ -62,60 +71,65 @@ impl SwarmRuntime {
             (labels::SERVICE.to_string(), service.to_string()),
         ]);
         let data = base64::engine::general_purpose::STANDARD.encode(content.as_slice());
-        let filters = Some(HashMap::from([("name".to_string(), vec![name.clone()])]));
-        let id = match kind {
-            Kind::Secret => {
-                let found = docker
-                    .list_secrets(Some(ListSecretsOptions { filters }))
-                    .await
-                    .map_err(|e| self.docker.err("listing secrets", e))?;
-                match found
-                    .into_iter()
-                    .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
-                {
-                    Some(s) => s.id.unwrap_or_default(),
-                    None => {
-                        let spec = SecretSpec {
-                            name: Some(name.clone()),
-                            labels: Some(object_labels),
-                            data: Some(data),
-                            ..Default::default()
-                        };
-                        docker
-                            .create_secret(spec)
-                            .await
-                            .map_err(|e| self.docker.err(&format!("creating secret {name}"), e))?
-                            .id
-                    }
-                }
+        // Two replicas of a color start at once and need the same objects:
+        // the one whose create lost the race (409) takes the other's.
+        for _ in 0..2 {
+            if let Some(id) = self.find_object(kind, &name).await? {
+                return Ok(ObjectRef { id, name, target, mode: f.mode.0 });
             }
-            Kind::Config => {
-                let found = docker
-                    .list_configs(Some(ListConfigsOptions { filters }))
-                    .await
-                    .map_err(|e| self.docker.err("listing configs", e))?;
-                match found
-                    .into_iter()
-                    .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
-                {
-                    Some(c) => c.id.unwrap_or_default(),
-                    None => {
-                        let spec = ConfigSpec {
-                            name: Some(name.clone()),
-                            labels: Some(object_labels),
-                            data: Some(data),
-                            ..Default::default()
-                        };
-                        docker
-                            .create_config(spec)
-                            .await
-                            .map_err(|e| self.docker.err(&format!("creating config {name}"), e))?
-                            .id
-                    }
+            let created = match kind {
+                Kind::Secret => {
+                    let spec = SecretSpec {
+                        name: Some(name.clone()),
+                        labels: Some(object_labels.clone()),
+                        data: Some(data.clone()),
+                        ..Default::default()
+                    };
+                    docker.create_secret(spec).await
                 }
+                Kind::Config => {
+                    let spec = ConfigSpec {
+                        name: Some(name.clone()),
+                        labels: Some(object_labels.clone()),
+                        data: Some(data.clone()),
+                        ..Default::default()
+                    };
+                    docker.create_config(spec).await
+                }
+            };
+            match created {
+                Ok(created) => return Ok(ObjectRef { id: created.id, name, target, mode: f.mode.0 }),
+                Err(e) if is_status(&e, 409) => continue,
+                Err(e) => return Err(self.docker.err(&format!("creating {} {name}", kind.noun()), e)),
             }
-        };
-        Ok(ObjectRef { id, name, target, mode: f.mode.0 })
+        }
+        Err(RuntimeError::Docker {
+            message: format!("{} {name} was created and removed meanwhile; try again", kind.noun()),
+            source: None,
+        })
+    }
+
+    /// The id of the secret or config named `name`, if there is one.
+    async fn find_object(&self, kind: Kind, name: &str) -> Result<Option<String>, RuntimeError> {
+        let docker = self.docker.client().await?;
+        let filters = Some(HashMap::from([("name".to_string(), vec![name.to_string()])]));
+        // The name filter matches prefixes: only the exact name counts.
+        Ok(match kind {
+            Kind::Secret => docker
+                .list_secrets(Some(ListSecretsOptions { filters }))
+                .await
+                .map_err(|e| self.docker.err("listing secrets", e))?
+                .into_iter()
+                .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
+                .and_then(|s| s.id),
+            Kind::Config => docker
+                .list_configs(Some(ListConfigsOptions { filters }))
+                .await
+                .map_err(|e| self.docker.err("listing configs", e))?
+                .into_iter()
+                .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
+                .and_then(|c| c.id),
+        })
     }
 
     /// Remove the secrets and configs of `service` that no service uses
