@@ -43,11 +43,16 @@ pub enum Mode {
     /// TLS keep-alive driven by wrk (OpenSSL). Not wrk for handshakes: it
     /// reuses its `SSL` object on reconnect and so may resume sessions.
     WrkTlsKeepAlive,
+    /// HTTP/2 over plain TCP with prior knowledge (h2c), driven by h2load:
+    /// the clients as streams in flight, four per connection. nginx and
+    /// HAProxy take it on an h2-only listener of their own, bg-agent and
+    /// bg-proxy on their one listener; direct has none.
+    H2c,
 }
 
 impl Mode {
     /// Every shape, in report order.
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::KeepAlive,
         Mode::Fresh,
         Mode::WrkKeepAlive,
@@ -55,6 +60,7 @@ impl Mode {
         Mode::TlsKeepAlive,
         Mode::TlsHandshake,
         Mode::WrkTlsKeepAlive,
+        Mode::H2c,
     ];
 
     /// Its name in tables.
@@ -67,12 +73,18 @@ impl Mode {
             Mode::TlsKeepAlive => "TLS keep-alive",
             Mode::TlsHandshake => "TLS handshakes",
             Mode::WrkTlsKeepAlive => "TLS keep-alive (wrk)",
+            Mode::H2c => "h2c (h2load)",
         }
     }
 
     /// Whether wrk drives it.
     pub fn wrk(self) -> bool {
         matches!(self, Mode::WrkKeepAlive | Mode::WrkFresh | Mode::WrkTlsKeepAlive)
+    }
+
+    /// Whether h2load drives it (on the peers' h2c listeners).
+    pub fn h2load(self) -> bool {
+        self == Mode::H2c
     }
 
     /// Whether it runs over TLS (against the peers' https listeners).
@@ -146,6 +158,8 @@ type TlsClient = Arc<rustls::ClientConfig>;
 fn target(running: &RunningPeer, mode: Mode) -> SocketAddr {
     if mode.tls() {
         running.tls_addr.expect("TLS cells run only on peers with an https listener")
+    } else if mode.h2load() {
+        running.h2c_addr.expect("h2c cells run only on peers with an h2c listener")
     } else {
         running.addr
     }
@@ -261,6 +275,35 @@ async fn wrk_cell(
     }
 }
 
+/// Measure one h2c cell with h2load (its own warm-up) on a running peer.
+fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) -> Cell {
+    let program = tools.h2load.as_ref().expect("h2c cells run only when h2load is installed");
+    let to = target(running, Mode::H2c);
+    let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
+    let r = super::h2load::run(program, plan.clients, to, plan.warmup, plan.cell);
+    // The CPU of the warm-up too: per request over both, at about the
+    // same rate.
+    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    let measured = plan.cell.as_secs_f64().max(1.0);
+    let all_requests = r.rps * (measured + plan.warmup.as_secs_f64().max(1.0));
+    if r.failed > 0 {
+        eprintln!("  {} {}: {} failed (h2load)", running.peer.name(), Mode::H2c.name(), r.failed);
+    }
+    Cell {
+        peer: running.peer.name(),
+        mode: Mode::H2c,
+        round,
+        rps: r.rps,
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        ok: r.requests.saturating_sub(r.failed),
+        failed: r.failed,
+        peak_rss_kib: running.peak_rss_kib(),
+        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / all_requests.max(1.0),
+        cpu_ticks,
+    }
+}
+
 /// Measure one cell on a running peer; its latency samples too.
 async fn cell(
     tools: &Tools,
@@ -272,6 +315,9 @@ async fn cell(
 ) -> (Cell, Vec<u32>) {
     if mode.wrk() {
         return (wrk_cell(tools, plan, running, mode, round, tls).await, Vec::new());
+    }
+    if mode.h2load() {
+        return (h2load_cell(tools, plan, running, round), Vec::new());
     }
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
@@ -335,6 +381,9 @@ pub async fn all(
         // Started afresh per shape, so that peak RSS is the shape's own.
         let mut running: Vec<RunningPeer> =
             peers.iter().map(|&p| RunningPeer::start(tools, setting, agent, p, &[upstream], cert)).collect();
+        if mode.h2load() {
+            running.retain(|r| r.h2c_addr.is_some());
+        }
         if let Some(tls) = tls {
             running.retain(|r| r.tls_addr.is_some());
             for r in &running {

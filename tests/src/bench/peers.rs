@@ -90,6 +90,8 @@ pub struct Tools {
     pub haproxy: Option<PathBuf>,
     /// wrk, when installed: the external load generator.
     pub wrk: Option<PathBuf>,
+    /// h2load (nghttp2-client), when installed: the h2c cells' generator.
+    pub h2load: Option<PathBuf>,
 }
 
 impl Tools {
@@ -104,6 +106,7 @@ impl Tools {
             haproxy: on_path("haproxy")
                 .or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.exists())),
             wrk: on_path("wrk"),
+            h2load: on_path("h2load"),
         }
     }
 
@@ -148,6 +151,10 @@ pub struct RunningPeer {
     /// Where TLS clients connect (none for direct and bg-proxy, or when
     /// started without a certificate).
     pub tls_addr: Option<SocketAddr>,
+    /// Where h2c (prior knowledge) clients connect: the one listener of
+    /// bg-agent and bg-proxy, an h2-only one of nginx and HAProxy, none
+    /// for direct.
+    pub h2c_addr: Option<SocketAddr>,
     /// The proxy process (none for direct).
     pub proc: Option<Proc>,
     dir: tempfile::TempDir,
@@ -178,6 +185,7 @@ impl RunningPeer {
             Setting::Product => Command::new(program),
         };
         let mut tls_addr = tls.map(|t| t.addr);
+        let mut h2c_addr = None;
         let (addr, proc) = match peer {
             Peer::Direct => {
                 tls_addr = None;
@@ -186,6 +194,7 @@ impl RunningPeer {
             Peer::BgAgent => {
                 let agent = agent.expect("the product setting prepares bg-agent");
                 tls_addr = agent.https.filter(|_| cert.is_some());
+                h2c_addr = Some(agent.listen);
                 (agent.listen, Some(agent.start(tools)))
             }
             Peer::BgProxy => {
@@ -193,11 +202,13 @@ impl RunningPeer {
                 let mut cmd = launch(&tools.bg_proxy);
                 cmd.arg(addr.to_string()).args(upstreams.iter().map(|u| u.to_string()));
                 tls_addr = None;
+                h2c_addr = Some(addr);
                 (addr, Some(Proc::start("bg-proxy", cmd, addr, Some(&log))))
             }
             Peer::Nginx => {
                 let addr = free_addr();
-                let conf = write_nginx(dir.path(), addr, upstreams[0], setting, tls);
+                h2c_addr = Some(free_addr());
+                let conf = write_nginx(dir.path(), addr, h2c_addr, upstreams[0], setting, tls);
                 let mut cmd = launch(tools.nginx.as_ref().expect("nginx is installed"));
                 cmd.arg("-p")
                     .arg(dir.path())
@@ -209,7 +220,8 @@ impl RunningPeer {
             }
             Peer::Haproxy => {
                 let addr = free_addr();
-                let conf = write_haproxy(dir.path(), addr, upstreams, setting, tls);
+                h2c_addr = Some(free_addr());
+                let conf = write_haproxy(dir.path(), addr, h2c_addr, upstreams, setting, tls);
                 let mut cmd = launch(tools.haproxy.as_ref().expect("haproxy is installed"));
                 cmd.arg("-db").arg("-f").arg(&conf);
                 (addr, Some(Proc::start("haproxy", cmd, addr, Some(&log))))
@@ -219,6 +231,7 @@ impl RunningPeer {
             peer,
             addr,
             tls_addr,
+            h2c_addr,
             proc,
             dir,
             upstreams: upstreams.to_vec(),
@@ -281,8 +294,8 @@ impl RunningPeer {
 /// `None` for the peers that take no config file.
 pub fn write_config(peer: Peer, dir: &Path, listen: SocketAddr, upstreams: &[SocketAddr]) -> Option<PathBuf> {
     match peer {
-        Peer::Nginx => Some(write_nginx(dir, listen, upstreams[0], Setting::Pinned, None)),
-        Peer::Haproxy => Some(write_haproxy(dir, listen, upstreams, Setting::Pinned, None)),
+        Peer::Nginx => Some(write_nginx(dir, listen, None, upstreams[0], Setting::Pinned, None)),
+        Peer::Haproxy => Some(write_haproxy(dir, listen, None, upstreams, Setting::Pinned, None)),
         Peer::Direct | Peer::BgProxy | Peer::BgAgent => None,
     }
 }
@@ -299,12 +312,14 @@ fn upstream_line(addr: SocketAddr) -> String {
 /// sent it, which is what bg-proxy passes on. `X-Forwarded-Host` is
 /// `$http_host` rather than the usual `$host`, which drops the port and
 /// falls back to the server name: bg-proxy and HAProxy copy Host verbatim.
-/// With `tls`, a second server block listens for https (`$scheme` is then
-/// `https`), nginx's session defaults kept (`ssl_session_cache none`,
-/// tickets on).
+/// With `h2c`, the plain server also listens there for HTTP/2 with prior
+/// knowledge (nginx takes h2c only on a listener of its own). With `tls`,
+/// a second server block listens for https (`$scheme` is then `https`),
+/// nginx's session defaults kept (`ssl_session_cache none`, tickets on).
 fn write_nginx(
     dir: &Path,
     listen: SocketAddr,
+    h2c: Option<SocketAddr>,
     upstream: SocketAddr,
     setting: Setting,
     tls: Option<TlsListen>,
@@ -340,6 +355,7 @@ fn write_nginx(
             t.cert.key.display()
         )
     });
+    let h2c = h2c.map_or(String::new(), |a| format!("\n        listen {a} http2;"));
     let conf = format!(
         "worker_processes {workers};
 daemon off;
@@ -360,7 +376,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {listen};
+        listen {listen};{h2c}
         {location}
     }}{https}
 }}
@@ -377,11 +393,14 @@ http {{
 /// `option forwardfor` and the two `set-header` rules add the forwarding
 /// headers bg-proxy adds (HAProxy's X-Forwarded-For is a line of its own
 /// after any the client sent rather than one joined value: the same list).
-/// With `tls`, a second frontend binds for https (`X-Forwarded-Proto:
-/// https`), HAProxy's session defaults kept (its cache and tickets on).
+/// With `h2c`, the plain frontend also binds there for HTTP/2 with prior
+/// knowledge (`proto h2`). With `tls`, a second frontend binds for https
+/// (`X-Forwarded-Proto: https`), HAProxy's session defaults kept (its
+/// cache and tickets on).
 fn write_haproxy(
     dir: &Path,
     listen: SocketAddr,
+    h2c: Option<SocketAddr>,
     upstreams: &[SocketAddr],
     setting: Setting,
     tls: Option<TlsListen>,
@@ -406,7 +425,11 @@ fn write_haproxy(
 "
         )
     };
-    let mut frontends = frontend("fe", listen.to_string(), "http");
+    let plain = match h2c {
+        Some(a) => format!("{listen}\n    bind {a} proto h2"),
+        None => listen.to_string(),
+    };
+    let mut frontends = frontend("fe", plain, "http");
     if let Some(t) = tls {
         let bind =
             format!("{} ssl crt {} ssl-min-ver TLSv1.2 alpn h2,http/1.1", t.addr, t.cert.combined.display());
@@ -454,7 +477,8 @@ mod tests {
         let (listen, up): (SocketAddr, SocketAddr) =
             ("127.0.0.1:18402".parse().unwrap(), "127.0.0.1:18403".parse().unwrap());
         let nginx =
-            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, None)).unwrap();
+            std::fs::read_to_string(write_nginx(dir.path(), listen, None, up, Setting::Product, None))
+                .unwrap();
         assert!(nginx.contains("worker_processes auto;"), "{nginx}");
         for line in [
             "proxy_set_header Connection \"\";",
@@ -466,7 +490,8 @@ mod tests {
             assert!(nginx.contains(line), "nginx.conf lacks {line}:\n{nginx}");
         }
         let haproxy =
-            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Pinned, None)).unwrap();
+            std::fs::read_to_string(write_haproxy(dir.path(), listen, None, &[up], Setting::Pinned, None))
+                .unwrap();
         assert!(haproxy.contains("nbthread 1\n"), "{haproxy}");
         for line in [
             "option forwardfor",
@@ -487,8 +512,8 @@ mod tests {
             "127.0.0.1:18404".parse().unwrap(),
         );
         let tls = Some(TlsListen { addr: https, cert: &cert });
-        let nginx =
-            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, tls)).unwrap();
+        let nginx = std::fs::read_to_string(write_nginx(dir.path(), listen, None, up, Setting::Product, tls))
+            .unwrap();
         for line in [
             "listen 127.0.0.1:18402;".to_string(),
             "listen 127.0.0.1:18404 ssl http2;".to_string(),
@@ -502,11 +527,13 @@ mod tests {
         assert_eq!(nginx.matches("proxy_set_header X-Forwarded-Proto $scheme;").count(), 2, "{nginx}");
         assert_eq!(nginx.matches("proxy_pass http://app;").count(), 2, "{nginx}");
         let plain =
-            std::fs::read_to_string(write_nginx(dir.path(), listen, up, Setting::Product, None)).unwrap();
+            std::fs::read_to_string(write_nginx(dir.path(), listen, None, up, Setting::Product, None))
+                .unwrap();
         assert!(!plain.contains("ssl"), "no https without a certificate:\n{plain}");
 
         let haproxy =
-            std::fs::read_to_string(write_haproxy(dir.path(), listen, &[up], Setting::Product, tls)).unwrap();
+            std::fs::read_to_string(write_haproxy(dir.path(), listen, None, &[up], Setting::Product, tls))
+                .unwrap();
         let bind = format!(
             "bind 127.0.0.1:18404 ssl crt {} ssl-min-ver TLSv1.2 alpn h2,http/1.1\n",
             cert.combined.display()
@@ -523,5 +550,36 @@ mod tests {
         }
         assert!(haproxy.contains("frontend fe\n    bind 127.0.0.1:18402\n"), "{haproxy}");
         assert!(haproxy.contains("X-Forwarded-Proto http\n"), "{haproxy}");
+    }
+
+    #[test]
+    fn with_an_h2c_address_nginx_and_haproxy_take_prior_knowledge_h2_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, h2c, up): (SocketAddr, SocketAddr, SocketAddr) = (
+            "127.0.0.1:18402".parse().unwrap(),
+            "127.0.0.1:18405".parse().unwrap(),
+            "127.0.0.1:18403".parse().unwrap(),
+        );
+        let nginx =
+            std::fs::read_to_string(write_nginx(dir.path(), listen, Some(h2c), up, Setting::Product, None))
+                .unwrap();
+        assert!(
+            nginx.contains("listen 127.0.0.1:18402;\n        listen 127.0.0.1:18405 http2;\n"),
+            "{nginx}"
+        );
+        assert_eq!(nginx.matches("proxy_pass http://app;").count(), 1, "one server block: {nginx}");
+        let haproxy = std::fs::read_to_string(write_haproxy(
+            dir.path(),
+            listen,
+            Some(h2c),
+            &[up],
+            Setting::Product,
+            None,
+        ))
+        .unwrap();
+        assert!(
+            haproxy.contains("frontend fe\n    bind 127.0.0.1:18402\n    bind 127.0.0.1:18405 proto h2\n"),
+            "{haproxy}"
+        );
     }
 }

@@ -159,6 +159,7 @@ fn main() {
         cells::Mode::ALL
             .into_iter()
             .filter(|m| !m.wrk() || tools.wrk.is_some())
+            .filter(|m| !m.h2load() || tools.h2load.is_some())
             .filter(|m| !m.tls() || args.setting == Setting::Product)
             .collect()
     } else {
@@ -166,6 +167,9 @@ fn main() {
     };
     if tools.wrk.is_none() {
         eprintln!("skipped the wrk cells: wrk is not on PATH (Debian: apt-get install -y wrk)");
+    }
+    if tools.h2load.is_none() {
+        eprintln!("skipped the h2c cells: h2load is not on PATH (Debian: apt-get install -y nghttp2-client)");
     }
     let mut missing = Vec::new();
     for (peer, package) in [(Peer::Nginx, "nginx"), (Peer::Haproxy, "haproxy")] {
