@@ -82,6 +82,15 @@ impl Mode {
         matches!(self, Mode::WrkKeepAlive | Mode::WrkFresh | Mode::WrkTlsKeepAlive)
     }
 
+    /// The HTTP version the clients speak.
+    pub fn protocol(self) -> &'static str {
+        if self.h2load() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        }
+    }
+
     /// Whether h2load drives it (on the peers' h2c listeners).
     pub fn h2load(self) -> bool {
         self == Mode::H2c
@@ -275,33 +284,37 @@ async fn wrk_cell(
     }
 }
 
-/// Measure one h2c cell with h2load (its own warm-up) on a running peer.
-fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) -> Cell {
+/// Measure one h2c cell with h2load on a running peer, after a warm-up
+/// run of its own; the latency samples too.
+fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) -> (Cell, Vec<u32>) {
     let program = tools.h2load.as_ref().expect("h2c cells run only when h2load is installed");
     let to = target(running, Mode::H2c);
+    super::h2load::run(program, plan.clients, to, plan.warmup);
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let r = super::h2load::run(program, plan.clients, to, plan.warmup, plan.cell);
-    // The CPU of the warm-up too: per request over both, at about the
-    // same rate.
+    let r = super::h2load::run(program, plan.clients, to, plan.cell);
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
-    let measured = plan.cell.as_secs_f64().max(1.0);
-    let all_requests = r.rps * (measured + plan.warmup.as_secs_f64().max(1.0));
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (h2load)", running.peer.name(), Mode::H2c.name(), r.failed);
     }
-    Cell {
+    let mut sorted = r.latencies_us.clone();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).map_or(0, |v| *v)
+    };
+    let cell = Cell {
         peer: running.peer.name(),
         mode: Mode::H2c,
         round,
         rps: r.rps,
-        p50_us: r.p50_us,
-        p99_us: r.p99_us,
+        p50_us: u64::from(at(0.50)),
+        p99_us: u64::from(at(0.99)),
         ok: r.requests.saturating_sub(r.failed),
         failed: r.failed,
         peak_rss_kib: running.peak_rss_kib(),
-        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / all_requests.max(1.0),
+        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
         cpu_ticks,
-    }
+    };
+    (cell, r.latencies_us)
 }
 
 /// Measure one cell on a running peer; its latency samples too.
@@ -317,7 +330,7 @@ async fn cell(
         return (wrk_cell(tools, plan, running, mode, round, tls).await, Vec::new());
     }
     if mode.h2load() {
-        return (h2load_cell(tools, plan, running, round), Vec::new());
+        return h2load_cell(tools, plan, running, round);
     }
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;

@@ -1,7 +1,7 @@
 //! h2load (Debian's nghttp2-client) for the h2c cells: HTTP/2 with prior
 //! knowledge over plain TCP, `-t1`, the cell's clients as streams in flight
-//! (connections × streams per connection), a warm-up, then the measured
-//! duration; percentiles from its per-request log.
+//! (connections × streams per connection) for a duration; the latency of
+//! every request from its per-request log.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,35 +15,21 @@ pub const STREAMS_PER_CONNECTION: usize = 4;
 pub struct H2loadReport {
     /// Answers per second over the measured duration.
     pub rps: f64,
-    /// Median latency, microseconds.
-    pub p50_us: u64,
-    /// 99th percentile latency, microseconds.
-    pub p99_us: u64,
+    /// Every request's latency in microseconds, in log order.
+    pub latencies_us: Vec<u32>,
     /// Requests done.
     pub requests: u64,
     /// Requests failed, errored, timed out, or answered 4xx/5xx.
     pub failed: u64,
 }
 
-/// Run h2load against `target` with `streams` in flight for `d`, after
-/// `warmup`.
-pub fn run(
-    program: &Path,
-    streams: usize,
-    target: SocketAddr,
-    warmup: Duration,
-    d: Duration,
-) -> H2loadReport {
+/// Run h2load against `target` with `streams` in flight for `d`.
+pub fn run(program: &Path, streams: usize, target: SocketAddr, d: Duration) -> H2loadReport {
     let connections = streams.div_ceil(STREAMS_PER_CONNECTION).max(1);
     let log = tempfile::NamedTempFile::new().expect("h2load log file");
     let out = std::process::Command::new(program)
         .args(["-t", "1", "-c", &connections.to_string(), "-m", &STREAMS_PER_CONNECTION.to_string()])
-        .args([
-            "-D",
-            &d.as_secs().max(1).to_string(),
-            "--warm-up-time",
-            &format!("{}", warmup.as_secs().max(1)),
-        ])
+        .args(["-D", &d.as_secs().max(1).to_string()])
         .arg(format!("--log-file={}", log.path().display()))
         .arg(format!("http://{target}/"))
         .output()
@@ -51,11 +37,7 @@ pub fn run(
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     let mut report = parse(&text).unwrap_or_else(|| panic!("cannot read h2load's report:\n{text}"));
-    let mut us = latencies(&std::fs::read_to_string(log.path()).unwrap_or_default());
-    us.sort_unstable();
-    let at = |q: f64| us.get(((us.len() as f64 * q) as usize).min(us.len().saturating_sub(1))).copied();
-    report.p50_us = at(0.50).unwrap_or(0);
-    report.p99_us = at(0.99).unwrap_or(0);
+    report.latencies_us = latencies(&std::fs::read_to_string(log.path()).unwrap_or_default());
     report
 }
 
@@ -93,7 +75,7 @@ fn parse(text: &str) -> Option<H2loadReport> {
 
 /// The per-request durations (microseconds) of an h2load log: tab-separated
 /// start time, status, duration.
-fn latencies(log: &str) -> Vec<u64> {
+fn latencies(log: &str) -> Vec<u32> {
     log.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok()).collect()
 }
 

@@ -129,7 +129,7 @@ pub fn markdown(r: &Results) -> String {
         let peers = rows.iter().filter(|c| c.peer == "nginx" || c.peer == "haproxy");
         let best_rps = peers.clone().map(|c| c.rps).fold(0.0, f64::max);
         let best_p99 = peers.map(|c| c.p99_us as f64).fold(f64::INFINITY, f64::min);
-        let _ = writeln!(s, "\n### HTTP/1.1, {}\n", mode.name());
+        let _ = writeln!(s, "\n### {}, {}\n", mode.protocol(), mode.name());
         if mode == Mode::TlsHandshake {
             let _ = writeln!(
                 s,
