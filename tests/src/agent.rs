@@ -110,6 +110,26 @@ impl Svc {
         self
     }
 
+    /// Give the service a secret `db_password` (a fresh random text, the
+    /// return value) and a file `/etc/app/app.toml` (`answer = 42`, mode
+    /// 0440), their sources written into `dir`, and run it as `1000:1000`.
+    pub fn with_secret_and_file(self, dir: &Path) -> (Svc, String) {
+        let secret_text = format!("s3cret-{}", unique_service("pw"));
+        let secret = dir.join("db_password");
+        std::fs::write(&secret, &secret_text).expect("write the secret");
+        let conf = dir.join("app.toml");
+        std::fs::write(&conf, "answer = 42\n").expect("write the file");
+        let svc = self
+            .set("", "user", "\"1000:1000\"")
+            .set("secrets", "db_password", &format!("{{ source = {:?} }}", secret.display().to_string()))
+            .set(
+                "files",
+                "\"/etc/app/app.toml\"",
+                &format!("{{ source = {:?}, mode = \"0440\" }}", conf.display().to_string()),
+            );
+        (svc, secret_text)
+    }
+
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name

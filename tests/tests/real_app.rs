@@ -173,20 +173,8 @@ async fn secrets_and_files_land_with_mode_and_owner_and_only_their_digest_shows(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let secret_text = format!("s3cret-{}", unique_service("pw"));
-    let secret = dir.path().join("db_password");
-    std::fs::write(&secret, &secret_text).unwrap();
-    let conf = dir.path().join("app.toml");
-    std::fs::write(&conf, "answer = 42\n").unwrap();
     let name = unique_service("sec");
-    let svc = Svc::new(&name)
-        .set("", "user", "\"1000:1000\"")
-        .set("secrets", "db_password", &format!("{{ source = {:?} }}", secret.display().to_string()))
-        .set(
-            "files",
-            "\"/etc/app/app.toml\"",
-            &format!("{{ source = {:?}, mode = \"0440\" }}", conf.display().to_string()),
-        );
+    let (svc, secret_text) = Svc::new(&name).with_secret_and_file(dir.path());
     let agent = Agent::docker().service(svc).start().await;
     let status = agent.op(&name, "deploy", json!({}), OP).await;
     assert_ok(&status, &agent);

@@ -369,23 +369,12 @@ async fn swarm_switch_not_acknowledged_in_time_goes_on_with_a_warning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_secrets_files_and_placement_reach_the_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let secret_text = format!("s3cret-{}", unique_service("pw"));
-    let secret = dir.path().join("db_password");
-    std::fs::write(&secret, &secret_text).unwrap();
-    let conf = dir.path().join("app.toml");
-    std::fs::write(&conf, "answer = 42\n").unwrap();
     let name = unique_service("sw");
-    let svc = Svc::new(&name)
+    let (svc, secret_text) = Svc::new(&name)
         .replicas(2)
-        .set("", "user", "\"1000:1000\"")
         .set("", "placement", "[\"node.role==manager\"]")
         .set("", "max_replicas_per_node", "2")
-        .set("secrets", "db_password", &format!("{{ source = {:?} }}", secret.display().to_string()))
-        .set(
-            "files",
-            "\"/etc/app/app.toml\"",
-            &format!("{{ source = {:?}, mode = \"0440\" }}", conf.display().to_string()),
-        );
+        .with_secret_and_file(dir.path());
     let Some((_swarm, agent)) = swarm_agent("swarm_secrets_files", svc).await else { return };
     let status = agent.op(&name, "deploy", json!({}), OP).await;
     assert_eq!(outcome(&status).0, "succeeded", "{status}\n{}", agent.log());
@@ -409,27 +398,11 @@ async fn swarm_secrets_files_and_placement_reach_the_tasks() {
     assert_eq!(configs, "/etc/app/app.toml -r--r-----;", "a Swarm config at its path, mode 0440");
     // Every task has them: each answers through the proxy (round robin).
     for _ in 0..4 {
-        let secret = bg_tests::api::raw(
-            bg_tests::api::Target::Tcp(agent.listen(&name)),
-            "GET",
-            "/file/run/secrets/db_password",
-            &[],
-            "",
-        )
-        .await
-        .expect("GET the secret");
-        assert_eq!((secret.status, secret.text()), (200, secret_text.clone()));
+        let secret = get_at(&agent, &name, "/file/run/secrets/db_password").await;
+        assert_eq!(secret, (true, secret_text.clone()));
     }
-    let file = bg_tests::api::raw(
-        bg_tests::api::Target::Tcp(agent.listen(&name)),
-        "GET",
-        "/file/etc/app/app.toml",
-        &[],
-        "",
-    )
-    .await
-    .expect("GET the file");
-    assert_eq!(file.text(), "answer = 42\n");
+    let file = get_at(&agent, &name, "/file/etc/app/app.toml").await;
+    assert_eq!(file, (true, "answer = 42\n".to_string()));
     // The secret's content is in Swarm's store, not in the agent's words.
     let events = serde_json::to_string(&agent.events(&name).await).unwrap();
     for (what, text) in [("log", agent.log()), ("status", status.to_string()), ("events", events)] {
@@ -449,8 +422,13 @@ impl Drop for Thaw {
 
 /// One GET / through the agent's proxy: (2xx, body).
 async fn get(agent: &RunningAgent, service: &str) -> (bool, String) {
-    let resp = bg_tests::api::raw(bg_tests::api::Target::Tcp(agent.listen(service)), "GET", "/", &[], "")
+    get_at(agent, service, "/").await
+}
+
+/// One GET of `path` through the agent's proxy: (2xx, body).
+async fn get_at(agent: &RunningAgent, service: &str, path: &str) -> (bool, String) {
+    let resp = bg_tests::api::raw(bg_tests::api::Target::Tcp(agent.listen(service)), "GET", path, &[], "")
         .await
-        .unwrap_or_else(|e| panic!("GET /: {e}"));
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     ((200..300).contains(&resp.status), resp.text())
 }

@@ -6,7 +6,11 @@ use std::fmt::Write;
 
 const W: f64 = 760.0;
 const PANEL_H: f64 = 220.0;
-const COLORS: [&str; 4] = ["#3b6fb6", "#e08a2c", "#7fa6dc", "#f2c08a"];
+/// One color per load shape, in [`Mode::ALL`]'s order of those measured.
+const COLORS: [&str; Mode::ALL.len()] =
+    ["#3b6fb6", "#e08a2c", "#7fa6dc", "#f2c08a", "#2e8b57", "#8fbc8f", "#a0522d", "#9370db"];
+/// Legend entries per row.
+const LEGEND_PER_ROW: usize = 4;
 
 /// The shapes measured, in report order (a bar each per peer).
 fn modes(medians: &[Cell]) -> Vec<Mode> {
@@ -64,7 +68,8 @@ fn panel(s: &mut String, top: f64, title: &str, medians: &[Cell], value: impl Fn
 
 /// The SVG document.
 pub fn render(medians: &[Cell], caption: &str) -> String {
-    let h = PANEL_H * 2.0 + 50.0;
+    let legend_rows = modes(medians).len().div_ceil(LEGEND_PER_ROW).max(1);
+    let h = PANEL_H * 2.0 + 34.0 + 16.0 * legend_rows as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -73,14 +78,48 @@ pub fn render(medians: &[Cell], caption: &str) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     panel(&mut s, 0.0, "Throughput (higher is better)", medians, |c| c.rps, "req/s");
     panel(&mut s, PANEL_H, "p99 latency (lower is better)", medians, |c| c.p99_us as f64 / 1000.0, "ms");
-    let y = PANEL_H * 2.0 + 15.0;
+    let top = PANEL_H * 2.0 + 15.0;
     for (j, mode) in modes(medians).iter().enumerate() {
-        let x = 60.0 + j as f64 * 170.0;
+        let x = 60.0 + (j % LEGEND_PER_ROW) as f64 * 170.0;
+        let y = top + (j / LEGEND_PER_ROW) as f64 * 16.0;
         let _ =
             writeln!(s, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, y - 10.0, COLORS[j]);
         let _ = writeln!(s, r#"<text x="{}" y="{y}">{}</text>"#, x + 16.0, mode.name());
     }
-    let _ = writeln!(s, r#"<text x="60" y="{}" font-size="10">{caption}</text>"#, y + 22.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="60" y="{}" font-size="10">{caption}</text>"#,
+        top + 16.0 * legend_rows as f64 + 6.0
+    );
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_gets_a_bar_and_a_legend_entry() {
+        let cell = |peer: &'static str, mode: Mode| Cell {
+            peer,
+            mode,
+            round: 1,
+            rps: 1000.0,
+            p50_us: 100,
+            p99_us: 900,
+            ok: 1,
+            failed: 0,
+            peak_rss_kib: 0,
+            cpu_us_per_req: 0.0,
+            cpu_ticks: 0,
+        };
+        let medians: Vec<Cell> =
+            ["bg-agent", "nginx"].into_iter().flat_map(|p| Mode::ALL.map(|m| cell(p, m))).collect();
+        let svg = render(&medians, "caption");
+        assert_eq!(svg.matches("<rect x=").count(), 2 * 2 * Mode::ALL.len() + Mode::ALL.len(), "{svg}");
+        for m in Mode::ALL {
+            assert!(svg.contains(m.name()), "{} in the legend", m.name());
+        }
+    }
 }

@@ -252,16 +252,16 @@ fn main() {
 
     let text = markdown(&results);
     println!("{text}");
-    for (path, contents) in [
-        (&args.json, serde_json::to_string_pretty(&results).expect("results are JSON")),
-        (&args.svg, svg::render(&results.summaries, &caption(&results))),
-    ] {
+    // The measurements first: the plot is drawn from what is saved.
+    let write = |path: &PathBuf, contents: String| {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         eprintln!("wrote {}", path.display());
-    }
+    };
+    write(&args.json, serde_json::to_string_pretty(&results).expect("results are JSON"));
+    write(&args.svg, svg::render(&results.summaries, &caption(&results)));
 }
 
 fn caption(r: &Results) -> String {
