@@ -179,14 +179,18 @@ where
 {
     fn execute(&self, fut: F) {
         let open = Open::new(self.streams.clone());
-        self.tracker.spawn(Stream {
+        // Boxed before it is spawned: a stream's future (hyper's, with the
+        // forwarding future in it) is kilobytes, and spawning moves it
+        // through the tracker's wrapper into the task cell several times;
+        // a box moves as a pointer.
+        self.tracker.spawn(Box::pin(Stream {
             fut,
             handle: Arc::default(),
             write_timeout: self.write_timeout,
             timer: None,
             armed: None,
             _open: open,
-        });
+        }));
     }
 }
 
