@@ -430,11 +430,13 @@ async fn prometheus_sees_both_colors_of_a_canary_at_the_rate_sent() {
     };
     for (color, version) in [("blue", "v1"), ("green", "v2")] {
         // rate() extrapolates to the window's edges (under a scrape
-        // interval each side): within 10 % (measured: under 2 %).
+        // interval each side): within 20 % (measured: under 2 % on a quiet
+        // machine; 12.6 % once in CI, where a late scrape shortened the
+        // covered span). The exact check is the next one.
         let (p, s) = (seen(color), sent(version));
         eprintln!("{color}: prometheus rate {p:.2}/s, load generator {s:.2}/s");
         assert!(s > RATE as f64 * 0.25, "{version} got {s}/s of {RATE}/s: a 50/50 split");
-        assert!((p - s).abs() <= 0.1 * s, "prometheus says {color} {p}/s, the load got {s}/s from {version}");
+        assert!((p - s).abs() <= 0.2 * s, "prometheus says {color} {p}/s, the load got {s}/s from {version}");
         // Between two stored scrapes the counter grew by what was answered
         // in between: within 5 % (plus the requests in flight at a scrape).
         let series = stored.iter().find(|r| r["metric"]["color"] == color).expect("a stored series");
