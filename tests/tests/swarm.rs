@@ -321,6 +321,68 @@ async fn swarm_two_agents_switch_together_and_a_dead_one_stops_blocking() {
     drop(guard);
 }
 
+/// A live agent that does not acknowledge (frozen: its heartbeat keeps it
+/// live for the liveness window, but it never answers) holds a promote up
+/// for the ack timeout, then the promote goes on with a warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_switch_not_acknowledged_in_time_goes_on_with_a_warning() {
+    let name = unique_service("sw");
+    let Some(guard) = SwarmGuard::acquire("swarm_ack_timeout", &["v1", "v2"]) else { return };
+    let svc = Svc::new(&name).replicas(1);
+    let fleet_agent = || Agent::swarm(guard.network()).runtime_key("swarm_ack_timeout", "\"3s\"");
+    let a = fleet_agent().service(svc.clone()).start().await;
+    let b = fleet_agent().service(svc).start().await;
+    let first = a.op(&name, "deploy", json!({}), OP).await;
+    assert_eq!(outcome(&first).0, "succeeded", "{first}\n{}", a.log());
+    b.wait_status(&name, "B serves blue", OP, |s| all_healthy_serving(s, "blue", 1)).await;
+    let blue = format!("bg-{name}-blue");
+    eventually("both agents acknowledge blue", Duration::from_secs(15), || acks(&blue).len() == 2).await;
+    let ids: Vec<String> = acks(&blue).into_keys().collect();
+    let v2 = json!({"image": "websample:v2", "env": {"VERSION": "v2"}});
+    let deployed = a.op(&name, "deploy", v2, OP).await;
+    assert_eq!(outcome(&deployed).0, "succeeded", "{deployed}\n{}", a.log());
+    // B's heartbeat (every 5 s) is at most that old when it freezes: it
+    // stays live (15 s) through the promote and its 3 s wait.
+
+    // B freezes: its last heartbeat keeps it live for 15 s, but it never
+    // acknowledges. A's switch waits the 3 s timeout, then goes on.
+    let frozen = nix::unistd::Pid::from_raw(b.pid().expect("B runs") as i32);
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP B");
+    let _thaw = Thaw(frozen);
+    let started = std::time::Instant::now();
+    let promoted = a.op(&name, "promote", json!({}), OP).await;
+    let took = started.elapsed();
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT B");
+    assert_eq!(outcome(&promoted).0, "succeeded", "{promoted}\n{}", a.log());
+    assert_eq!(promoted["active"], "green");
+    let events = a.events(&name).await;
+    let warning = events
+        .iter()
+        .find(|e| e["message"].as_str().is_some_and(|m| m.contains("did not acknowledge the switch in time")))
+        .unwrap_or_else(|| panic!("no warning about B: {events:?}\n{}", a.log()));
+    assert_eq!(warning["level"], "warn", "{warning}");
+    let named =
+        ids.iter().filter(|id| warning["message"].as_str().unwrap_or("").contains(id.as_str())).count();
+    assert_eq!(named, 1, "the warning names B, of the agents {ids:?}: {warning}");
+    assert!(took >= Duration::from_secs(3), "the promote did not wait for B: {took:?}");
+    // Thawed, B reads the labels and follows.
+    b.wait_status(&name, "B follows to green", OP, |s| s["active"] == "green").await;
+    assert_eq!(get(&b, &name).await, (true, "v2\n".to_string()), "{}", b.log());
+    drop(b);
+    drop(a);
+    drop(guard);
+}
+
+/// Continues a stopped process when dropped (also when the test fails,
+/// so the agent can be stopped and its objects removed).
+struct Thaw(nix::unistd::Pid);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_secrets_files_and_placement_reach_the_tasks() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,7 +120,9 @@ struct Followed {
 /// A promote (or other switch) waiting for the others.
 struct Waiter {
     service: String,
-    seq: u64,
+    /// The sequence the others must serve: this agent's write, `None`
+    /// while it is still pending (retried every round).
+    seq: Option<u64>,
     deadline: Instant,
     reply: oneshot::Sender<Vec<String>>,
 }
@@ -225,8 +227,13 @@ impl Writer {
             }
             Msg::Settle(s, reply) => {
                 self.write_pending().await;
+                // Who serves the service is read now, after this agent's
+                // write: an agent that acknowledged since the last poll
+                // is waited for too.
+                self.services.entry(s.clone()).or_default();
+                self.read().await;
                 let f = self.services.entry(s.clone()).or_default();
-                let seq = f.known.map_or(0, |(seq, _)| seq);
+                let seq = if f.pending.is_some() { None } else { Some(f.known.map_or(0, |(seq, _)| seq)) };
                 let deadline = Instant::now() + self.ack_timeout;
                 self.waiters.push(Waiter { service: s, seq, deadline, reply });
                 self.answer_waiters();
@@ -344,9 +351,16 @@ impl Writer {
     fn answer_waiters(&mut self) {
         let live_since = now_ms().saturating_sub(LIVENESS.as_millis() as u64);
         let now = Instant::now();
-        for w in std::mem::take(&mut self.waiters) {
-            let seen = self.services.get(&w.service).map(|f| &f.seen);
-            let late = seen.map(|s| lagging(s, &self.id, w.seq, live_since)).unwrap_or_default();
+        for mut w in std::mem::take(&mut self.waiters) {
+            let Some(f) = self.services.get(&w.service) else {
+                let _ = w.reply.send(Vec::new());
+                continue;
+            };
+            if w.seq.is_none() && f.pending.is_none() {
+                w.seq = f.known.map(|(seq, _)| seq);
+            }
+            // Not written yet: no live agent can serve it.
+            let late = lagging(&f.seen, &self.id, w.seq.unwrap_or(u64::MAX), live_since);
             if late.is_empty() || now >= w.deadline || w.reply.is_closed() {
                 let _ = w.reply.send(late);
             } else {
