@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Regenerate agent/symbol-order.txt, the order the linker lays out
+# bg-agent's functions in (agent/build.rs passes it to rust-lld).
+#
+#   tests/scripts/symbol-order.sh
+#
+# Runs the release bg-agent (the .deb's build: -p bg-agent -p bgctl) under
+# callgrind with one process-runtime service on an http and an https
+# listener, and dumps the functions that ran in four phases: start-up and
+# shutdown, plain HTTP/1.1 (wrk keep-alive and fresh connections, a metrics
+# scrape), TLS (wrk keep-alive and handshakes, h2load over TLS) and h2c
+# (h2load). Then the same traffic once more under `perf record` on the real
+# CPU, for the code valgrind's emulated CPU does not take (ring's
+# AVX2/ADX/VAES assembly). The file lists the functions in that order, so
+# a process that serves only plain HTTP/1.1 touches one contiguous run of
+# code and the kernel maps little else (see BENCHMARKS.md, "Memory").
+#
+# Mangled names carry hashes of the compiler version, Cargo.lock and
+# features: after a toolchain or dependency update, rerun this script.
+# Stale names are skipped by the linker (the layout just falls back to the
+# default for those functions). Needs valgrind, wrk, nghttp2-client
+# (h2load), openssl, curl; linux-perf optional. Takes about a minute.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+bin=$target/release
+port=${PORT:-18900}
+for t in valgrind callgrind_control wrk h2load openssl curl; do
+  command -v "$t" >/dev/null || { echo "$t not found" >&2; exit 2; }
+done
+(cd "$root" && cargo build --release --locked -q -p bg-agent -p bgctl && cargo build --release --locked -q -p bg-tests --bin bench-upstream)
+
+work=$(mktemp -d)
+agent=
+cleanup() {
+  [ -n "$agent" ] && kill -KILL "$agent" 2>/dev/null || true
+  pkill -KILL -f "BG_SYMBOL_ORDER_MARKER=$$" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat >"$work/agent.toml" <<TOML
+[agent]
+state_dir = "$work/state"
+control_socket = "$work/agent.sock"
+metrics_listen = "127.0.0.1:$((port + 2))"
+
+[runtime]
+kind = "process"
+
+[proxy]
+https = ["127.0.0.1:$((port + 1))"]
+
+[services.order]
+listen = ["127.0.0.1:$port"]
+command = ["$bin/bench-upstream"]
+hosts = ["localhost"]
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
+env = { BIND = "127.0.0.1", BG_SYMBOL_ORDER_MARKER = "$$" }
+TOML
+http=http://127.0.0.1:$port/
+https=https://localhost:$((port + 1))/
+
+start() { # $@: wrapper
+  rm -rf "$work/state"
+  "$@" "$bin/bg-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+  agent=$!
+  for _ in $(seq 600); do curl -sf -o /dev/null "$http" && return; sleep 0.2; done
+  echo "bg-agent did not start:" >&2; cat "$work/agent.log" >&2; exit 1
+}
+stop() { kill -TERM "$agent"; wait "$agent" || true; agent=; pkill -KILL -f "BG_SYMBOL_ORDER_MARKER=$$" || true; }
+plain() {
+  wrk -t1 -c8 -d"$1"s "$http" >/dev/null
+  wrk -t1 -c8 -d"$1"s -H 'Connection: close' "$http" >/dev/null
+  curl -sf -o /dev/null "http://127.0.0.1:$((port + 2))/metrics"
+}
+tls() {
+  wrk -t1 -c4 -d"$1"s "$https" >/dev/null
+  wrk -t1 -c4 -d"$1"s -H 'Connection: close' "$https" >/dev/null
+  h2load -c4 -m4 -n2000 "$https" --connect-to="127.0.0.1:$((port + 1))" >/dev/null
+  h2load -c4 -n1000 --h1 "$https" --connect-to="127.0.0.1:$((port + 1))" >/dev/null
+}
+h2c() { h2load -c2 -m4 -n2000 "$http" >/dev/null; }
+
+cg=$work/cg.out
+start valgrind --tool=callgrind --demangle=no --callgrind-out-file="$cg"
+dump() { callgrind_control --dump="$1" "$agent" >/dev/null; sleep 1; }
+dump startup
+plain 4; dump plain
+tls 2; dump tls
+h2c; dump h2c
+stop
+dumps=$(ls "$cg".* | sort -t. -k3 -n)
+# Phases in layout order: start-up and shutdown (the final dump is $cg),
+# plain, TLS, h2c.
+set -- $dumps
+phases=("$1" "$cg" "$2" "$3" "$4")
+
+perf_syms=()
+if command -v perf >/dev/null; then
+  start perf record -F 15000 -o "$work/perf.data" --
+  plain 2; tls 2; h2c
+  stop
+  perf report -i "$work/perf.data" --no-demangle --dso bg-agent --sort sym -F sym --stdio 2>/dev/null |
+    awk '$1 == "[.]" {print $2}' >"$work/perf.txt"
+  perf_syms=(--perf "$work/perf.txt")
+else
+  echo "perf not found: CPU-specific assembly stays where the linker puts it" >&2
+fi
+python3 "$root/tests/scripts/symbol-order.py" "$bin/bg-agent" "$root/agent/symbol-order.txt" "${phases[@]}" "${perf_syms[@]}"
