@@ -4,10 +4,11 @@
 #
 #   tests/scripts/symbol-order.sh
 #
-# Runs the release bg-agent (the .deb's build: -p bg-agent -p bgctl) under
-# callgrind with one process-runtime service on an http and an https
-# listener, and dumps the functions that ran in four phases: start-up and
-# shutdown, plain HTTP/1.1 (wrk keep-alive and fresh connections, a metrics
+# Runs the release bg-agent (the .deb's build: -p bg-agent -p bgctl) with
+# one process-runtime service on an http and an https listener: once to
+# deploy the replica, then, as after a restart, under callgrind adopting
+# it, and dumps the functions that ran in four phases: start-up (with a
+# status request on the control socket) and shutdown, plain HTTP/1.1 (wrk keep-alive and fresh connections, a metrics
 # scrape), TLS (wrk keep-alive and handshakes, h2load over TLS) and h2c
 # (h2load). Then the same traffic once more under `perf record` on the real
 # CPU, for the code valgrind's emulated CPU does not take (ring's
@@ -34,7 +35,10 @@ work=$(mktemp -d)
 agent=
 cleanup() {
   [ -n "$agent" ] && kill -KILL "$agent" 2>/dev/null || true
-  pkill -KILL -f "BG_SYMBOL_ORDER_MARKER=$$" 2>/dev/null || true
+  # The replica, by the marker in its environment.
+  for f in $(grep -l -a "BG_SYMBOL_ORDER_MARKER=$$" /proc/[0-9]*/environ 2>/dev/null); do
+    f=${f#/proc/}; kill -KILL "${f%/environ}" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,13 +67,14 @@ http=http://127.0.0.1:$port/
 https=https://localhost:$((port + 1))/
 
 start() { # $@: wrapper
-  rm -rf "$work/state"
   "$@" "$bin/bg-agent" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
   agent=$!
   for _ in $(seq 600); do curl -sf -o /dev/null "$http" && return; sleep 0.2; done
   echo "bg-agent did not start:" >&2; cat "$work/agent.log" >&2; exit 1
 }
-stop() { kill -TERM "$agent"; wait "$agent" || true; agent=; pkill -KILL -f "BG_SYMBOL_ORDER_MARKER=$$" || true; }
+# The replica outlives the agent, as on a restart; cleanup() kills it.
+stop() { kill -TERM "$agent"; wait "$agent" || true; agent=; }
+status() { curl -sf -o /dev/null --unix-socket "$work/agent.sock" http://agent/v1/services/order; }
 plain() {
   wrk -t1 -c8 -d"$1"s "$http" >/dev/null
   wrk -t1 -c8 -d"$1"s -H 'Connection: close' "$http" >/dev/null
@@ -83,10 +88,12 @@ tls() {
 }
 h2c() { h2load -c2 -m4 -n2000 "$http" >/dev/null; }
 
+start env
+stop
 cg=$work/cg.out
 start valgrind --tool=callgrind --demangle=no --callgrind-out-file="$cg"
-dump() { callgrind_control --dump="$1" "$agent" >/dev/null; sleep 1; }
-dump startup
+dump() { callgrind_control --dump="$1" "$agent" >/dev/null 2>&1; sleep 1; }
+status; dump startup
 plain 4; dump plain
 tls 2; dump tls
 h2c; dump h2c
