@@ -10,10 +10,11 @@
 //!
 //! Both are linker options of rust-lld, the default linker of
 //! `x86_64-unknown-linux-gnu` since Rust 1.90; `DT_RELR` also needs glibc
-//! 2.36 where the binary runs. The script applies them only where both
-//! hold for a native build, and `BG_DEFAULT_LAYOUT=1` turns them off. A
-//! name the file lists that the build does not define (a toolchain or
-//! dependency update changes the hashes in mangled names) is skipped.
+//! 2.36 where the binary runs. This build script applies them only to a
+//! native release build where those hold; `BG_DEFAULT_LAYOUT=1` turns
+//! them off. A name the file lists that the build does not define (a
+//! toolchain or dependency update changes the hashes in mangled names) is
+//! skipped.
 
 use std::env;
 use std::process::Command;
@@ -43,22 +44,21 @@ fn main() {
 
 /// Whether `rustc` is 1.90 or later, which links this target with rust-lld.
 fn rustc_links_with_lld(rustc: &str) -> bool {
-    let Ok(out) = Command::new(if rustc.is_empty() { "rustc" } else { rustc }).arg("--version").output()
-    else {
-        return false;
-    };
     // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = text.split_whitespace().nth(1).unwrap_or("").split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    matches!((v.next().flatten(), v.next().flatten()), (Some(1), Some(minor)) if minor >= 90)
+    version_at_least(if rustc.is_empty() { "rustc" } else { rustc }, &["--version"], (1, 90))
 }
 
 /// Whether this host's glibc (where a native build runs) reads `DT_RELR`:
 /// 2.36 or later.
 fn glibc_has_relr() -> bool {
-    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else { return false };
     // "glibc 2.36"
+    version_at_least("getconf", &["GNU_LIBC_VERSION"], (2, 36))
+}
+
+/// Whether `program args` prints a second word `MAJOR.MINOR[.…]` at least `min`.
+fn version_at_least(program: &str, args: &[&str], min: (u32, u32)) -> bool {
+    let Ok(out) = Command::new(program).args(args).output() else { return false };
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = text.split_whitespace().nth(1).unwrap_or("").split('.').map(|p| p.parse::<u32>().ok());
-    matches!((v.next().flatten(), v.next().flatten()), (Some(2), Some(minor)) if minor >= 36)
+    let mut v = text.split_whitespace().nth(1).unwrap_or("").split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    matches!((v.next().flatten(), v.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= min)
 }

@@ -6,8 +6,8 @@
 Each PHASE_DUMP is a callgrind output file holding one phase's costs (in
 the order the groups should be laid out); PERF_SYMBOLS a file of mangled
 names perf sampled in BINARY. Writes the functions of BINARY that ran, one
-mangled name per line: each phase's functions not already placed, the
-most expensive first, then perf's extra names (code valgrind's emulated
+mangled name per line: each phase's functions not already placed (by
+name, so that a rerun changes the file only where the set changed), then perf's extra names (code valgrind's emulated
 CPU does not take: the AVX2/ADX/VAES variants of ring's assembly), then
 the rest of ring's assembly entry points, so that any CPU's variant lands
 next to the others.
@@ -54,7 +54,7 @@ def executed(path, obj):
             parts = line.split()
             if ob and ob.endswith(obj) and fn and len(parts) > 1 and parts[1].isdigit():
                 cost[fn] += int(parts[1])
-    return [n.split("'")[0] for n, c in cost.most_common() if c > 0]
+    return {n.split("'")[0] for n, c in cost.items() if c > 0}
 
 
 def main():
@@ -75,7 +75,7 @@ def main():
     order, seen = [], set()
 
     def place(names):
-        for n in names:
+        for n in sorted(names):
             if n in defined and n not in seen:
                 seen.add(n)
                 order.append(n)
@@ -88,7 +88,7 @@ def main():
         before = len(order)
         place(open(perf).read().split())
         print(f"perf: {len(order) - before} more", file=sys.stderr)
-    place(sorted(n for n in defined if n.startswith("ring_core_")))
+    place(n for n in defined if n.startswith("ring_core_"))
     with open(out, "w") as f:
         f.write("".join(n + "\n" for n in order))
     print(f"{out}: {len(order)} symbols", file=sys.stderr)

@@ -8,8 +8,8 @@
 # one process-runtime service on an http and an https listener: once to
 # deploy the replica, then, as after a restart, under callgrind adopting
 # it, and dumps the functions that ran in four phases: start-up (with a
-# status request on the control socket) and shutdown, plain HTTP/1.1 (wrk keep-alive and fresh connections, a metrics
-# scrape), TLS (wrk keep-alive and handshakes, h2load over TLS) and h2c
+# status request on the control socket) and shutdown, plain HTTP/1.1
+# (wrk keep-alive and fresh connections, a metrics scrape), TLS (wrk keep-alive and handshakes, h2load over TLS) and h2c
 # (h2load). Then the same traffic once more under `perf record` on the real
 # CPU, for the code valgrind's emulated CPU does not take (ring's
 # AVX2/ADX/VAES assembly). The file lists the functions in that order, so
@@ -92,17 +92,21 @@ start env
 stop
 cg=$work/cg.out
 start valgrind --tool=callgrind --demangle=no --callgrind-out-file="$cg"
-dump() { callgrind_control --dump="$1" "$agent" >/dev/null 2>&1; sleep 1; }
+dumps=0
+dump() { # callgrind writes dump N to $cg.N
+  dumps=$((dumps + 1))
+  callgrind_control --dump="$1" "$agent" >/dev/null 2>&1
+  for _ in $(seq 100); do [ -s "$cg.$dumps" ] && return; sleep 0.1; done
+  echo "callgrind wrote no $cg.$dumps" >&2; exit 1
+}
 status; dump startup
 plain 4; dump plain
 tls 2; dump tls
 h2c; dump h2c
 stop
-dumps=$(ls "$cg".* | sort -t. -k3 -n)
 # Phases in layout order: start-up and shutdown (the final dump is $cg),
 # plain, TLS, h2c.
-set -- $dumps
-phases=("$1" "$cg" "$2" "$3" "$4")
+phases=("$cg.1" "$cg" "$cg.2" "$cg.3" "$cg.4")
 
 perf_syms=()
 if command -v perf >/dev/null; then
