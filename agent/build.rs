@@ -1,12 +1,15 @@
 //! Link the release `bg-agent` with its functions in the order they run.
 //!
 //! `symbol-order.txt` (written by `tests/scripts/symbol-order.sh`) lists
-//! the functions that run at start-up and while serving, grouped by phase.
-//! Laid out together, they fill a few MiB of contiguous code instead of
-//! touching pages all over the 13 MB text; the kernel maps file pages in
-//! large runs around each first touch, so the scattered layout made most
-//! of the binary resident. Packed relative relocations (`DT_RELR`) shrink
-//! the relocation table the loader reads at start from 0.6 MB to 10 KB.
+//! the functions that run while serving (plain HTTP/1.1, TLS, h2c) and
+//! then those of start-up. Laid out together, they fill a few MiB of
+//! contiguous code instead of touching pages all over the 13 MB text; the
+//! kernel maps file pages in large runs around each first touch, so the
+//! scattered layout made most of the binary resident. Once ready, the
+//! agent drops the pages start-up mapped (`src/resident.rs`), and serving
+//! faults back the run at the start. Packed relative relocations
+//! (`DT_RELR`) shrink the relocation table the loader reads at start from
+//! 0.6 MB to 10 KB.
 //!
 //! Both are linker options of rust-lld, the default linker of
 //! `x86_64-unknown-linux-gnu` since Rust 1.90; `DT_RELR` also needs glibc
@@ -14,7 +17,8 @@
 //! native release build where those hold; `BG_DEFAULT_LAYOUT=1` turns
 //! them off. A name the file lists that the build does not define (a
 //! toolchain or dependency update changes the hashes in mangled names) is
-//! skipped.
+//! skipped; edits of this crate and `bg-proxy` keep their names, which
+//! build as one codegen unit each (no `.llvm.N` suffixes, see Cargo.toml).
 
 use std::env;
 use std::process::Command;

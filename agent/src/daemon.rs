@@ -354,6 +354,10 @@ pub async fn run(
     tracker.spawn(watchdog(shutdown.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(services = services.len(), pid = std::process::id(), "bg-agent ready");
+    match crate::resident::release_startup_pages() {
+        Ok(kib) => tracing::debug!(resident_kib = kib, "released the pages start-up mapped"),
+        Err(e) => tracing::warn!(error = %e, "could not release the pages start-up mapped"),
+    }
 
     shutdown.cancelled().await;
     if handed_over.is_cancelled() {

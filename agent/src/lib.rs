@@ -5,7 +5,7 @@
 //!
 //! The wire types of the control API are the `bg-api` crate, re-exported
 //! here as [`api`]; `bgctl` and the tests use the same types.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub use bg_api as api;
 
@@ -41,6 +41,8 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "daemon")]
 pub mod reload;
+#[cfg(feature = "daemon")]
+pub mod resident;
 #[cfg(feature = "daemon")]
 pub mod runtime;
 #[cfg(feature = "daemon")]
