@@ -12,6 +12,7 @@
 
 use super::agent_peer::AgentHome;
 use super::peers::{Peer, RunningPeer, Tools};
+use super::procs::RssWatch;
 use super::tls::{BenchCert, SERVER_NAME};
 use super::{Plan, Setting};
 use crate::load::{Load, LoadReport};
@@ -126,8 +127,12 @@ pub struct Cell {
     pub ok: u64,
     /// Requests failed.
     pub failed: u64,
-    /// Peak RSS of the proxy in KiB so far (0 for direct).
+    /// Peak RSS of the proxy in KiB while the cell's measured load ran,
+    /// sampled every 20 ms (0 for direct).
     pub peak_rss_kib: u64,
+    /// Peak RSS of the proxy in KiB since it started, start-up included
+    /// (`VmHWM`; 0 for direct).
+    pub lifetime_peak_rss_kib: u64,
     /// CPU time of the proxy per request in microseconds (0 for direct).
     pub cpu_us_per_req: f64,
     /// CPU ticks (1/100 s) the proxy used during the cell.
@@ -264,7 +269,9 @@ async fn wrk_cell(
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
+    let rss = running.watch_rss();
     let r = wrk(tools, mode, plan.clients, to, plan.cell);
+    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (wrk)", running.peer.name(), mode.name(), r.failed);
@@ -278,7 +285,8 @@ async fn wrk_cell(
         p99_us: r.p99_us,
         ok: r.requests.saturating_sub(r.failed),
         failed: r.failed,
-        peak_rss_kib: running.peak_rss_kib(),
+        peak_rss_kib,
+        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
         cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
         cpu_ticks,
     }
@@ -291,7 +299,9 @@ fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) 
     let to = target(running, Mode::H2c);
     super::h2load::run(program, plan.clients, to, plan.warmup);
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
+    let rss = running.watch_rss();
     let r = super::h2load::run(program, plan.clients, to, plan.cell);
+    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (h2load)", running.peer.name(), Mode::H2c.name(), r.failed);
@@ -310,7 +320,8 @@ fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) 
         p99_us: u64::from(at(0.99)),
         ok: r.requests.saturating_sub(r.failed),
         failed: r.failed,
-        peak_rss_kib: running.peak_rss_kib(),
+        peak_rss_kib,
+        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
         cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
         cpu_ticks,
     };
@@ -335,7 +346,9 @@ async fn cell(
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
     let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
+    let rss = running.watch_rss();
     let report = run_for(load(mode, plan.clients, to, plan.cell + plan.warmup, tls), plan.cell).await;
+    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
     let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
     let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
     if report.failed > 0 {
@@ -356,7 +369,8 @@ async fn cell(
         p99_us: us(report.p99()),
         ok: report.ok,
         failed: report.failed,
-        peak_rss_kib: running.peak_rss_kib(),
+        peak_rss_kib,
+        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
         cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
         cpu_ticks,
     };

@@ -240,9 +240,14 @@ impl RunningPeer {
         }
     }
 
-    /// Peak RSS of the proxy process(es) in KiB (0 for direct).
-    pub fn peak_rss_kib(&self) -> u64 {
-        self.proc.as_ref().map_or(0, Proc::peak_rss_kib)
+    /// Peak RSS of the proxy process(es) in KiB since start (0 for direct).
+    pub fn lifetime_peak_rss_kib(&self) -> u64 {
+        self.proc.as_ref().map_or(0, Proc::lifetime_peak_rss_kib)
+    }
+
+    /// Sample the proxy's RSS while a load runs (`None` for direct).
+    pub fn watch_rss(&self) -> Option<super::procs::RssWatch> {
+        self.proc.as_ref().map(Proc::watch_rss)
     }
 
     /// Send all new traffic to the other upstream, the way an operator of

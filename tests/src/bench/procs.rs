@@ -1,6 +1,7 @@
 //! Child processes of the benchmark: pinned to a core with `taskset` when
 //! it exists, started until they print (or accept on) their address,
-//! killed on drop, and their peak memory read from `/proc`.
+//! killed on drop, and their memory read from `/proc`: the peak since
+//! start (`VmHWM`), and the peak while a load runs, sampled.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,10 +87,16 @@ impl Proc {
         self.child.id()
     }
 
-    /// Peak resident memory in KiB of it and its children (nginx workers),
-    /// from `VmHWM`.
-    pub fn peak_rss_kib(&self) -> u64 {
-        self.pids().iter().map(|p| vm_hwm_kib(*p)).sum()
+    /// Peak resident memory in KiB of it and its children (nginx workers)
+    /// since they started (start-up included), from `VmHWM`.
+    pub fn lifetime_peak_rss_kib(&self) -> u64 {
+        self.pids().iter().map(|p| status_kib(*p, "VmHWM:")).sum()
+    }
+
+    /// Start sampling the resident memory of it and its children (every
+    /// 20 ms, until [`RssWatch::stop`]), for the peak while a load runs.
+    pub fn watch_rss(&self) -> RssWatch {
+        RssWatch::start(self.pids())
     }
 
     /// CPU time (user + system) it and its children used so far, in
@@ -127,11 +134,43 @@ impl Drop for Proc {
     }
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
+/// The highest resident memory sampled while a load ran.
+pub struct RssWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl RssWatch {
+    /// Start sampling the sum of `pids`' resident memory every 20 ms.
+    pub fn start(pids: Vec<u32>) -> RssWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>());
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssWatch { stop, sampler }
+    }
+
+    /// Stop sampling (after one last sample); the peak in KiB.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.sampler.join().unwrap_or(0)
+    }
+}
+
+/// A `KEY: N kB` field of `/proc/PID/status` (0 when gone).
+fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -159,4 +198,24 @@ pub fn children(pid: u32) -> Vec<u32> {
                 .is_some_and(|ppid| ppid == pid)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_sees_memory_touched_while_it_runs() {
+        let watch = RssWatch::start(vec![std::process::id()]);
+        let before = status_kib(std::process::id(), "VmRSS:");
+        let mut block = vec![0u8; 64 << 20];
+        for page in block.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&mut block);
+        std::thread::sleep(Duration::from_millis(60));
+        let peak = watch.stop();
+        drop(block);
+        assert!(peak >= before + (60 << 10), "peak {peak} KiB, {before} KiB before touching 64 MiB");
+    }
 }

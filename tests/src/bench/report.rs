@@ -138,7 +138,7 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(
             s,
-            "| peer | req/s | p50 µs | p99 µs | peak RSS MiB | proxy CPU µs/req | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"
+            "| peer | req/s | p50 µs | p99 µs | RSS MiB under load (since start) | proxy CPU µs/req | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in rows {
@@ -150,7 +150,15 @@ pub fn markdown(r: &Results) -> String {
                 c.rps,
                 c.p50_us,
                 c.p99_us,
-                if proxied { format!("{:.1}", c.peak_rss_kib as f64 / 1024.0) } else { "–".into() },
+                if proxied {
+                    format!(
+                        "{:.1} ({:.1})",
+                        c.peak_rss_kib as f64 / 1024.0,
+                        c.lifetime_peak_rss_kib as f64 / 1024.0
+                    )
+                } else {
+                    "–".into()
+                },
                 if proxied { format!("{:.1}", c.cpu_us_per_req) } else { "–".into() },
                 ratio(c.rps, direct),
                 ratio(c.rps, best_rps),

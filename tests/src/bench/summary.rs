@@ -76,6 +76,7 @@ pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
         ok: of.iter().map(|c| c.ok).sum(),
         failed: of.iter().map(|c| c.failed).sum(),
         peak_rss_kib: of.iter().map(|c| c.peak_rss_kib).max().unwrap_or(0),
+        lifetime_peak_rss_kib: of.iter().map(|c| c.lifetime_peak_rss_kib).max().unwrap_or(0),
         cpu_us_per_req: ticks as f64 * 10_000.0 / requests.max(1) as f64,
         cpu_ticks: ticks,
         ..first.clone()
@@ -146,6 +147,7 @@ mod tests {
             ok: 100,
             failed: 0,
             peak_rss_kib: 1000 + round as u64,
+            lifetime_peak_rss_kib: 2000,
             cpu_us_per_req: 0.0,
             cpu_ticks: 1,
         }

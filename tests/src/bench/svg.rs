@@ -111,6 +111,7 @@ mod tests {
             ok: 1,
             failed: 0,
             peak_rss_kib: 0,
+            lifetime_peak_rss_kib: 0,
             cpu_us_per_req: 0.0,
             cpu_ticks: 0,
         };
