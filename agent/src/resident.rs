@@ -10,12 +10,13 @@
 //! and only that stays resident. The pages stay in the page cache: this
 //! shrinks the process's resident set, not the host's cache.
 //!
-//! Only mappings whose every page is the file's own are released: mapped
-//! from a file, private, not writable, and holding no page of the process's
-//! own (`Anonymous: 0 kB` in `smaps`). A mapping the loader relocated
-//! (`.data.rel.ro`), or where a debugger or a uprobe wrote a breakpoint,
-//! holds such pages and is left alone, because dropping them would bring
-//! back the file's bytes in place of the process's.
+//! Only mappings of the agent's executable and of shared libraries, which
+//! stay mapped for the life of the process, and only those whose every
+//! page is the file's own: private, not writable, and holding no page of
+//! the process's own (`Anonymous: 0 kB` in `smaps`). A mapping the loader
+//! relocated (`.data.rel.ro`), or where a debugger or a uprobe wrote a
+//! breakpoint, holds such pages and is left alone, because dropping them
+//! would bring back the file's bytes in place of the process's.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -34,9 +35,13 @@ pub struct Clean {
 /// Release every clean file mapping of this process (see the module doc).
 /// Returns the KiB that were resident in them.
 pub fn release_startup_pages() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    // The executable's inode (`stat` follows the link even when an upgrade
+    // replaced the file on disk).
+    let exe = std::fs::metadata("/proc/self/exe")?.ino();
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
-    for m in clean_mappings(&smaps) {
+    for m in clean_mappings(&smaps, exe) {
         // SAFETY: `m` is a whole mapping of this process (from smaps), of a
         // file, private and not writable, with no anonymous page: every
         // page reads back from the file exactly as it is now, so discarding
@@ -51,12 +56,13 @@ pub fn release_startup_pages() -> io::Result<u64> {
     Ok(released)
 }
 
-/// The clean file mappings in `smaps` (the text of `/proc/PID/smaps`).
-pub fn clean_mappings(smaps: &str) -> Vec<Clean> {
+/// The clean mappings of the executable (inode `exe`) and of shared
+/// libraries in `smaps` (the text of `/proc/PID/smaps`).
+pub fn clean_mappings(smaps: &str, exe: u64) -> Vec<Clean> {
     // Each mapping, and whether it may still be released.
     let mut all: Vec<(Clean, bool)> = Vec::new();
     for line in smaps.lines() {
-        if let Some(((start, end), eligible)) = header(line) {
+        if let Some(((start, end), eligible)) = header(line, exe) {
             all.push((Clean { start, end, rss_kib: 0 }, eligible));
         } else if let (Some((key, kib)), Some((m, eligible))) = (field(line), all.last_mut()) {
             match key {
@@ -70,8 +76,9 @@ pub fn clean_mappings(smaps: &str) -> Vec<Clean> {
 }
 
 /// A mapping's header line: its range, and whether it is a private,
-/// read-only mapping of a file. `None` for any other line.
-fn header(line: &str) -> Option<((usize, usize), bool)> {
+/// read-only mapping of the executable (inode `exe`) or of a shared
+/// library. `None` for any other line.
+fn header(line: &str, exe: u64) -> Option<((usize, usize), bool)> {
     let mut parts = line.split_ascii_whitespace();
     let (start, end) = parts.next()?.split_once('-')?;
     let range = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
@@ -83,8 +90,9 @@ fn header(line: &str) -> Option<((usize, usize), bool)> {
     if perms.len() != 4 {
         return None;
     }
-    let eligible =
-        perms[0] == b'r' && perms[1] == b'-' && perms[3] == b'p' && inode != 0 && path.starts_with('/');
+    let file_name = path.rsplit('/').next().unwrap_or("");
+    let object = inode == exe || file_name.ends_with(".so") || file_name.contains(".so.");
+    let eligible = perms[0] == b'r' && perms[1] == b'-' && perms[3] == b'p' && inode != 0 && object;
     Some((range, eligible))
 }
 
@@ -125,6 +133,15 @@ Anonymous:             4 kB
 7f0000200000-7f0000210000 r-xp 00000000 00:00 0
 Rss:                  64 kB
 Anonymous:             0 kB
+7f0000300000-7f0000400000 r--p 00000000 fd:01 77                         /usr/lib/locale/locale-archive
+Rss:                 100 kB
+Anonymous:             0 kB
+7f0000500000-7f0000600000 r--p 00000000 fd:01 98                         /usr/lib/x86_64-linux-gnu/libm.so.6
+Rss:                 200 kB
+Anonymous:             0 kB
+7f0000600000-7f0000610000 r--p 00000000 fd:01 97                         /opt/lib/libfoo.so
+Rss:                  64 kB
+Anonymous:             0 kB
 7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0                          [vdso]
 Rss:                   8 kB
 Anonymous:             0 kB
@@ -132,25 +149,30 @@ Anonymous:             0 kB
 
     #[test]
     fn picks_clean_read_only_file_mappings() {
-        let got = clean_mappings(SMAPS);
+        let got = clean_mappings(SMAPS, 1234);
         assert_eq!(
             got,
             vec![
                 Clean { start: 0x5583a0000000, end: 0x5583a0100000, rss_kib: 800 },
                 Clean { start: 0x5583a0100000, end: 0x5583a0500000, rss_kib: 3000 },
+                Clean { start: 0x7f0000500000, end: 0x7f0000600000, rss_kib: 200 },
+                Clean { start: 0x7f0000600000, end: 0x7f0000610000, rss_kib: 64 },
             ],
-            "relocated, writable, anonymous, breakpointed and vdso mappings are kept"
+            "relocated, writable, anonymous, breakpointed, vdso and data-file mappings are kept"
         );
+        assert_eq!(clean_mappings(SMAPS, 1).len(), 2, "another executable's mappings are kept");
     }
 
     #[test]
     fn own_process_has_clean_text_and_survives_release() {
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::fs::metadata("/proc/self/exe").unwrap().ino();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        assert!(!clean_mappings(&smaps).is_empty(), "the test binary's own code is a clean mapping");
+        assert!(!clean_mappings(&smaps, exe).is_empty(), "the test binary's own code is a clean mapping");
         let released = release_startup_pages().unwrap();
         assert!(released > 0, "something was resident");
         // The code runs on after its pages were dropped.
         let again = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        assert!(!clean_mappings(&again).is_empty());
+        assert!(!clean_mappings(&again, exe).is_empty());
     }
 }
