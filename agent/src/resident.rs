@@ -23,17 +23,18 @@ use std::io;
 
 /// A mapping that may be released: its address range and resident size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clean {
+struct Clean {
     /// First address.
-    pub start: usize,
+    start: usize,
     /// One past the last address.
-    pub end: usize,
+    end: usize,
     /// Resident KiB before release.
-    pub rss_kib: u64,
+    rss_kib: u64,
 }
 
-/// Release every clean file mapping of this process (see the module doc).
-/// Returns the KiB that were resident in them.
+/// Release the clean mappings of this process's executable and shared
+/// libraries (see the module doc). Returns the KiB that were resident in
+/// them.
 pub fn release_startup_pages() -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     // The executable's inode (`stat` follows the link even when an upgrade
@@ -58,7 +59,7 @@ pub fn release_startup_pages() -> io::Result<u64> {
 
 /// The clean mappings of the executable (inode `exe`) and of shared
 /// libraries in `smaps` (the text of `/proc/PID/smaps`).
-pub fn clean_mappings(smaps: &str, exe: u64) -> Vec<Clean> {
+fn clean_mappings(smaps: &str, exe: u64) -> Vec<Clean> {
     // Each mapping, and whether it may still be released.
     let mut all: Vec<(Clean, bool)> = Vec::new();
     for line in smaps.lines() {

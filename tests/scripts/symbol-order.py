@@ -6,11 +6,12 @@
 Each PHASE_DUMP is a callgrind output file holding one phase's costs (in
 the order the groups should be laid out); PERF_SYMBOLS a file of mangled
 names perf sampled in BINARY. Writes the functions of BINARY that ran, one
-mangled name per line: each phase's functions not already placed (by
-name, so that a rerun changes the file only where the set changed), then perf's extra names (code valgrind's emulated
-CPU does not take: the AVX2/ADX/VAES variants of ring's assembly), then
-the rest of ring's assembly entry points, so that any CPU's variant lands
-next to the others.
+mangled name per line: each phase's functions not already placed, sorted
+by name (so that a rerun changes the file only where the set changed),
+then perf's extra names (code valgrind's emulated CPU does not take: the
+AVX2/ADX/VAES variants of ring's assembly), then the rest of ring's
+assembly entry points, so that any CPU's variant lands next to the
+others.
 """
 
 import re

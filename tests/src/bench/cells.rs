@@ -257,6 +257,36 @@ async fn run_for(load: Load, d: Duration) -> LoadReport {
     handle.stop().await
 }
 
+/// What a cell measures of the proxy while its load runs.
+struct Meter {
+    cpu_before: u64,
+    rss: Option<RssWatch>,
+}
+
+/// The proxy's CPU time and memory over one cell's measured load.
+struct Metered {
+    cpu_ticks: u64,
+    peak_rss_kib: u64,
+    lifetime_peak_rss_kib: u64,
+}
+
+impl Meter {
+    /// Start metering `running` (nothing to meter for direct).
+    fn start(running: &RunningPeer) -> Meter {
+        Meter { cpu_before: running.proc.as_ref().map_or(0, |p| p.cpu_ticks()), rss: running.watch_rss() }
+    }
+
+    /// Stop, after the measured load.
+    fn stop(self, running: &RunningPeer) -> Metered {
+        let peak_rss_kib = self.rss.map_or(0, RssWatch::stop);
+        Metered {
+            cpu_ticks: running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - self.cpu_before,
+            peak_rss_kib,
+            lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
+        }
+    }
+}
+
 /// Measure one cell with wrk on a running peer.
 async fn wrk_cell(
     tools: &Tools,
@@ -268,11 +298,9 @@ async fn wrk_cell(
 ) -> Cell {
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
-    let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let rss = running.watch_rss();
+    let meter = Meter::start(running);
     let r = wrk(tools, mode, plan.clients, to, plan.cell);
-    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
-    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    let m = meter.stop(running);
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (wrk)", running.peer.name(), mode.name(), r.failed);
     }
@@ -285,10 +313,10 @@ async fn wrk_cell(
         p99_us: r.p99_us,
         ok: r.requests.saturating_sub(r.failed),
         failed: r.failed,
-        peak_rss_kib,
-        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
-        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
-        cpu_ticks,
+        peak_rss_kib: m.peak_rss_kib,
+        lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
+        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
+        cpu_ticks: m.cpu_ticks,
     }
 }
 
@@ -298,11 +326,9 @@ fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) 
     let program = tools.h2load.as_ref().expect("h2c cells run only when h2load is installed");
     let to = target(running, Mode::H2c);
     super::h2load::run(program, plan.clients, to, plan.warmup);
-    let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let rss = running.watch_rss();
+    let meter = Meter::start(running);
     let r = super::h2load::run(program, plan.clients, to, plan.cell);
-    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
-    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    let m = meter.stop(running);
     if r.failed > 0 {
         eprintln!("  {} {}: {} failed (h2load)", running.peer.name(), Mode::H2c.name(), r.failed);
     }
@@ -320,10 +346,10 @@ fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) 
         p99_us: u64::from(at(0.99)),
         ok: r.requests.saturating_sub(r.failed),
         failed: r.failed,
-        peak_rss_kib,
-        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
-        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
-        cpu_ticks,
+        peak_rss_kib: m.peak_rss_kib,
+        lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
+        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
+        cpu_ticks: m.cpu_ticks,
     };
     (cell, r.latencies_us)
 }
@@ -345,11 +371,9 @@ async fn cell(
     }
     let to = target(running, mode);
     run_for(load(mode, plan.clients, to, plan.warmup, tls), plan.warmup).await;
-    let cpu_before = running.proc.as_ref().map_or(0, |p| p.cpu_ticks());
-    let rss = running.watch_rss();
+    let meter = Meter::start(running);
     let report = run_for(load(mode, plan.clients, to, plan.cell + plan.warmup, tls), plan.cell).await;
-    let peak_rss_kib = rss.map_or(0, RssWatch::stop);
-    let cpu_ticks = running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - cpu_before;
+    let m = meter.stop(running);
     let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
     if report.failed > 0 {
         eprintln!(
@@ -369,10 +393,10 @@ async fn cell(
         p99_us: us(report.p99()),
         ok: report.ok,
         failed: report.failed,
-        peak_rss_kib,
-        lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
-        cpu_us_per_req: cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
-        cpu_ticks,
+        peak_rss_kib: m.peak_rss_kib,
+        lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
+        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
+        cpu_ticks: m.cpu_ticks,
     };
     (cell, report.latencies_us)
 }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// Whether `program` is found on `PATH`.
@@ -136,23 +137,21 @@ impl Drop for Proc {
 
 /// The highest resident memory sampled while a load ran.
 pub struct RssWatch {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::mpsc::Sender<()>,
     sampler: std::thread::JoinHandle<u64>,
 }
 
 impl RssWatch {
     /// Start sampling the sum of `pids`' resident memory every 20 ms.
     pub fn start(pids: Vec<u32>) -> RssWatch {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let sampler = std::thread::spawn(move || {
             let mut peak = 0;
             loop {
                 peak = peak.max(pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>());
-                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if stopped.recv_timeout(Duration::from_millis(20)) != Err(RecvTimeoutError::Timeout) {
                     return peak;
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
         });
         RssWatch { stop, sampler }
@@ -160,7 +159,7 @@ impl RssWatch {
 
     /// Stop sampling (after one last sample); the peak in KiB.
     pub fn stop(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.stop.send(());
         self.sampler.join().unwrap_or(0)
     }
 }
