@@ -47,6 +47,7 @@ mod gate;
 mod h2_streams;
 mod headers;
 mod hosts;
+mod last_write;
 mod lazy_stream;
 mod listen_options;
 mod pool;

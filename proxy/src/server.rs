@@ -19,6 +19,7 @@ use crate::first_bytes::{self, Protocol};
 use crate::forward::{self, ConnCtx};
 use crate::h2_streams::{StreamExec, Streams};
 use crate::hosts::{self, HostRouter};
+use crate::last_write::{request_closes, LastBody, LastWrite};
 use crate::lazy_stream::LazyStream;
 use crate::prefixed::Prefixed;
 use crate::signal::{Signal, SignalWait};
@@ -26,7 +27,8 @@ use crate::write_timeout::WriteTimeout;
 use crate::{Inner, ProxyError};
 use futures_util::future::Either;
 use http::header::CONNECTION;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
@@ -246,8 +248,13 @@ async fn connection(
         _ = hard_stopped(graceful.as_mut(), &l.hard_stop) => None,
     };
     let Some((protocol, prefix)) = first else { return };
+    let last = (protocol == Protocol::Http1).then(|| {
+        let last = Arc::new(LastWrite::default());
+        stream.hold_last_write(last.clone());
+        last
+    });
     let io = Prefixed::new(prefix, TokioIo::new(WriteTimeout::new(stream, config.write_timeout)));
-    serve_io(&shared, io, protocol, client_ip, graceful, false).await;
+    serve_io(&shared, io, protocol, client_ip, graceful, false, last).await;
 }
 
 /// Serve one client connection of an https listener: the handshake
@@ -284,10 +291,12 @@ async fn tls_connection(
     let protocol =
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
     let io = TokioIo::new(WriteTimeout::new(tls, config.write_timeout));
-    serve_io(&shared, io, protocol, client_ip, graceful, true).await;
+    serve_io(&shared, io, protocol, client_ip, graceful, true, None).await;
 }
 
-/// Serve a connection whose protocol is known, to its end.
+/// Serve a connection whose protocol is known, to its end. `last`, on a
+/// plain HTTP/1.1 connection: armed for the write of its last response
+/// (`last_write`).
 async fn serve_io<I>(
     shared: &Arc<Listener>,
     io: I,
@@ -295,6 +304,7 @@ async fn serve_io<I>(
     client_ip: HeaderValue,
     graceful: Pin<&mut SignalWait>,
     tls: bool,
+    last: Option<Arc<LastWrite>>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -313,9 +323,15 @@ async fn serve_io<I>(
             let linger = config.close_linger;
             let service = {
                 let shared = shared.clone();
-                hyper::service::service_fn(move |req| CloseWhenDraining {
-                    response: route(&shared, tls, &ctx, req),
-                    shared: shared.clone(),
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    // The answer ends the connection: the request says so,
+                    // or a shutdown has started (the answer will say so).
+                    let closes = request_closes(req.version(), req.headers()) || shared.graceful.is_fired();
+                    CloseWhenDraining {
+                        response: route(&shared, tls, &ctx, req),
+                        shared: shared.clone(),
+                        last: if closes { last.clone() } else { None },
+                    }
                 })
             };
             let conn = Box::pin(l.h1.serve_connection(io, service).with_upgrades());
@@ -359,30 +375,38 @@ fn route(
 
 pin_project! {
     /// An HTTP/1.1 response future that says `Connection: close` once
-    /// shutdown has started (except on a protocol switch). A struct rather
-    /// than an `async` block, which would hold the wrapped future twice
-    /// over (as its capture and as its awaitee): this one is moved on
-    /// every request.
+    /// shutdown has started (except on a protocol switch), and whose body
+    /// arms the connection's [`LastWrite`] when the response ends the
+    /// connection. A struct rather than an `async` block, which would hold
+    /// the wrapped future twice over (as its capture and as its awaitee):
+    /// this one is moved on every request.
     struct CloseWhenDraining<F> {
         #[pin]
         response: F,
         shared: Arc<Listener>,
+        // The connection's, when this answer ends it.
+        last: Option<Arc<LastWrite>>,
     }
 }
 
 impl<F, B> Future for CloseWhenDraining<F>
 where
     F: Future<Output = Result<http::Response<B>, Infallible>>,
+    B: http_body::Body,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<LastBody<B>>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut response) = ready!(this.response.poll(cx));
-        if this.shared.graceful.is_fired() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut last = this.last.take();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection goes on as a tunnel.
+            last = None;
+        } else if this.shared.graceful.is_fired() {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(response))
+        Poll::Ready(Ok(response.map(|body| LastBody::new(body, last))))
     }
 }
 

@@ -423,3 +423,56 @@ async fn a_broken_answer_head_is_a_502() {
     assert_eq!(a.body, "the backend failed to answer\n");
     assert_eq!(p.proxy.stats().blue.responses[4], 1);
 }
+
+/// The last answer of a `Connection: close` exchange is held for the FIN
+/// (`last_write`): only its final write, so a streamed answer's earlier
+/// pieces still arrive as they come, and every answer arrives whole,
+/// followed by the close.
+#[tokio::test]
+async fn a_closing_exchange_streams_as_it_comes_and_ends_whole() {
+    let (up, _) = scripted(|s| match s.path.as_str() {
+        "/stream" => Reply::Slowly(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+            b"1\r\n,\r\n".to_vec(),
+            b"6\r\n world\r\n".to_vec(),
+            b"0\r\n\r\n".to_vec(),
+        ]),
+        _ => Reply::Keep(ok(b"whole")),
+    })
+    .await;
+    let p = proxy_to(up).await;
+    for (request, body_end) in [
+        (&b"GET /stream HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"[..], &b"0\r\n\r\n"[..]),
+        (b"GET /whole HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n", b"whole"),
+        (b"GET /whole HTTP/1.0\r\nhost: test\r\n\r\n", b"whole"),
+    ] {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(request).await.expect("send");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut first_piece = None;
+        let ended = tokio::time::timeout(SECS_5, async {
+            loop {
+                let n = s.read(&mut chunk).await.expect("read");
+                if n == 0 {
+                    return std::time::Instant::now();
+                }
+                got.extend_from_slice(&chunk[..n]);
+                if first_piece.is_none() && got.windows(5).any(|w| w == b"hello") {
+                    first_piece = Some(std::time::Instant::now());
+                }
+            }
+        })
+        .await
+        .expect("the proxy closes after the answer");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.") && text[8..].starts_with(" 200 OK\r\n"), "{text}");
+        assert!(got.ends_with(body_end), "whole: {text}");
+        if let Some(first) = first_piece {
+            // Three more pieces, 20 ms apart, came after the first.
+            assert!(ended - first >= Duration::from_millis(30), "the stream's first piece was held: {text}");
+        } else {
+            assert!(!request.starts_with(b"GET /stream"), "{text}");
+        }
+    }
+}
