@@ -105,7 +105,8 @@ impl LazyStream {
         }
         self.held = true;
         let more = |s: &dyn std::os::fd::AsFd| {
-            socket2::SockRef::from(&s.as_fd()).send_vectored_with_flags(bufs, libc::MSG_MORE)
+            socket2::SockRef::from(&s.as_fd())
+                .send_vectored_with_flags(bufs, libc::MSG_MORE | libc::MSG_NOSIGNAL)
         };
         self.sock.poll_io(
             cx,
