@@ -24,14 +24,8 @@ pub(crate) struct LastWrite(AtomicBool);
 
 impl LastWrite {
     /// The next writes end the connection.
-    fn arm(&self) {
+    pub(crate) fn arm(&self) {
         self.0.store(true, Ordering::Release);
-    }
-
-    /// [`LastWrite::arm`], for the socket's tests.
-    #[cfg(test)]
-    pub(crate) fn arm_for_test(&self) {
-        self.arm();
     }
 
     /// Whether the writes end the connection.
@@ -59,17 +53,18 @@ impl<B: Body> LastBody<B> {
     /// `inner`, arming `last` at its end (at once if it has no bytes);
     /// `None` when the connection goes on after this response.
     pub(crate) fn new(inner: B, last: Option<Arc<LastWrite>>) -> LastBody<B> {
-        let mut body = LastBody { inner, last };
-        if body.inner.is_end_stream() {
-            body.arm();
+        let mut last = last;
+        if inner.is_end_stream() {
+            arm_once(&mut last);
         }
-        body
+        LastBody { inner, last }
     }
+}
 
-    fn arm(&mut self) {
-        if let Some(last) = self.last.take() {
-            last.arm();
-        }
+/// Arm `last` and let go of it: a body arms its connection once.
+fn arm_once(last: &mut Option<Arc<LastWrite>>) {
+    if let Some(last) = last.take() {
+        last.arm();
     }
 }
 
@@ -89,9 +84,7 @@ impl<B: Body> Body for LastBody<B> {
             Some(Err(_)) => false,
         };
         if ended {
-            if let Some(last) = this.last.take() {
-                last.arm();
-            }
+            arm_once(this.last);
         }
         Poll::Ready(frame)
     }

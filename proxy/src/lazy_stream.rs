@@ -276,7 +276,7 @@ pub(crate) mod tests {
         server.write_all(b"first").await.expect("write");
         let mut buf = [0u8; 16];
         assert_eq!(hears_within_200ms(&mut client, &mut buf).await, Some(5), "not armed: sent at once");
-        last.arm_for_test();
+        last.arm();
         server.write_all(b"last").await.expect("write");
         assert_eq!(hears_within_200ms(&mut client, &mut buf).await, None, "armed: held for the FIN");
         server.shutdown().await.expect("shutdown");
@@ -290,7 +290,7 @@ pub(crate) mod tests {
         let (mut client, mut server) = pair().await;
         let last = Arc::new(LastWrite::default());
         server.hold_last_write(last.clone());
-        last.arm_for_test();
+        last.arm();
         server.write_all(b"answer").await.expect("write");
         // The connection goes on after all: reading for the next request
         // pushes what the kernel holds.
