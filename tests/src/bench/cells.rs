@@ -11,6 +11,7 @@
 //! them out.
 
 use super::agent_peer::AgentHome;
+use super::cpu::{CpuPerRequest, CpuUse};
 use super::peers::{Peer, RunningPeer, Tools};
 use super::procs::RssWatch;
 use super::tls::{BenchCert, SERVER_NAME};
@@ -133,11 +134,12 @@ pub struct Cell {
     /// Peak RSS of the proxy in KiB since it started, start-up included
     /// (`VmHWM`; 0 for direct).
     pub lifetime_peak_rss_kib: u64,
-    /// CPU time of the proxy per request in microseconds (0 for direct).
-    pub cpu_us_per_req: f64,
-    /// CPU ticks (1/100 s) the proxy used during the cell.
+    /// CPU time per request: the proxy's (0 for direct) and the machine's.
+    #[serde(flatten)]
+    pub cpu: CpuPerRequest,
+    /// CPU ticks (1/100 s) the proxy and the machine used during the cell.
     #[serde(skip)]
-    pub cpu_ticks: u64,
+    pub cpu_use: CpuUse,
 }
 
 /// Every cell, and every latency sample of each peer and shape (sorted),
@@ -259,13 +261,13 @@ async fn run_for(load: Load, d: Duration) -> LoadReport {
 
 /// What a cell measures of the proxy while its load runs.
 struct Meter {
-    cpu_before: u64,
+    cpu_before: CpuUse,
     rss: Option<RssWatch>,
 }
 
 /// The proxy's CPU time and memory over one cell's measured load.
 struct Metered {
-    cpu_ticks: u64,
+    cpu: CpuUse,
     peak_rss_kib: u64,
     lifetime_peak_rss_kib: u64,
 }
@@ -273,18 +275,24 @@ struct Metered {
 impl Meter {
     /// Start metering `running` (nothing to meter for direct).
     fn start(running: &RunningPeer) -> Meter {
-        Meter { cpu_before: running.proc.as_ref().map_or(0, |p| p.cpu_ticks()), rss: running.watch_rss() }
+        Meter { cpu_before: cpu_now(running), rss: running.watch_rss() }
     }
 
     /// Stop, after the measured load.
     fn stop(self, running: &RunningPeer) -> Metered {
         let peak_rss_kib = self.rss.map_or(0, RssWatch::stop);
         Metered {
-            cpu_ticks: running.proc.as_ref().map_or(0, |p| p.cpu_ticks()) - self.cpu_before,
+            cpu: cpu_now(running).since(self.cpu_before),
             peak_rss_kib,
             lifetime_peak_rss_kib: running.lifetime_peak_rss_kib(),
         }
     }
+}
+
+/// The proxy's and the machine's CPU ticks so far (the machine's alone
+/// for direct).
+fn cpu_now(running: &RunningPeer) -> CpuUse {
+    CpuUse::now(running.proc.as_ref().map_or((0, 0), |p| p.cpu_ticks()))
 }
 
 /// Measure one cell with wrk on a running peer.
@@ -315,8 +323,8 @@ async fn wrk_cell(
         failed: r.failed,
         peak_rss_kib: m.peak_rss_kib,
         lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
-        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
-        cpu_ticks: m.cpu_ticks,
+        cpu: m.cpu.per_request(r.requests),
+        cpu_use: m.cpu,
     }
 }
 
@@ -348,8 +356,8 @@ fn h2load_cell(tools: &Tools, plan: &Plan, running: &RunningPeer, round: usize) 
         failed: r.failed,
         peak_rss_kib: m.peak_rss_kib,
         lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
-        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / r.requests.max(1) as f64,
-        cpu_ticks: m.cpu_ticks,
+        cpu: m.cpu.per_request(r.requests),
+        cpu_use: m.cpu,
     };
     (cell, r.latencies_us)
 }
@@ -395,8 +403,8 @@ async fn cell(
         failed: report.failed,
         peak_rss_kib: m.peak_rss_kib,
         lifetime_peak_rss_kib: m.lifetime_peak_rss_kib,
-        cpu_us_per_req: m.cpu_ticks as f64 * 10_000.0 / report.total().max(1) as f64,
-        cpu_ticks: m.cpu_ticks,
+        cpu: m.cpu.per_request(report.total()),
+        cpu_use: m.cpu,
     };
     (cell, report.latencies_us)
 }
@@ -450,14 +458,17 @@ pub async fn all(
                 let (c, samples) =
                     cell(tools, plan, &running[(i + round) % running.len()], mode, round, tls).await;
                 eprintln!(
-                    "round {round:>2} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} us/req",
+                    "round {round:>2} {:>8} {:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  rss {:>6} KiB  cpu {:.1} (sys {:.1}) us/req  machine {:.1} us/req, idle {:.0}%",
                     c.peer,
                     mode.name(),
                     c.rps,
                     c.p50_us,
                     c.p99_us,
                     c.peak_rss_kib,
-                    c.cpu_us_per_req
+                    c.cpu.cpu_us_per_req,
+                    c.cpu.system_us_per_req,
+                    c.cpu.machine_us_per_req,
+                    c.cpu.idle_share * 100.0
                 );
                 measured.latencies_us.entry((c.peer, mode)).or_default().extend(samples);
                 measured.cells.push(c);

@@ -5,6 +5,7 @@
 
 pub mod agent_peer;
 pub mod cells;
+pub mod cpu;
 pub mod h2load;
 pub mod inprocess;
 pub mod peers;

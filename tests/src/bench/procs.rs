@@ -100,10 +100,10 @@ impl Proc {
         RssWatch::start(self.pids())
     }
 
-    /// CPU time (user + system) it and its children used so far, in
+    /// CPU time it and its children used so far, (user, system), in
     /// clock ticks (1/100 s on Linux).
-    pub fn cpu_ticks(&self) -> u64 {
-        self.pids().iter().map(|p| cpu_ticks(*p)).sum()
+    pub fn cpu_ticks(&self) -> (u64, u64) {
+        self.pids().iter().map(|p| cpu_ticks(*p)).fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1))
     }
 
     /// It and the children that are part of it.
@@ -174,13 +174,8 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name: state is field 3, utime 14, stime 15.
-    let rest: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(14) + field(15)
+fn cpu_ticks(pid: u32) -> (u64, u64) {
+    super::cpu::process_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
 }
 
 /// Direct children of `pid` (scanning `/proc/*/stat`).

@@ -84,6 +84,25 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// What 1.1× the best peer's req/s would leave bg-agent to spend per
+/// request (see [`super::cpu::CpuPerRequest::proxy_budget`]), beside what
+/// it took and how idle the machine was; `None` without bg-agent in the rows.
+fn budget_line(best: &Cell, rows: &[&Cell]) -> Option<String> {
+    let agent = rows.iter().find(|c| c.peer == "bg-agent")?;
+    let budget = best.cpu.proxy_budget(1.1)?;
+    Some(format!(
+        "1.1× {}'s req/s, at its idle share ({:.0} %) and with the load generator and upstream costing \
+         what they cost beside it, leaves the proxy {:.1} µs of CPU per request; bg-agent took {:.1} \
+         ({:.1} of it system time), with the machine idle {:.0} %.",
+        best.peer,
+        best.cpu.idle_share * 100.0,
+        budget,
+        agent.cpu.cpu_us_per_req,
+        agent.cpu.system_us_per_req,
+        agent.cpu.idle_share * 100.0
+    ))
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
@@ -127,7 +146,8 @@ pub fn markdown(r: &Results) -> String {
         }
         let direct = rows.iter().find(|c| c.peer == "direct").map_or(0.0, |c| c.rps);
         let peers = rows.iter().filter(|c| c.peer == "nginx" || c.peer == "haproxy");
-        let best_rps = peers.clone().map(|c| c.rps).fold(0.0, f64::max);
+        let best = peers.clone().max_by(|a, b| a.rps.total_cmp(&b.rps));
+        let best_rps = best.map_or(0.0, |c| c.rps);
         let best_p99 = peers.map(|c| c.p99_us as f64).fold(f64::INFINITY, f64::min);
         let _ = writeln!(s, "\n### {}, {}\n", mode.protocol(), mode.name());
         if mode == Mode::TlsHandshake {
@@ -138,14 +158,14 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(
             s,
-            "| peer | req/s | p50 µs | p99 µs | RSS MiB under load (since start) | proxy CPU µs/req | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"
+            "| peer | req/s | p50 µs | p99 µs | RSS MiB under load (since start) | proxy CPU µs/req (system) | machine CPU µs/req | machine idle | req/s ÷ direct | req/s ÷ best peer | p99 ÷ best peer | failed |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for c in rows {
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &c in &rows {
             let proxied = c.peer != "direct";
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.0} % | {} | {} | {} | {} |",
                 c.peer,
                 c.rps,
                 c.p50_us,
@@ -159,12 +179,21 @@ pub fn markdown(r: &Results) -> String {
                 } else {
                     "–".into()
                 },
-                if proxied { format!("{:.1}", c.cpu_us_per_req) } else { "–".into() },
+                if proxied {
+                    format!("{:.1} ({:.1})", c.cpu.cpu_us_per_req, c.cpu.system_us_per_req)
+                } else {
+                    "–".into()
+                },
+                c.cpu.machine_us_per_req,
+                c.cpu.idle_share * 100.0,
                 ratio(c.rps, direct),
                 ratio(c.rps, best_rps),
                 if best_p99.is_finite() { ratio(c.p99_us as f64, best_p99) } else { "–".into() },
                 c.failed
             );
+        }
+        if let Some(line) = best.and_then(|b| budget_line(b, &rows)) {
+            let _ = writeln!(s, "\n{line}");
         }
     }
     if !r.paired.is_empty() {
@@ -254,4 +283,46 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "| requests cut by the drain | {} |", p.drain_cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::cells::Mode;
+    use crate::bench::cpu::CpuPerRequest;
+
+    fn row(peer: &'static str, cpu_us: f64, machine_us: f64) -> Cell {
+        Cell {
+            peer,
+            mode: Mode::KeepAlive,
+            round: 1,
+            rps: 1000.0,
+            p50_us: 0,
+            p99_us: 0,
+            ok: 1,
+            failed: 0,
+            peak_rss_kib: 0,
+            lifetime_peak_rss_kib: 0,
+            cpu: CpuPerRequest {
+                cpu_us_per_req: cpu_us,
+                system_us_per_req: cpu_us / 2.0,
+                machine_us_per_req: machine_us,
+                idle_share: 0.1,
+            },
+            cpu_use: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_budget_line_gives_the_best_peers_budget_beside_the_agents_use() {
+        // The rest costs 22 - 11 = 11 µs; 1.1x needs 20 µs in all: 9 µs.
+        let (best, agent) = (row("nginx", 11.0, 22.0), row("bg-agent", 12.0, 24.0));
+        let line = budget_line(&best, &[&agent, &best]).expect("bg-agent is in the rows");
+        assert!(line.starts_with("1.1× nginx's req/s, at its idle share (10 %)"), "{line}");
+        assert!(
+            line.contains("leaves the proxy 9.0 µs") && line.contains("bg-agent took 12.0 (6.0 of it"),
+            "{line}"
+        );
+        assert_eq!(budget_line(&best, &[&best]), None);
+    }
 }

@@ -9,6 +9,7 @@
 //! best of two per round, which would favour the peers by chance alone.
 
 use super::cells::{Cell, Measured, Mode};
+use super::cpu::CpuUse;
 use super::peers::Peer;
 use serde::Serialize;
 
@@ -59,7 +60,7 @@ pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
     let first = *of.first()?;
     let samples = measured.latencies_us.get(&(first.peer, mode)).map_or(&[][..], Vec::as_slice);
     let requests: u64 = of.iter().map(|c| c.ok + c.failed).sum();
-    let ticks: u64 = of.iter().map(|c| c.cpu_ticks).sum();
+    let cpu_use = of.iter().fold(CpuUse::default(), |sum, c| sum.plus(c.cpu_use));
     // wrk reports percentiles, not samples: then the median of its cells'.
     let cell_median =
         |f: fn(&Cell) -> u64| quantiles(&of.iter().map(|c| f(c) as f64).collect::<Vec<_>>(), [0.5])[0] as u64;
@@ -77,8 +78,8 @@ pub fn summary(measured: &Measured, peer: &str, mode: Mode) -> Option<Cell> {
         failed: of.iter().map(|c| c.failed).sum(),
         peak_rss_kib: of.iter().map(|c| c.peak_rss_kib).max().unwrap_or(0),
         lifetime_peak_rss_kib: of.iter().map(|c| c.lifetime_peak_rss_kib).max().unwrap_or(0),
-        cpu_us_per_req: ticks as f64 * 10_000.0 / requests.max(1) as f64,
-        cpu_ticks: ticks,
+        cpu: cpu_use.per_request(requests),
+        cpu_use,
         ..first.clone()
     })
 }
@@ -148,8 +149,8 @@ mod tests {
             failed: 0,
             peak_rss_kib: 1000 + round as u64,
             lifetime_peak_rss_kib: 2000,
-            cpu_us_per_req: 0.0,
-            cpu_ticks: 1,
+            cpu: Default::default(),
+            cpu_use: CpuUse { proxy_user: 1, ..CpuUse::default() },
         }
     }
 
@@ -181,7 +182,8 @@ mod tests {
         let s = summary(&m, "nginx", Mode::KeepAlive).expect("nginx was measured");
         assert_eq!((s.round, s.rps, s.p50_us, s.p99_us), (3, 20.0, 500, 990));
         assert_eq!((s.ok, s.peak_rss_kib), (300, 1002));
-        assert!((s.cpu_us_per_req - 3.0 * 10_000.0 / 300.0).abs() < 1e-9, "{}", s.cpu_us_per_req);
+        let cpu = s.cpu.cpu_us_per_req;
+        assert!((cpu - 3.0 * 10_000.0 / 300.0).abs() < 1e-9, "{cpu}");
         assert!(summary(&m, "haproxy", Mode::KeepAlive).is_none());
     }
 }

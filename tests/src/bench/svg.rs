@@ -112,8 +112,8 @@ mod tests {
             failed: 0,
             peak_rss_kib: 0,
             lifetime_peak_rss_kib: 0,
-            cpu_us_per_req: 0.0,
-            cpu_ticks: 0,
+            cpu: Default::default(),
+            cpu_use: Default::default(),
         };
         let medians: Vec<Cell> =
             ["bg-agent", "nginx"].into_iter().flat_map(|p| Mode::ALL.map(|m| cell(p, m))).collect();
