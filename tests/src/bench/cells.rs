@@ -142,6 +142,28 @@ pub struct Cell {
     pub cpu_use: CpuUse,
 }
 
+#[cfg(test)]
+impl Cell {
+    /// A cell of `peer` in `mode` with every figure zero, for a test to
+    /// fill in the ones it looks at.
+    pub(crate) fn blank(peer: &'static str, mode: Mode) -> Cell {
+        Cell {
+            peer,
+            mode,
+            round: 0,
+            rps: 0.0,
+            p50_us: 0,
+            p99_us: 0,
+            ok: 0,
+            failed: 0,
+            peak_rss_kib: 0,
+            lifetime_peak_rss_kib: 0,
+            cpu: CpuPerRequest::default(),
+            cpu_use: CpuUse::default(),
+        }
+    }
+}
+
 /// Every cell, and every latency sample of each peer and shape (sorted),
 /// for percentiles over all of a peer's requests.
 #[derive(Debug, Default)]

@@ -293,23 +293,14 @@ mod tests {
 
     fn row(peer: &'static str, cpu_us: f64, machine_us: f64) -> Cell {
         Cell {
-            peer,
-            mode: Mode::KeepAlive,
-            round: 1,
             rps: 1000.0,
-            p50_us: 0,
-            p99_us: 0,
-            ok: 1,
-            failed: 0,
-            peak_rss_kib: 0,
-            lifetime_peak_rss_kib: 0,
             cpu: CpuPerRequest {
                 cpu_us_per_req: cpu_us,
                 system_us_per_req: cpu_us / 2.0,
                 machine_us_per_req: machine_us,
                 idle_share: 0.1,
             },
-            cpu_use: Default::default(),
+            ..Cell::blank(peer, Mode::KeepAlive)
         }
     }
 

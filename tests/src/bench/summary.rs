@@ -139,18 +139,14 @@ mod tests {
 
     fn cell(peer: &'static str, round: usize, rps: f64, p99_us: u64) -> Cell {
         Cell {
-            peer,
-            mode: Mode::KeepAlive,
             round,
             rps,
-            p50_us: 0,
             p99_us,
             ok: 100,
-            failed: 0,
             peak_rss_kib: 1000 + round as u64,
             lifetime_peak_rss_kib: 2000,
-            cpu: Default::default(),
             cpu_use: CpuUse { proxy_user: 1, ..CpuUse::default() },
+            ..Cell::blank(peer, Mode::KeepAlive)
         }
     }
 

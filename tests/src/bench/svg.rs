@@ -102,18 +102,12 @@ mod tests {
     #[test]
     fn every_shape_gets_a_bar_and_a_legend_entry() {
         let cell = |peer: &'static str, mode: Mode| Cell {
-            peer,
-            mode,
             round: 1,
             rps: 1000.0,
             p50_us: 100,
             p99_us: 900,
             ok: 1,
-            failed: 0,
-            peak_rss_kib: 0,
-            lifetime_peak_rss_kib: 0,
-            cpu: Default::default(),
-            cpu_use: Default::default(),
+            ..Cell::blank(peer, mode)
         };
         let medians: Vec<Cell> =
             ["bg-agent", "nginx"].into_iter().flat_map(|p| Mode::ALL.map(|m| cell(p, m))).collect();
